@@ -1,0 +1,24 @@
+# Two commands for a newcomer: `make install`, then `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint proto
+
+install:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first, so nothing pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+lint:
+	$(BIN)/python tools/gen_proto.py --check
+	$(BIN)/ruff check .
+	$(BIN)/mypy fedscore platform_node bank_node benchmarks tools
+
+test: lint
+	$(BIN)/pytest -q
+
+proto:
+	$(BIN)/python tools/gen_proto.py
