@@ -1,0 +1,173 @@
+"""The bank's view of the platform during split learning: a PlatformLink over mTLS gRPC.
+
+One bidirectional ``Step`` stream carries the whole session. A gradient is not sent
+on its own: it rides with the next batch's forward request, so a training step costs
+one round trip, and the platform applies it before that forward, exactly the order
+an in-process link would use. Every command and result is sealed (AES-256-GCM) with
+the session key; the platform's answer must echo the batch number it was asked for.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from fedscore import serde
+from fedscore.api.v1 import (
+    round_control_pb2,
+    round_control_pb2_grpc,
+    split_learning_pb2,
+    split_learning_pb2_grpc,
+)
+from fedscore.crypto import Direction, Opener, Sealer, derive_session_key
+from fedscore.provision import StartupKit
+from fedscore.psi import PsiResult
+
+_END = object()
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class PlatformError(RuntimeError):
+    """The platform refused or failed a call; the message is the platform's own."""
+
+    @classmethod
+    def from_rpc(cls, what: str, exc: grpc.RpcError) -> PlatformError:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return cls(f"platform {what} failed: {code}: {details}")
+
+
+class GrpcPlatformLink:
+    """PlatformLink implementation for a bank talking to a remote platform node."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        kit: StartupKit,
+        psi: PsiResult,
+        *,
+        round_: int,
+        seed: int,
+        lr: float,
+        weight_decay: float,
+        platform_party: str = "platform",
+    ) -> None:
+        self._control = round_control_pb2_grpc.RoundControlServiceStub(channel)
+        self._split = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
+        self._session_id = psi.session_id
+        self._round = round_
+        try:
+            opened = self._control.OpenSession(
+                round_control_pb2.OpenSessionRequest(
+                    session_id=psi.session_id,
+                    round=round_,
+                    seed=seed,
+                    learning_rate=lr,
+                    weight_decay=weight_decay,
+                )
+            )
+        except grpc.RpcError as exc:
+            raise PlatformError.from_rpc("OpenSession", exc) from exc
+        self.embedding_dim = int(opened.embedding_dim)
+        self.platform_model_version = opened.platform_model_version
+        key = derive_session_key(
+            kit.sealing_key, kit.peers[platform_party].sealing_public, psi.session_id
+        )
+        self._sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
+        self._opener = Opener(key, psi.session_id, Direction.PLATFORM_TO_BANK)
+        self._pending: np.ndarray | None = None
+        self._batch = 0
+        self._requests: queue.Queue[object] | None = None
+        self._responses: Iterator[split_learning_pb2.StepResponse] | None = None
+
+    # -- PlatformLink -------------------------------------------------------------------------
+
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        mode = split_learning_pb2.STEP_MODE_TRAIN if train else split_learning_pb2.STEP_MODE_EVAL
+        embedding = self._exchange(mode, handles)
+        return torch.from_numpy(embedding.copy())  # [b, embedding_dim]
+
+    def backward(self, grad: torch.Tensor) -> None:
+        if self._pending is not None:
+            raise RuntimeError("backward called twice without a forward in between")
+        self._pending = grad.detach().to(torch.float32).numpy()
+
+    def end_epoch(self, epoch: int) -> None:
+        self._flush()
+        self._call("EndEpoch", self._control.EndEpoch,
+                   round_control_pb2.EndEpochRequest(session_id=self._session_id, epoch=epoch))
+
+    def commit(self, epoch: int) -> None:
+        self._flush()
+        reply = self._call(
+            "CommitRound",
+            self._control.CommitRound,
+            round_control_pb2.CommitRoundRequest(
+                session_id=self._session_id, round=self._round, epoch=epoch
+            ),
+        )
+        self.platform_model_version = reply.platform_model_version
+
+    def close(self) -> None:
+        """End the stream and the session; the platform forgets the handles."""
+        self._flush()
+        self._end_stream()
+        self._call("CloseSession", self._control.CloseSession,
+                   round_control_pb2.CloseSessionRequest(session_id=self._session_id))
+
+    # -- wire -----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self._exchange(split_learning_pb2.STEP_MODE_BACKWARD, np.zeros(0, np.int64))
+
+    def _exchange(self, mode: int, handles: np.ndarray) -> np.ndarray:
+        command = split_learning_pb2.StepCommand(
+            mode=split_learning_pb2.StepMode.ValueType(mode),
+            handles=serde.handles_to_bytes(handles),
+        )
+        if self._pending is not None:
+            command.gradient.CopyFrom(serde.tensor_to_pb(self._pending))
+            self._pending = None
+        box = self._sealer.seal(command.SerializeToString(), round=self._round, batch=self._batch)
+        if self._requests is None:
+            self._requests = queue.Queue()
+            self._responses = self._split.Step(iter(self._requests.get, _END))
+        assert self._responses is not None
+        self._requests.put(split_learning_pb2.StepRequest(sealed=serde.sealed_to_pb(box)))
+        try:
+            reply = next(self._responses)
+        except grpc.RpcError as exc:
+            self._requests = self._responses = None
+            raise PlatformError.from_rpc("Step", exc) from exc
+        reply_box = serde.sealed_from_pb(reply.sealed)
+        if reply_box.batch != self._batch or reply_box.round != self._round:
+            raise PlatformError(
+                f"platform answered batch {reply_box.batch} of round {reply_box.round}, "
+                f"expected batch {self._batch} of round {self._round}"
+            )
+        result = split_learning_pb2.StepResult.FromString(self._opener.open(reply_box))
+        self._batch += 1
+        if mode == split_learning_pb2.STEP_MODE_BACKWARD:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return serde.tensor_from_pb(result.embedding, rows=len(handles))
+
+    def _end_stream(self) -> None:
+        if self._requests is not None and self._responses is not None:
+            self._requests.put(_END)
+            for _ in self._responses:  # drain; the platform answers every request
+                pass
+        self._requests = self._responses = None
+
+    @staticmethod
+    def _call(what: str, method: Callable[[Req], Resp], request: Req) -> Resp:
+        try:
+            return method(request)
+        except grpc.RpcError as exc:
+            raise PlatformError.from_rpc(what, exc) from exc

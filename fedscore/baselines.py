@@ -1,0 +1,290 @@
+"""Quality baselines on one scenario split, all in one harness.
+
+* ``federated_reference``: per bank, the split model trained with that bank's own
+  platform bottom through :class:`LocalPlatformLink` — exactly what the gRPC run
+  computes, in one process. The bank-side models are not shared between banks here.
+* ``centralized``: the same architecture and the same loop on all banks' training
+  rows pooled (one bank model, one platform bottom).
+* ``bank_alone``: each bank on its own features, no platform at all.
+* ``gbdt``: scikit-learn HistGradientBoosting on the pooled raw data, platform
+  features missing for people the platform does not know.
+
+Every function scores the banks' test sets and reports AUC/KS over the three test
+sets pooled, plus per bank. Alignment here is a plaintext join of ids: baselines
+only; the federated system aligns with PSI.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedscore import metrics
+from fedscore.data.preprocess import Encoded, PreprocessConfig, Preprocessor
+from fedscore.data.table import PartyTable, load_table
+from fedscore.model import SplitArchitecture
+from fedscore.training import (
+    BankData,
+    LocalPlatformLink,
+    NoPlatformLink,
+    PlatformBottom,
+    TrainConfig,
+    predict,
+    train_bank_model,
+)
+
+@dataclass
+class Scenario:
+    platform: PartyTable
+    banks: list[tuple[PartyTable, PartyTable]]  # (train, test) per bank
+
+
+def load_scenario(directory: Path) -> Scenario:
+    """Read a scenario folder written by ``fedscore data prepare`` (via its manifest)."""
+    from fedscore.data.scenarios import load_manifest
+
+    m = load_manifest(Path(directory))
+    return Scenario(
+        platform=load_table(m.platform_features, m.platform_schema, require_label=False),
+        banks=[
+            (
+                load_table(m.bank_train(b), m.bank_schema(b), require_label=True),
+                load_table(m.bank_test(b), m.bank_schema(b), require_label=True),
+            )
+            for b in m.bank_dirs
+        ],
+    )
+
+
+def default_credit(seed: int = 0, directory: Path | None = None) -> Scenario:
+    """Prepare ``default-credit`` for ``seed`` (in a temporary folder unless given) and
+    load it."""
+    import tempfile
+
+    from fedscore.data.scenarios import prepare_default_credit
+
+    if directory is not None:
+        prepare_default_credit(Path(directory), seed)
+        return load_scenario(Path(directory))
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_default_credit(Path(tmp), seed)
+        return load_scenario(Path(tmp))
+
+
+def align(platform_ids: np.ndarray, bank_ids: np.ndarray) -> np.ndarray:
+    """Platform row of each bank row, -1 where the platform does not know the id."""
+    index = pd.Index(np.asarray(platform_ids, dtype=object))
+    return np.asarray(index.get_indexer(np.asarray(bank_ids, dtype=object)), dtype=np.int64)
+
+
+def _summary(ys: list[np.ndarray], ps: list[np.ndarray], extra: list[dict[str, Any]]) -> dict:
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    per_bank = []
+    for yk, pk, ek in zip(ys, ps, extra, strict=True):
+        per_bank.append({"auc": metrics.auc(yk, pk), "ks": metrics.ks(yk, pk), "n_test": yk.size,
+                         **ek})
+    return {"auc": metrics.auc(y, p), "ks": metrics.ks(y, p), "per_bank": per_bank}
+
+
+def _labels(t: PartyTable) -> np.ndarray:
+    if t.labels is None:
+        raise ValueError("bank table without labels")
+    return np.asarray(t.labels, dtype=np.int64)
+
+
+def _concat(tables: list[PartyTable]) -> PartyTable:
+    """Pool tables of one schema (the centralized baseline's privilege)."""
+    first = tables[0]
+    ids = np.concatenate([t.ids for t in tables])
+    feats = pd.concat([t.features for t in tables], ignore_index=True)
+    labels = np.concatenate([_labels(t) for t in tables]).astype(np.int8)
+    return PartyTable(
+        schema=first.schema, source=first.source, ids=ids, features=feats, labels=labels
+    )
+
+
+class _PlatformSide:
+    """The platform's preprocessor, fitted on all its rows (it has no labels)."""
+
+    def __init__(self, platform: PartyTable, pre_cfg: PreprocessConfig | None) -> None:
+        self.pre = Preprocessor.fit(platform, pre_cfg)
+        self.encoded: Encoded = self.pre.transform(platform)
+        self.ids = platform.ids
+
+
+def _train_and_score(
+    platform: _PlatformSide | None,
+    train: PartyTable,
+    tests: list[PartyTable],
+    arch: SplitArchitecture,
+    cfg: TrainConfig,
+    pre_cfg: PreprocessConfig | None,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    bank_pre = Preprocessor.fit(train, pre_cfg)
+    bank_cfg = arch.bank_bottom(bank_pre.n_numeric, bank_pre.cat_cardinalities)
+    tables = [train, *tests]
+    if platform is None:
+        link: Any = NoPlatformLink(arch.platform_out)
+        handles = [np.full(len(t.ids), -1, np.int64) for t in tables]
+    else:
+        rows = [align(platform.ids, t.ids) for t in tables]
+        all_rows = np.concatenate(rows)
+        aligned = all_rows[all_rows >= 0]
+        # handles are positions in the aligned list, as after PSI
+        handle_of_row = np.full(len(platform.ids), -1, np.int64)
+        handle_of_row[aligned] = np.arange(aligned.size)
+        handles = [np.where(r >= 0, handle_of_row[np.maximum(r, 0)], -1) for r in rows]
+        plat_cfg = arch.platform_bottom(platform.pre.n_numeric, platform.pre.cat_cardinalities)
+        link = LocalPlatformLink(PlatformBottom(platform.encoded, plat_cfg, cfg), aligned)
+    data = [
+        BankData(bank_pre.transform(t), _labels(t), h)
+        for t, h in zip(tables, handles, strict=True)
+    ]
+    trained = train_bank_model(data[0], link, bank_cfg, arch.top(), cfg)
+    preds = [predict(trained.model, d, link, cfg.eval_batch_size) for d in data[1:]]
+    info = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+            "train_s": round(trained.wall_s, 2), "n_train": len(train.ids)}
+    return preds, info
+
+
+def federated_reference(
+    sc: Scenario,
+    arch: SplitArchitecture | None = None,
+    cfg: TrainConfig | None = None,
+    pre_cfg: PreprocessConfig | None = None,
+) -> dict[str, Any]:
+    """Per bank: a fresh platform bottom and a bank model trained together."""
+    arch, cfg = arch or SplitArchitecture(), cfg or TrainConfig()
+    platform = _PlatformSide(sc.platform, pre_cfg)
+    ys, ps, extra = [], [], []
+    for train, test in sc.banks:
+        (p,), info = _train_and_score(platform, train, [test], arch, cfg, pre_cfg)
+        ys.append(_labels(test))
+        ps.append(p)
+        extra.append(info)
+    return _summary(ys, ps, extra)
+
+
+def bank_alone(
+    sc: Scenario,
+    arch: SplitArchitecture | None = None,
+    cfg: TrainConfig | None = None,
+    pre_cfg: PreprocessConfig | None = None,
+) -> dict[str, Any]:
+    """Per bank, its own features only (every row takes the absent-platform path)."""
+    arch, cfg = arch or SplitArchitecture(), cfg or TrainConfig()
+    ys, ps, extra = [], [], []
+    for train, test in sc.banks:
+        (p,), info = _train_and_score(None, train, [test], arch, cfg, pre_cfg)
+        ys.append(_labels(test))
+        ps.append(p)
+        extra.append(info)
+    return _summary(ys, ps, extra)
+
+
+def centralized(
+    sc: Scenario,
+    arch: SplitArchitecture | None = None,
+    cfg: TrainConfig | None = None,
+    pre_cfg: PreprocessConfig | None = None,
+) -> dict[str, Any]:
+    """All banks' training rows pooled; same architecture, same loop."""
+    arch, cfg = arch or SplitArchitecture(), cfg or TrainConfig()
+    platform = _PlatformSide(sc.platform, pre_cfg)
+    pooled = _concat([tr for tr, _ in sc.banks])
+    tests = [te for _, te in sc.banks]
+    ps, info = _train_and_score(platform, pooled, tests, arch, cfg, pre_cfg)
+    ys = [_labels(te) for te in tests]
+    out = _summary(ys, ps, [{} for _ in tests])
+    out.update(info)
+    return out
+
+
+def _raw_frame(sc_platform: PartyTable, t: PartyTable) -> pd.DataFrame:
+    """Bank features plus the platform's (NaN where absent); categoricals that parse as
+    numbers stay numbers (ordinal repayment statuses), others become category codes."""
+    rows = align(sc_platform.ids, t.ids)
+    plat = sc_platform.features.iloc[np.maximum(rows, 0)].reset_index(drop=True)
+    plat = plat.astype(object).where(np.repeat((rows >= 0)[:, None], plat.shape[1], axis=1))
+    plat.columns = [f"platform:{c}" for c in plat.columns]
+    return pd.concat([t.features.reset_index(drop=True), plat], axis=1)
+
+
+def _gbdt_matrix(frames: list[pd.DataFrame]) -> tuple[list[np.ndarray], list[bool]]:
+    pooled = pd.concat(frames, ignore_index=True)
+    cols, is_cat = [], []
+    for c in pooled.columns:
+        s = pooled[c]
+        num = pd.to_numeric(s, errors="coerce")
+        if s.dtype.kind in "fiu" or (num.notna() == s.notna()).all():
+            cols.append(num.to_numpy(np.float64))
+            is_cat.append(False)
+        else:
+            codes = pd.Categorical(s.astype("string")).codes.astype(np.float64)
+            codes[codes < 0] = np.nan
+            cols.append(codes)
+            is_cat.append(True)
+    x = np.column_stack(cols)
+    bounds = np.cumsum([0] + [len(f) for f in frames])
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], is_cat
+
+
+def gbdt(sc: Scenario, seed: int = 0, validation_share: float = 0.2) -> dict[str, Any]:
+    """HistGradientBoosting on pooled raw rows, early-stopped on a validation share."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    frames = [_raw_frame(sc.platform, tr) for tr, _ in sc.banks]
+    frames += [_raw_frame(sc.platform, te) for _, te in sc.banks]
+    mats, is_cat = _gbdt_matrix(frames)
+    k = len(sc.banks)
+    x_train = np.concatenate(mats[:k])
+    y_train = np.concatenate([_labels(tr) for tr, _ in sc.banks])
+    t0 = time.perf_counter()
+    clf = HistGradientBoostingClassifier(
+        learning_rate=0.05,
+        max_iter=1000,
+        max_leaf_nodes=15,
+        min_samples_leaf=40,
+        l2_regularization=1.0,
+        early_stopping=True,
+        validation_fraction=validation_share,
+        n_iter_no_change=50,
+        categorical_features=np.array(is_cat) if any(is_cat) else None,
+        random_state=seed,
+    )
+    clf.fit(x_train, y_train)
+    ys = [_labels(te) for _, te in sc.banks]
+    ps = [clf.predict_proba(m)[:, 1] for m in mats[k:]]
+    out = _summary(ys, ps, [{} for _ in ys])
+    out.update({"n_iter": int(clf.n_iter_), "train_s": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+def run_all(
+    sc: Scenario,
+    arch: SplitArchitecture | None = None,
+    cfg: TrainConfig | None = None,
+    pre_cfg: PreprocessConfig | None = None,
+) -> dict[str, Any]:
+    """Every baseline on one split; the keys the quality benchmark prints."""
+    cfg = cfg or TrainConfig()
+    fed = federated_reference(sc, arch, cfg, pre_cfg)
+    cen = centralized(sc, arch, cfg, pre_cfg)
+    alone = bank_alone(sc, arch, cfg, pre_cfg)
+    gb = gbdt(sc, cfg.seed)
+    return {
+        "federated_auc": fed["auc"],
+        "federated_ks": fed["ks"],
+        "centralized_auc": cen["auc"],
+        "centralized_ks": cen["ks"],
+        "bank_alone_auc": alone["auc"],
+        "bank_alone_ks": alone["ks"],
+        "gbdt_auc": gb["auc"],
+        "gbdt_ks": gb["ks"],
+        "details": {"federated": fed, "centralized": cen, "bank_alone": alone, "gbdt": gb},
+    }

@@ -1,0 +1,393 @@
+"""Per-party preprocessing: fitted on one party's own training rows, never shared.
+
+Everything is driven by the table's schema; no column name is hard-coded. What a
+fitted :class:`Preprocessor` produces for a table:
+
+numeric block (float32), in this order
+    1. every numeric feature, transformed and standardised: a signed log1p
+       (``sign(x) * log1p(|x|)``) is applied when it makes the training column less
+       skewed (amounts, balances), then ``(x - mean) / std`` and a clip to ±``clip``;
+       a missing value becomes 0 (the training mean);
+    2. derived prefix-group statistics (see below), transformed the same way;
+    3. one 0/1 missing indicator per feature whose schema allows missing values.
+
+categorical block (int64, 0 = unknown or missing), in this order
+    1. every categorical feature: codes 1..V for the values seen in training at
+       least ``min_count`` times, 0 for anything else;
+    2. a quantile-bin code for every numeric column of (numeric block 1 and 2):
+       up to ``n_bins`` bins with edges at training quantiles (a column with at most
+       ``n_bins`` distinct values gets one bin per value), 0 for missing. The model
+       embeds these, which lets a small MLP learn non-monotone effects the way a
+       tree does.
+
+Prefix groups: numeric features whose names are ``<prefix><digits>`` (BILL_AMT1..6,
+PAY_AMT1..6) and that share a prefix form a group when there are at least
+``min_group`` of them, ordered by the number. For each group the row-wise mean,
+standard deviation, min, max, the last-minus-first difference and the share of
+positive values are added. For each pair of groups of the same size, the ratio of
+their row sums ``sum(A) / (|sum(B)| + 1)`` is added (payments over bills is one such
+ratio). All of it is computed from one party's own columns only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from fedscore.data.table import PartyTable
+
+_GROUP_RE = re.compile(r"^(.*\D)(\d+)$")
+_GROUP_STATS = ("mean", "std", "min", "max", "delta", "pos_share")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A table as the model sees it."""
+
+    numeric: np.ndarray  # float32 [n, d_num]
+    categorical: np.ndarray  # int64 [n, d_cat], 0 = unknown/missing
+
+    def __post_init__(self) -> None:
+        if self.numeric.ndim != 2 or self.categorical.ndim != 2:
+            raise ValueError("Encoded: numeric and categorical must be 2-D arrays")
+        if self.numeric.shape[0] != self.categorical.shape[0]:
+            raise ValueError(
+                f"Encoded: {self.numeric.shape[0]} numeric rows but "
+                f"{self.categorical.shape[0]} categorical rows"
+            )
+
+    def __len__(self) -> int:
+        return int(self.numeric.shape[0])
+
+    def take(self, rows: np.ndarray) -> Encoded:
+        return Encoded(self.numeric[rows], self.categorical[rows])
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Knobs of the feature engineering; part of the fitted state and the fingerprint."""
+
+    n_bins: int = 16
+    min_count: int = 1
+    clip: float = 5.0
+    derive_groups: bool = True
+    min_group: int = 3
+    bin_derived: bool = True
+
+
+@dataclass
+class _NumericSpec:
+    name: str  # feature name, or "<prefix>*:<stat>" / "<A>*/<B>*" for derived columns
+    log: bool
+    mean: float
+    std: float
+    edges: list[float]  # interior bin edges, sorted
+
+
+@dataclass
+class _GroupSpec:
+    prefix: str
+    members: list[str]  # ordered by their numeric suffix
+
+
+@dataclass
+class _State:
+    config: PreprocessConfig
+    numeric_features: list[str]
+    categorical_features: list[str]
+    missing_features: list[str]  # features that get a missing indicator
+    vocabularies: dict[str, list[str]]  # categorical feature -> values, code = index + 1
+    groups: list[_GroupSpec]
+    ratio_pairs: list[tuple[int, int]]  # indices into groups
+    numeric: list[_NumericSpec] = field(default_factory=list)  # base then derived
+
+
+def _slog1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _skew(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    if x.size < 3:
+        return 0.0
+    s = float(x.std())
+    if s == 0.0:
+        return 0.0
+    return float(np.mean(((x - x.mean()) / s) ** 3))
+
+
+def _bin_edges(x: np.ndarray, n_bins: int) -> list[float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return []
+    values = np.unique(x)
+    if values.size <= n_bins:
+        return [float(v) for v in (values[:-1] + values[1:]) / 2.0]
+    qs = np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1)[1:-1])
+    edges = np.unique(qs)
+    # an edge equal to the minimum would leave the lowest bin empty
+    edges = edges[edges > values[0]]
+    return [float(e) for e in edges]
+
+
+def _fit_numeric(name: str, x: np.ndarray, n_bins: int) -> _NumericSpec:
+    finite = x[np.isfinite(x)]
+    log = bool(finite.size > 0 and abs(_skew(_slog1p(finite))) < abs(_skew(finite)))
+    t = _slog1p(finite) if log else finite
+    mean = float(t.mean()) if t.size else 0.0
+    std = float(t.std()) if t.size else 1.0
+    if not np.isfinite(std) or std < 1e-12:
+        std = 1.0
+    return _NumericSpec(name=name, log=log, mean=mean, std=std, edges=_bin_edges(x, n_bins))
+
+
+def _categorical_strings(col: pd.Series) -> np.ndarray:
+    """Values as strings, with missing ones (NaN, None, empty) as None."""
+    out = np.empty(len(col), dtype=object)
+    for i, v in enumerate(col.to_numpy(dtype=object)):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            out[i] = None
+        else:
+            s = str(v)
+            out[i] = s if s != "" else None
+    return out
+
+
+class Preprocessor:
+    """Fitted feature encoder of one party; see the module docstring for the layout."""
+
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    # ---------------------------------------------------------------- fitting
+    @classmethod
+    def fit(cls, table: PartyTable, config: PreprocessConfig | None = None) -> Preprocessor:
+        """Fit on ``table`` (the party's training rows only)."""
+        config = config or PreprocessConfig()
+        if len(table.ids) == 0:
+            raise ValueError("Preprocessor.fit: the table has no rows")
+        feats = table.schema.features
+        numeric_features = [f.name for f in feats if f.kind == "numeric"]
+        categorical_features = [f.name for f in feats if f.kind == "categorical"]
+        missing_features = [f.name for f in feats if f.allow_missing]
+        _check_columns(table, [f.name for f in feats])
+
+        vocabularies: dict[str, list[str]] = {}
+        for name in categorical_features:
+            vals = pd.Series(_categorical_strings(table.features[name])).dropna()
+            counts = vals.value_counts()
+            kept = sorted(str(v) for v, c in counts.items() if c >= config.min_count)
+            vocabularies[name] = kept
+
+        groups: list[_GroupSpec] = []
+        ratio_pairs: list[tuple[int, int]] = []
+        if config.derive_groups:
+            by_prefix: dict[str, list[tuple[int, str]]] = {}
+            for name in numeric_features:
+                m = _GROUP_RE.match(name)
+                if m:
+                    by_prefix.setdefault(m.group(1), []).append((int(m.group(2)), name))
+            for prefix in sorted(by_prefix):
+                members = sorted(by_prefix[prefix])
+                if len(members) >= config.min_group:
+                    groups.append(_GroupSpec(prefix, [n for _, n in members]))
+            for i in range(len(groups)):
+                for j in range(len(groups)):
+                    if i != j and len(groups[i].members) == len(groups[j].members):
+                        ratio_pairs.append((i, j))
+
+        state = _State(
+            config=config,
+            numeric_features=numeric_features,
+            categorical_features=categorical_features,
+            missing_features=missing_features,
+            vocabularies=vocabularies,
+            groups=groups,
+            ratio_pairs=ratio_pairs,
+        )
+        pre = cls(state)
+        names, raw = pre._raw_numeric(table)
+        state.numeric = [
+            _fit_numeric(n, raw[:, k], config.n_bins) for k, n in enumerate(names)
+        ]
+        return pre
+
+    # ---------------------------------------------------------- transforming
+    def _raw_numeric(self, table: PartyTable) -> tuple[list[str], np.ndarray]:
+        """Base numeric columns then derived columns, untransformed, NaN = missing."""
+        s = self._s
+        frame = table.features
+        n = len(frame)
+        cols: list[np.ndarray] = []
+        names: list[str] = []
+        for name in s.numeric_features:
+            cols.append(frame[name].to_numpy(dtype=np.float64, na_value=np.nan))
+            names.append(name)
+        sums: list[np.ndarray] = []
+        for g in s.groups:
+            block = np.column_stack(
+                [frame[m].to_numpy(dtype=np.float64, na_value=np.nan) for m in g.members]
+            )
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-missing rows
+                stats = {
+                    "mean": np.nanmean(block, axis=1),
+                    "std": np.nanstd(block, axis=1),
+                    "min": np.nanmin(block, axis=1),
+                    "max": np.nanmax(block, axis=1),
+                    "delta": block[:, -1] - block[:, 0],
+                    "pos_share": np.where(
+                        np.isnan(block).all(axis=1), np.nan, np.nanmean(block > 0, axis=1)
+                    ),
+                }
+            for stat in _GROUP_STATS:
+                cols.append(stats[stat])
+                names.append(f"{g.prefix}*:{stat}")
+            sums.append(np.nansum(block, axis=1))
+        for i, j in s.ratio_pairs:
+            cols.append(sums[i] / (np.abs(sums[j]) + 1.0))
+            names.append(f"{s.groups[i].prefix}*/{s.groups[j].prefix}*")
+        raw = np.column_stack(cols) if cols else np.zeros((n, 0))
+        return names, raw
+
+    def transform(self, table: PartyTable) -> Encoded:
+        s = self._s
+        _check_columns(
+            table, s.numeric_features + s.categorical_features, fitted=True
+        )
+        n = len(table.features)
+        _, raw = self._raw_numeric(table)
+        num_cols: list[np.ndarray] = []
+        bin_cols: list[np.ndarray] = []
+        n_base = len(s.numeric_features)
+        for k, spec in enumerate(s.numeric):
+            x = raw[:, k]
+            missing = ~np.isfinite(x)
+            t = _slog1p(np.where(missing, 0.0, x)) if spec.log else np.where(missing, 0.0, x)
+            z = np.clip((t - spec.mean) / spec.std, -s.config.clip, s.config.clip)
+            z[missing] = 0.0
+            num_cols.append(z)
+            if k < n_base or s.config.bin_derived:
+                b = np.searchsorted(np.asarray(spec.edges), np.where(missing, 0.0, x), "right")
+                b = b.astype(np.int64) + 1
+                b[missing] = 0
+                bin_cols.append(b)
+        for name in s.missing_features:
+            col = table.features[name]
+            num_cols.append(col.isna().to_numpy(dtype=np.float64))
+        cat_cols: list[np.ndarray] = []
+        for name in s.categorical_features:
+            vocab = {v: i + 1 for i, v in enumerate(s.vocabularies[name])}
+            vals = _categorical_strings(table.features[name])
+            cat_cols.append(np.array([vocab.get(v, 0) for v in vals], dtype=np.int64))
+        cat_cols.extend(bin_cols)
+        numeric = (
+            np.column_stack(num_cols).astype(np.float32)
+            if num_cols
+            else np.zeros((n, 0), np.float32)
+        )
+        categorical = (
+            np.column_stack(cat_cols).astype(np.int64) if cat_cols else np.zeros((n, 0), np.int64)
+        )
+        return Encoded(np.ascontiguousarray(numeric), np.ascontiguousarray(categorical))
+
+    # ------------------------------------------------------------- describing
+    @property
+    def n_numeric(self) -> int:
+        return len(self._s.numeric) + len(self._s.missing_features)
+
+    @property
+    def cat_cardinalities(self) -> tuple[int, ...]:
+        s = self._s
+        cards = [len(s.vocabularies[n]) + 1 for n in s.categorical_features]
+        n_base = len(s.numeric_features)
+        cards += [
+            len(spec.edges) + 2
+            for k, spec in enumerate(s.numeric)
+            if k < n_base or s.config.bin_derived
+        ]
+        return tuple(cards)
+
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self._s.numeric) + tuple(
+            f"{n}:missing" for n in self._s.missing_features
+        )
+
+    @property
+    def categorical_names(self) -> tuple[str, ...]:
+        s = self._s
+        n_base = len(s.numeric_features)
+        bins = [
+            f"{spec.name}:bin"
+            for k, spec in enumerate(s.numeric)
+            if k < n_base or s.config.bin_derived
+        ]
+        return tuple(s.categorical_features) + tuple(bins)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self._s
+        return {
+            "format": FORMAT_VERSION,
+            "config": asdict(s.config),
+            "numeric_features": list(s.numeric_features),
+            "categorical_features": list(s.categorical_features),
+            "missing_features": list(s.missing_features),
+            "vocabularies": {k: list(v) for k, v in s.vocabularies.items()},
+            "groups": [asdict(g) for g in s.groups],
+            "ratio_pairs": [list(p) for p in s.ratio_pairs],
+            "numeric": [asdict(n) for n in s.numeric],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        try:
+            if d["format"] != FORMAT_VERSION:
+                raise ValueError(
+                    f"preprocessor state: format {d['format']!r}, expected {FORMAT_VERSION}"
+                )
+            state = _State(
+                config=PreprocessConfig(**d["config"]),
+                numeric_features=[str(x) for x in d["numeric_features"]],
+                categorical_features=[str(x) for x in d["categorical_features"]],
+                missing_features=[str(x) for x in d["missing_features"]],
+                vocabularies={str(k): [str(x) for x in v] for k, v in d["vocabularies"].items()},
+                groups=[_GroupSpec(g["prefix"], list(g["members"])) for g in d["groups"]],
+                ratio_pairs=[(int(a), int(b)) for a, b in d["ratio_pairs"]],
+                numeric=[
+                    _NumericSpec(
+                        name=str(n["name"]),
+                        log=bool(n["log"]),
+                        mean=float(n["mean"]),
+                        std=float(n["std"]),
+                        edges=[float(e) for e in n["edges"]],
+                    )
+                    for n in d["numeric"]
+                ],
+            )
+        except KeyError as e:
+            raise ValueError(f"preprocessor state: missing field {e.args[0]!r}") from None
+        return cls(state)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON of the fitted state (floats exact via repr)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _check_columns(table: PartyTable, names: list[str], fitted: bool = False) -> None:
+    missing = [n for n in names if n not in table.features.columns]
+    if missing:
+        what = "fitted on" if fitted else "declared in the schema"
+        raise ValueError(
+            f"preprocessing: column(s) {', '.join(missing)} {what} but absent from the table"
+        )

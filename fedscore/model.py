@@ -1,0 +1,169 @@
+"""The split model, whole, in one file.
+
+    platform:  BottomModel(platform numeric, platform categorical) -> platform_emb [B, dp]
+                                    | (only this crosses the boundary, per aligned customer)
+    bank:      BottomModel(bank numeric, bank categorical)         -> bank_emb     [B, db]
+               TopModel(bank_emb, platform_emb, present)           -> logits       [B]
+
+Customers the platform does not know (``present`` False) get a learned default
+embedding in place of ``platform_emb`` and a 0 indicator, so the top model can tell
+"no platform data" from "platform data that happens to look average".
+
+Dropout draws from a generator owned by the model (``seed_dropout``), not torch's
+global one, so the platform's and the bank's random streams stay the same whether
+the two halves live in one process (centralized baseline, tests) or two (gRPC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BottomConfig:
+    n_numeric: int
+    cat_cardinalities: tuple[int, ...]  # per categorical column, code 0 included
+    cat_dim: int  # embedding width per categorical column
+    hidden: tuple[int, ...]
+    out_dim: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TopConfig:
+    bank_dim: int
+    platform_dim: int
+    hidden: tuple[int, ...]
+    dropout: float
+
+
+class SeededDropout(nn.Module):
+    """Inverted dropout drawing its masks from ``self.generator`` when set."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) < keep
+        return x * mask / keep
+
+
+def _mlp(d_in: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.GELU(), SeededDropout(dropout)]
+        d_in = h
+    return nn.Sequential(*layers), d_in
+
+
+class _Seedable(nn.Module):
+    def seed_dropout(self, seed: int) -> None:
+        """Give every dropout layer of this module one private generator."""
+        g = torch.Generator().manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, SeededDropout):
+                m.generator = g
+
+
+class BottomModel(_Seedable):
+    """One party's features -> an embedding."""
+
+    def __init__(self, cfg: BottomConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        embs = [nn.Embedding(c, cfg.cat_dim) for c in cfg.cat_cardinalities]
+        for e in embs:
+            nn.init.normal_(e.weight, std=0.1)
+        self.embeddings = nn.ModuleList(embs)
+        d_in = cfg.n_numeric + cfg.cat_dim * len(cfg.cat_cardinalities)
+        self.input_dropout = SeededDropout(cfg.dropout / 2)
+        self.mlp, d = _mlp(d_in, cfg.hidden, cfg.dropout)
+        self.out = nn.Linear(d, cfg.out_dim)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        # numeric [B, n_num] float32, categorical [B, n_cat] int64 (0 = unknown)
+        parts = [numeric] + [e(categorical[:, i]) for i, e in enumerate(self.embeddings)]
+        x = torch.cat(parts, dim=1)  # [B, n_num + n_cat * cat_dim]
+        x = self.mlp(self.input_dropout(x))  # [B, hidden[-1]]
+        return self.out(x)  # [B, out_dim]
+
+
+class TopModel(_Seedable):
+    """Bank embedding + platform embedding (or the learned default) -> logit of default."""
+
+    def __init__(self, cfg: TopConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.default_platform = nn.Parameter(torch.zeros(cfg.platform_dim))  # [dp]
+        self.mlp, d = _mlp(cfg.bank_dim + cfg.platform_dim + 1, cfg.hidden, cfg.dropout)
+        self.out = nn.Linear(d, 1)
+
+    def forward(
+        self, bank_emb: torch.Tensor, platform_emb: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        # bank_emb [B, db], platform_emb [B, dp] (rows where absent are ignored), present [B]
+        p = present.unsqueeze(1)  # [B, 1] bool
+        plat = torch.where(p, platform_emb, self.default_platform.expand_as(platform_emb))
+        x = torch.cat([bank_emb, plat, p.to(bank_emb.dtype)], dim=1)  # [B, db + dp + 1]
+        return self.out(self.mlp(x)).squeeze(1)  # [B] logits
+
+
+class BankModel(_Seedable):
+    """What the bank holds: its bottom model and the top model."""
+
+    def __init__(self, bottom: BottomConfig, top: TopConfig) -> None:
+        super().__init__()
+        if bottom.out_dim != top.bank_dim:
+            raise ValueError(
+                f"bank bottom out_dim {bottom.out_dim} != top bank_dim {top.bank_dim}"
+            )
+        self.bottom = BottomModel(bottom)
+        self.top = TopModel(top)
+
+    def forward(
+        self,
+        numeric: torch.Tensor,  # [B, n_num]
+        categorical: torch.Tensor,  # [B, n_cat]
+        platform_emb: torch.Tensor,  # [B, dp]
+        present: torch.Tensor,  # [B] bool
+    ) -> torch.Tensor:
+        return self.top(self.bottom(numeric, categorical), platform_emb, present)  # [B]
+
+
+@dataclass(frozen=True)
+class SplitArchitecture:
+    """Sizes of the whole split model; turned into configs once each party's
+    preprocessor (its input widths) is known. Both parties must use the same one."""
+
+    cat_dim: int = 4
+    platform_hidden: tuple[int, ...] = (64,)
+    platform_out: int = 16
+    bank_hidden: tuple[int, ...] = (64,)
+    bank_out: int = 16
+    top_hidden: tuple[int, ...] = (32,)
+    dropout: float = 0.1
+
+    def platform_bottom(self, n_numeric: int, cat_cardinalities: tuple[int, ...]) -> BottomConfig:
+        return BottomConfig(
+            n_numeric, tuple(cat_cardinalities), self.cat_dim, self.platform_hidden,
+            self.platform_out, self.dropout,
+        )
+
+    def bank_bottom(self, n_numeric: int, cat_cardinalities: tuple[int, ...]) -> BottomConfig:
+        return BottomConfig(
+            n_numeric, tuple(cat_cardinalities), self.cat_dim, self.bank_hidden,
+            self.bank_out, self.dropout,
+        )
+
+    def top(self) -> TopConfig:
+        return TopConfig(self.bank_out, self.platform_out, self.top_hidden, self.dropout)

@@ -1,0 +1,76 @@
+"""The one place where protobuf messages become domain objects and back.
+
+Servicers and clients hand pb2 messages here and get numpy arrays and crypto
+dataclasses out, with shapes and lengths validated, so a malformed message fails
+with a message that says what was wrong instead of deep inside numpy or torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedscore.api.v1 import common_pb2
+from fedscore.crypto import Direction, SealedBox
+
+_F32 = np.dtype("<f4")
+_U32 = np.dtype("<u4")
+
+
+class WireError(ValueError):
+    """A message from a peer that does not have the expected shape."""
+
+
+def tensor_to_pb(array: np.ndarray) -> common_pb2.Tensor:
+    data = np.ascontiguousarray(array, dtype=_F32)
+    return common_pb2.Tensor(shape=list(data.shape), data=data.tobytes())
+
+
+def tensor_from_pb(msg: common_pb2.Tensor, *, rows: int | None = None) -> np.ndarray:
+    """Decode a float32 tensor; ``rows`` is the expected first dimension, if known."""
+    shape = tuple(int(s) for s in msg.shape)
+    expected = int(np.prod(shape)) * _F32.itemsize if shape else 0
+    if len(msg.data) != expected:
+        raise WireError(f"tensor of shape {shape} needs {expected} bytes, got {len(msg.data)}")
+    if rows is not None and (not shape or shape[0] != rows):
+        raise WireError(f"tensor has shape {shape}, expected {rows} rows")
+    return np.frombuffer(msg.data, dtype=_F32).reshape(shape) if shape else np.zeros(0, _F32)
+
+
+def handles_to_bytes(handles: np.ndarray) -> bytes:
+    return np.ascontiguousarray(handles, dtype=_U32).tobytes()
+
+
+def handles_from_bytes(data: bytes, *, limit: int) -> np.ndarray:
+    """Decode per-session handles and check each is below ``limit`` (the intersection size)."""
+    if len(data) % _U32.itemsize:
+        raise WireError(f"handles field has {len(data)} bytes, not a multiple of 4")
+    handles = np.frombuffer(data, dtype=_U32).astype(np.int64)
+    if handles.size and int(handles.max()) >= limit:
+        raise WireError(f"handle {int(handles.max())} is outside the intersection (size {limit})")
+    return handles
+
+
+def sealed_to_pb(box: SealedBox) -> common_pb2.Sealed:
+    return common_pb2.Sealed(
+        session_id=box.session_id,
+        round=box.round,
+        batch=box.batch,
+        direction=common_pb2.Direction.ValueType(int(box.direction)),
+        seq=box.seq,
+        ciphertext=box.ciphertext,
+    )
+
+
+def sealed_from_pb(msg: common_pb2.Sealed) -> SealedBox:
+    try:
+        direction = Direction(int(msg.direction))
+    except ValueError:
+        raise WireError(f"sealed payload has unknown direction {int(msg.direction)}") from None
+    return SealedBox(
+        session_id=msg.session_id,
+        round=msg.round,
+        batch=msg.batch,
+        direction=direction,
+        seq=msg.seq,
+        ciphertext=msg.ciphertext,
+    )

@@ -1,0 +1,430 @@
+"""The one split-learning training loop, run by the bank.
+
+The bank never touches the platform's model: it talks to a :class:`PlatformLink`
+(embeddings for a batch of aligned customers' handles in, gradients out). The same
+loop runs centralized (:class:`LocalPlatformLink`, the platform in-process) and
+federated (the gRPC link on the bank node, with :class:`PlatformBottom` behind the
+platform node's servicer), so the two are comparable bit for bit: every random
+draw on either side comes from that side's own seeded generator, never a shared one.
+
+Per batch: the platform is asked only for the batch's aligned rows, in batch order;
+a batch with no aligned row makes no link call at all (the platform model does not
+step on that batch in either mode).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedscore import metrics
+from fedscore.data.preprocess import Encoded
+from fedscore.model import BankModel, BottomConfig, BottomModel, TopConfig
+
+PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    validation_share: float = 0.2
+    seed: int = 0
+    monitor: Literal["auc", "loss"] = "auc"  # early-stopping criterion on validation rows
+    # Polyak averaging: evaluation, snapshots and the final model use an exponential
+    # moving average of the weights (per optimizer step; 0 = off). Each side averages
+    # its own weights, which is the average of the joint weights.
+    ema_decay: float = 0.0
+    eval_batch_size: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("TrainConfig: epochs and batch sizes must be >= 1")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError(
+                f"TrainConfig.validation_share must be in [0, 1), got {self.validation_share}"
+            )
+        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0:
+            raise ValueError("TrainConfig: lr > 0, weight_decay >= 0, patience >= 0 required")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.monitor not in ("auc", "loss"):
+            raise ValueError(f"TrainConfig.monitor must be 'auc' or 'loss', got {self.monitor!r}")
+
+
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _build_seeded(seed: int, build: type[_M], *args: object) -> _M:
+    """Construct a module with initial weights drawn from ``seed`` only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args)
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and the absent-platform default embedding."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for p in model.parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        lr=lr,
+    )
+
+
+class _Ema:
+    """Exponential moving average of a module's weights; ``model`` is the averaged copy
+    (the module itself when the decay is 0)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model) if decay > 0 else model
+        self.steps = 0
+
+    def update(self, model: torch.nn.Module) -> None:
+        if self.decay == 0:
+            return
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))  # warm-up
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.model.parameters()), list(model.parameters()), 1.0 - d
+            )
+
+    def load(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state)
+        if self.model is not model:
+            self.model.load_state_dict(state)
+
+
+class PlatformBottom:
+    """The platform's side: its encoded table, bottom model and optimizer.
+
+    Used in-process by :class:`LocalPlatformLink` and by the platform node's servicer.
+    """
+
+    def __init__(self, encoded: Encoded, config: BottomConfig, train: TrainConfig) -> None:
+        if encoded.numeric.shape[1] != config.n_numeric or encoded.categorical.shape[1] != len(
+            config.cat_cardinalities
+        ):
+            raise ValueError(
+                f"platform encoding has {encoded.numeric.shape[1]} numeric and "
+                f"{encoded.categorical.shape[1]} categorical columns; the bottom config "
+                f"expects {config.n_numeric} and {len(config.cat_cardinalities)}"
+            )
+        self.config = config
+        self.numeric = torch.from_numpy(np.ascontiguousarray(encoded.numeric, np.float32))
+        self.categorical = torch.from_numpy(np.ascontiguousarray(encoded.categorical, np.int64))
+        seed = train.seed + PLATFORM_SEED_OFFSET
+        self.model = _build_seeded(seed, BottomModel, config)
+        self.model.seed_dropout(seed + 1)
+        self.optimizer = _optimizer(self.model, train.lr, train.weight_decay)
+        self._ema = _Ema(self.model, train.ema_decay)
+        self._out: torch.Tensor | None = None
+        self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_dim
+
+    def forward(self, rows: np.ndarray, train: bool) -> torch.Tensor:
+        """Embeddings [len(rows), out_dim] of platform table rows ``rows``; detached."""
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.numeric.shape[0]):
+            raise IndexError(f"platform rows out of range [0, {self.numeric.shape[0]})")
+        if train:
+            self.model.train()
+            out = self.model(self.numeric[idx], self.categorical[idx])  # [b, out_dim]
+            self._out = out
+            return out.detach()
+        model = self._ema.model
+        model.eval()
+        with torch.no_grad():
+            return model(self.numeric[idx], self.categorical[idx])
+
+    def backward(self, grad: torch.Tensor) -> None:
+        """Apply dL/d(embedding) of the last training forward and step the optimizer."""
+        if self._out is None:
+            raise RuntimeError("platform backward without a training forward before it")
+        if tuple(grad.shape) != tuple(self._out.shape):
+            raise ValueError(
+                f"gradient shape {tuple(grad.shape)} != embedding shape {tuple(self._out.shape)}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self._out.backward(grad.to(self._out.dtype))
+        self.optimizer.step()
+        self._ema.update(self.model)
+        self._out = None
+
+    def snapshot(self, epoch: int) -> None:
+        self._snapshots[epoch] = copy.deepcopy(self._ema.model.state_dict())
+
+    def restore(self, epoch: int) -> None:
+        """Load the weights of ``epoch`` and drop every snapshot."""
+        if epoch not in self._snapshots:
+            raise KeyError(f"no platform snapshot for epoch {epoch}")
+        self._ema.load(self.model, self._snapshots[epoch])
+        self._snapshots.clear()
+        self._out = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights used for scoring (the averaged ones when averaging is on)."""
+        return self._ema.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._ema.load(self.model, state)
+
+
+class PlatformLink(Protocol):
+    """What the bank's loop talks to; handles are per-session, never raw ids."""
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor: ...
+
+    def backward(self, grad: torch.Tensor) -> None: ...
+
+    def end_epoch(self, epoch: int) -> None: ...
+
+    def commit(self, epoch: int) -> None: ...
+
+
+class LocalPlatformLink:
+    """A :class:`PlatformBottom` in the same process; handle h is platform row rows[h]."""
+
+    def __init__(self, platform: PlatformBottom, rows_of_handle: np.ndarray) -> None:
+        self.platform = platform
+        self.rows_of_handle = np.asarray(rows_of_handle, dtype=np.int64)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.platform.out_dim
+
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        return self.platform.forward(self.rows_of_handle[handles], train)
+
+    def backward(self, grad: torch.Tensor) -> None:
+        self.platform.backward(grad)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.platform.snapshot(epoch)
+
+    def commit(self, epoch: int) -> None:
+        self.platform.restore(epoch)
+
+
+class NoPlatformLink:
+    """A link to nobody (bank-alone baseline): use with every handle -1."""
+
+    def __init__(self, embedding_dim: int) -> None:
+        self._dim = embedding_dim
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        raise RuntimeError("NoPlatformLink has no platform; every handle must be -1")
+
+    def backward(self, grad: torch.Tensor) -> None:
+        raise RuntimeError("NoPlatformLink has no platform")
+
+    def end_epoch(self, epoch: int) -> None:
+        pass
+
+    def commit(self, epoch: int) -> None:
+        pass
+
+
+@dataclass
+class BankData:
+    encoded: Encoded
+    labels: np.ndarray  # int 0/1 per row (ignored by predict)
+    handles: np.ndarray  # int64 per row, -1 = not aligned with the platform
+
+    def __post_init__(self) -> None:
+        n = len(self.encoded)
+        self.handles = np.asarray(self.handles, dtype=np.int64)
+        self.labels = np.asarray(self.labels)
+        if self.handles.shape != (n,) or self.labels.shape != (n,):
+            raise ValueError(
+                f"BankData: {n} encoded rows, {self.labels.shape} labels, "
+                f"{self.handles.shape} handles"
+            )
+
+
+@dataclass
+class TrainedBank:
+    model: BankModel
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch
+    wall_s: float = 0.0
+
+
+def stratified_split(
+    labels: np.ndarray, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows), each class split in the same proportion."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        rng.shuffle(rows)
+        val.append(rows[: round(share * rows.size)])
+    v = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    mask = np.ones(labels.size, bool)
+    mask[v] = False
+    return np.flatnonzero(mask), v
+
+
+class _Tensors:
+    """A bank's data as tensors, built once."""
+
+    def __init__(self, data: BankData) -> None:
+        self.numeric = torch.from_numpy(np.ascontiguousarray(data.encoded.numeric, np.float32))
+        self.categorical = torch.from_numpy(
+            np.ascontiguousarray(data.encoded.categorical, np.int64)
+        )
+        self.labels = torch.from_numpy(np.asarray(data.labels, np.float32))
+        self.handles = data.handles
+        self.present = torch.from_numpy(data.handles >= 0)
+
+
+def _platform_batch(
+    link: PlatformLink, handles: np.ndarray, train: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(platform_emb [B, dp] with zeros where absent, present [B], the aligned leaf)."""
+    present_np = handles >= 0
+    present = torch.from_numpy(present_np)
+    emb = torch.zeros(handles.size, link.embedding_dim)
+    if not present_np.any():
+        return emb, present, None
+    got = link.forward(handles[present_np], train)
+    if tuple(got.shape) != (int(present_np.sum()), link.embedding_dim):
+        raise ValueError(
+            f"platform returned embeddings of shape {tuple(got.shape)}, expected "
+            f"({int(present_np.sum())}, {link.embedding_dim})"
+        )
+    leaf = got.detach().to(torch.float32).requires_grad_(train)
+    pos = torch.from_numpy(np.flatnonzero(present_np))
+    return emb.index_copy(0, pos, leaf), present, leaf
+
+
+def _logits(
+    model: BankModel, t: _Tensors, rows: np.ndarray, link: PlatformLink, batch_size: int
+) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, rows.size, batch_size):
+            b = rows[s : s + batch_size]
+            bt = torch.from_numpy(b)
+            plat, present, _ = _platform_batch(link, t.handles[b], train=False)
+            out.append(model(t.numeric[bt], t.categorical[bt], plat, present))
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def train_bank_model(
+    train: BankData,
+    link: PlatformLink,
+    bank_cfg: BottomConfig,
+    top_cfg: TopConfig,
+    cfg: TrainConfig,
+) -> TrainedBank:
+    """Train the bank's model (and, through ``link``, the platform's) on ``train``.
+
+    A stratified ``validation_share`` of the rows, drawn from ``cfg.seed``, is held
+    out for early stopping; the best epoch's weights are restored on both sides.
+    """
+    if top_cfg.platform_dim != link.embedding_dim:
+        raise ValueError(
+            f"top platform_dim {top_cfg.platform_dim} != link embedding_dim {link.embedding_dim}"
+        )
+    labels = np.asarray(train.labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("train_bank_model: labels must be 0 or 1")
+    t0 = time.perf_counter()
+    t = _Tensors(train)
+    if cfg.validation_share > 0:
+        fit_rows, val_rows = stratified_split(labels, cfg.validation_share, cfg.seed)
+    else:
+        fit_rows, val_rows = np.arange(labels.size), np.zeros(0, np.int64)
+    if fit_rows.size == 0:
+        raise ValueError("train_bank_model: no training rows left after the validation split")
+    model = _build_seeded(cfg.seed, BankModel, bank_cfg, top_cfg)
+    model.seed_dropout(cfg.seed + 1)
+    opt = _optimizer(model, cfg.lr, cfg.weight_decay)
+    ema = _Ema(model, cfg.ema_decay)
+    rng = np.random.default_rng(cfg.seed)
+    validate = val_rows.size > 0 and np.unique(labels[val_rows]).size == 2
+
+    best_score, best_epoch, best_state = -np.inf, -1, copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    epoch = -1
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = rng.permutation(fit_rows)
+        total, seen = 0.0, 0
+        for s in range(0, perm.size, cfg.batch_size):
+            b = perm[s : s + cfg.batch_size]
+            bt = torch.from_numpy(b)
+            plat, present, leaf = _platform_batch(link, t.handles[b], train=True)
+            logits = model(t.numeric[bt], t.categorical[bt], plat, present)  # [B]
+            loss = F.binary_cross_entropy_with_logits(logits, t.labels[bt])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if leaf is not None:
+                assert leaf.grad is not None
+                link.backward(leaf.grad)
+            opt.step()
+            ema.update(model)
+            total += loss.item() * b.size
+            seen += b.size
+        link.end_epoch(epoch)
+        rec = {"epoch": float(epoch), "train_loss": total / max(seen, 1)}
+        if validate:
+            z = _logits(ema.model, t, val_rows, link, cfg.eval_batch_size)
+            p = 1.0 / (1.0 + np.exp(-z))
+            rec["val_auc"] = metrics.auc(labels[val_rows], p)
+            rec["val_loss"] = metrics.log_loss(labels[val_rows], p)
+            score = rec["val_auc"] if cfg.monitor == "auc" else -rec["val_loss"]
+        else:
+            score = float(epoch)  # no validation: keep the last epoch
+        history.append(rec)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(ema.model.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    link.commit(best_epoch)
+    return TrainedBank(
+        model=model,
+        best_epoch=best_epoch,
+        epochs_run=epoch + 1,
+        history=history,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def predict(
+    bank_model: BankModel, data: BankData, link: PlatformLink, batch_size: int = 8192
+) -> np.ndarray:
+    """Probability of default per row of ``data`` (float64 [n])."""
+    t = _Tensors(data)
+    z = _logits(bank_model, t, np.arange(len(data.encoded)), link, batch_size)
+    return 1.0 / (1.0 + np.exp(-z))

@@ -1,0 +1,178 @@
+"""The platform's PSI endpoint: a thin gRPC shell around :class:`fedscore.psi.PsiParty`.
+
+Each ``Intersect`` stream gets a fresh engine (fresh scalar, fresh nonce). The engine computes
+on its own thread while this handler's thread only ships its messages, so the platform's core
+keeps blinding while gRPC sends. The peer's party comes from its TLS certificate, never from
+what it claims in its hello (a mismatch is refused).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NoReturn
+
+import grpc
+import numpy as np
+
+from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
+from fedscore.psi import (
+    DEFAULT_CHUNK_SIZE,
+    Blinded,
+    Done,
+    DoubleBlinded,
+    Hello,
+    PsiError,
+    PsiIds,
+    PsiInputError,
+    PsiMessage,
+    PsiParty,
+    PsiProtocolError,
+    PsiResult,
+)
+from fedscore.transport import peer_party
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_PEER = "unknown"
+OnComplete = Callable[[str, PsiResult], None]
+
+
+def _peer_party(context: grpc.ServicerContext) -> str:
+    """The caller's party from its client certificate; "unknown" only on insecure channels."""
+    security = context.auth_context().get("transport_security_type", [])
+    if b"ssl" not in security:
+        return UNKNOWN_PEER
+    return peer_party(context)
+
+
+def message_from_request(req: psi_pb2.IntersectRequest) -> PsiMessage:
+    step = req.WhichOneof("step")
+    if step == "hello":
+        h = req.hello
+        return Hello(h.party, h.set_size, h.nonce, h.protocol_version)
+    if step == "blinded":
+        return Blinded(req.blinded.offset, req.blinded.points)
+    if step == "double_blinded":
+        return DoubleBlinded(req.double_blinded.offset, req.double_blinded.points)
+    if step == "done":
+        return Done(req.done.intersection_size, req.done.intersection_digest)
+    raise PsiProtocolError("IntersectRequest has no step set")
+
+
+def message_to_response(msg: PsiMessage) -> psi_pb2.IntersectResponse:
+    if isinstance(msg, Hello):
+        return psi_pb2.IntersectResponse(
+            hello=psi_pb2.PsiHello(
+                party=msg.party,
+                set_size=msg.set_size,
+                nonce=msg.nonce,
+                protocol_version=msg.protocol_version,
+            )
+        )
+    if isinstance(msg, Blinded):
+        return psi_pb2.IntersectResponse(
+            blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
+        )
+    if isinstance(msg, DoubleBlinded):
+        return psi_pb2.IntersectResponse(
+            double_blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
+        )
+    return psi_pb2.IntersectResponse(
+        done=psi_pb2.PsiDone(
+            intersection_size=msg.intersection_size, intersection_digest=msg.intersection_digest
+        )
+    )
+
+
+def _decoded(requests: Iterable[psi_pb2.IntersectRequest]) -> Iterator[PsiMessage]:
+    for req in requests:
+        yield message_from_request(req)
+
+
+class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
+    """Answers PSI sessions against the platform's id column.
+
+    The ids are validated once here (duplicates raise PsiError at construction). An empty
+    id column is accepted so the node can start, but every session is then refused with
+    FAILED_PRECONDITION. ``on_complete(peer_party, result)`` runs before the stream ends
+    with OK, so a bank that got OK knows the platform stored the session.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray | Sequence[str],
+        on_complete: OnComplete,
+        *,
+        party: str = "platform",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._ids = PsiIds(ids)
+        self._on_complete = on_complete
+        self._party = party
+        self._chunk_size = chunk_size
+
+    def Intersect(
+        self,
+        request_iterator: Iterator[psi_pb2.IntersectRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[psi_pb2.IntersectResponse]:
+        peer = _peer_party(context)
+        try:
+            engine = PsiParty(
+                self._ids,
+                party=self._party,
+                role="platform",
+                chunk_size=self._chunk_size,
+                expected_peer=None if peer == UNKNOWN_PEER else peer,
+            )
+        except PsiInputError as exc:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        outcome: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = engine.run(_decoded(request_iterator))
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"psi-{peer}", daemon=True)
+        context.add_callback(lambda: engine.abort(PsiError("the PSI stream was terminated")))
+        worker.start()
+        for msg in engine.outgoing():
+            yield message_to_response(msg)
+        worker.join()
+        error = outcome.get("error")
+        if error is not None:
+            if not context.is_active():
+                return  # the bank cancelled or went away; nobody to tell
+            log.warning("PSI with %s failed: %s", peer, error)
+            if isinstance(error, PsiInputError):
+                _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            if isinstance(error, PsiError):
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            _abort(context, grpc.StatusCode.INTERNAL, "PSI failed on the platform")
+        result = outcome["result"]
+        assert isinstance(result, PsiResult)
+        try:
+            self._on_complete(peer, result)
+        except Exception:
+            log.exception("storing PSI session with %s failed", peer)
+            _abort(context, grpc.StatusCode.INTERNAL, "the platform could not store the session")
+        log.info(
+            "PSI with %s: %d aligned of %d (theirs %d)",
+            peer,
+            result.size,
+            len(self._ids),
+            result.other_size,
+        )
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def add_psi_service(server: grpc.Server, servicer: PsiServicer) -> None:
+    psi_pb2_grpc.add_PsiServiceServicer_to_server(servicer, server)

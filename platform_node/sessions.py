@@ -1,0 +1,83 @@
+"""The platform's per-bank sessions: what PSI aligned, the session key, the bottom model copy.
+
+A session is created when a bank finishes PSI and belongs to that bank alone (the
+peer name comes from its TLS certificate); every later call must come from the same
+peer. The platform keeps one bottom-model copy per session, so banks never share
+optimizer state or see each other's timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fedscore.crypto import Direction, Opener, Sealer, SessionKey, derive_session_key
+from fedscore.provision import StartupKit
+from fedscore.psi import PsiResult
+from fedscore.training import PlatformBottom
+
+
+class SessionError(Exception):
+    """A call names a session that does not exist or belongs to another peer."""
+
+
+@dataclass
+class Session:
+    session_id: bytes
+    peer: str
+    psi: PsiResult
+    key: SessionKey
+    round: int = 0
+    bottom: PlatformBottom | None = None
+    opener: Opener | None = None
+    sealer: Sealer | None = None
+    committed_version: str | None = None
+    # One step stream at a time: the bottom model is not safe for concurrent updates.
+    stream_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_round(self, round_: int, bottom: PlatformBottom) -> None:
+        self.round = round_
+        self.bottom = bottom
+        self.opener = Opener(self.key, self.session_id, Direction.BANK_TO_PLATFORM)
+        self.sealer = Sealer(self.key, self.session_id, Direction.PLATFORM_TO_BANK)
+
+
+class SessionRegistry:
+    """Thread-safe map of session id to session, filled by PSI."""
+
+    def __init__(self, kit: StartupKit) -> None:
+        self._kit = kit
+        self._sessions: dict[bytes, Session] = {}
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[Session], None]] = []
+
+    def on_psi_complete(self, peer: str, result: PsiResult) -> None:
+        if peer not in self._kit.peers:
+            raise SessionError(f"peer {peer!r} is not in the federation manifest")
+        key = derive_session_key(
+            self._kit.sealing_key, self._kit.peers[peer].sealing_public, result.session_id
+        )
+        session = Session(session_id=result.session_id, peer=peer, psi=result, key=key)
+        with self._lock:
+            self._sessions[result.session_id] = session
+        for listener in self.listeners:
+            listener(session)
+
+    def get(self, session_id: bytes, peer: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionError(f"unknown session {session_id.hex()}; run PSI first")
+        if session.peer != peer:
+            raise SessionError(f"session {session_id.hex()} belongs to another party")
+        return session
+
+    def close(self, session_id: bytes, peer: str) -> None:
+        self.get(session_id, peer)
+        with self._lock:
+            del self._sessions[session_id]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)

@@ -1,0 +1,146 @@
+"""Thin gRPC servicers for split learning and round control on the platform node.
+
+They translate between the wire and :class:`~fedscore.training.PlatformBottom`;
+the arithmetic lives there, the crypto in :mod:`fedscore.crypto`, the protobuf
+conversion in :mod:`fedscore.serde`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+import torch
+
+from fedscore import serde
+from fedscore.api.v1 import (
+    round_control_pb2,
+    round_control_pb2_grpc,
+    split_learning_pb2,
+    split_learning_pb2_grpc,
+)
+from fedscore.crypto import SealedBox, SealError
+from fedscore.training import PlatformBottom
+from fedscore.transport import peer_party
+from platform_node.sessions import Session, SessionError, SessionRegistry
+
+BottomFactory = Callable[[int, float, float], PlatformBottom]
+"""(seed, learning rate, weight decay) -> a fresh platform bottom model for one session."""
+
+
+def _session(
+    registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
+) -> Session:
+    try:
+        return registry.get(session_id, peer_party(context))
+    except SessionError as exc:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise  # unreachable: abort raises
+
+
+class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer):
+    def __init__(self, registry: SessionRegistry) -> None:
+        self._registry = registry
+
+    def Step(
+        self,
+        request_iterator: Iterator[split_learning_pb2.StepRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[split_learning_pb2.StepResponse]:
+        session: Session | None = None
+        try:
+            for request in request_iterator:
+                box = serde.sealed_from_pb(request.sealed)
+                if session is None:
+                    session = _session(self._registry, box.session_id, context)
+                    if session.bottom is None or session.opener is None:
+                        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
+                    if not session.stream_lock.acquire(blocking=False):
+                        context.abort(grpc.StatusCode.ABORTED, "a step stream is already open")
+                yield self._step(session, box)
+        except (SealError, serde.WireError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step rejected: {exc}")
+        finally:
+            if session is not None and session.stream_lock.locked():
+                session.stream_lock.release()
+
+    @staticmethod
+    def _step(session: Session, box: SealedBox) -> split_learning_pb2.StepResponse:
+        assert session.opener is not None and session.sealer is not None
+        assert session.bottom is not None
+        if box.round != session.round:
+            raise SealError(f"payload is for round {box.round}, the session is in {session.round}")
+        command = split_learning_pb2.StepCommand.FromString(session.opener.open(box))
+        if command.gradient.shape:
+            grad = serde.tensor_from_pb(command.gradient)
+            session.bottom.backward(torch.from_numpy(grad.copy()))
+        result = split_learning_pb2.StepResult()
+        if command.mode in (split_learning_pb2.STEP_MODE_TRAIN, split_learning_pb2.STEP_MODE_EVAL):
+            handles = serde.handles_from_bytes(command.handles, limit=session.psi.size)
+            rows = session.psi.rows[handles]
+            train = command.mode == split_learning_pb2.STEP_MODE_TRAIN
+            embedding = session.bottom.forward(rows, train=train)
+            result.embedding.CopyFrom(serde.tensor_to_pb(embedding.detach().numpy()))
+        elif command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
+            raise serde.WireError(f"unknown step mode {command.mode}")
+        sealed = session.sealer.seal(result.SerializeToString(), round=box.round, batch=box.batch)
+        return split_learning_pb2.StepResponse(sealed=serde.sealed_to_pb(sealed))
+
+
+class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
+    def __init__(self, registry: SessionRegistry, make_bottom: BottomFactory) -> None:
+        self._registry = registry
+        self._make_bottom = make_bottom
+
+    def OpenSession(
+        self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> round_control_pb2.OpenSessionResponse:
+        session = _session(self._registry, request.session_id, context)
+        if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
+        bottom = self._make_bottom(request.seed, request.learning_rate, request.weight_decay)
+        session.open_round(request.round, bottom)
+        return round_control_pb2.OpenSessionResponse(
+            embedding_dim=bottom.out_dim, platform_model_version=session.committed_version or ""
+        )
+
+    def EndEpoch(
+        self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
+    ) -> round_control_pb2.EndEpochResponse:
+        session = _session(self._registry, request.session_id, context)
+        if session.bottom is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
+        assert session.bottom is not None
+        session.bottom.snapshot(request.epoch)
+        return round_control_pb2.EndEpochResponse()
+
+    def CommitRound(
+        self, request: round_control_pb2.CommitRoundRequest, context: grpc.ServicerContext
+    ) -> round_control_pb2.CommitRoundResponse:
+        session = _session(self._registry, request.session_id, context)
+        if session.bottom is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
+        assert session.bottom is not None
+        try:
+            session.bottom.restore(request.epoch)
+        except KeyError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
+        digest = hashlib.sha256()
+        for name, value in sorted(session.bottom.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(value.detach().contiguous().numpy().tobytes())
+        session.committed_version = f"r{request.round}-{digest.hexdigest()[:12]}"
+        return round_control_pb2.CommitRoundResponse(
+            platform_model_version=session.committed_version
+        )
+
+    def CloseSession(
+        self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> round_control_pb2.CloseSessionResponse:
+        try:
+            self._registry.close(request.session_id, peer_party(context))
+        except SessionError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return round_control_pb2.CloseSessionResponse()

@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedscore import metrics
+from fedscore.data.preprocess import Encoded
+from fedscore.model import BankModel, SplitArchitecture
+from fedscore.training import (
+    BankData,
+    LocalPlatformLink,
+    PlatformBottom,
+    TrainConfig,
+    predict,
+    stratified_split,
+    train_bank_model,
+)
+
+ARCH = SplitArchitecture(
+    cat_dim=2, platform_hidden=(16,), platform_out=4, bank_hidden=(16,), bank_out=4,
+    top_hidden=(8,), dropout=0.1,
+)
+CFG = TrainConfig(epochs=8, batch_size=64, lr=5e-3, weight_decay=1e-4, patience=3,
+                  validation_share=0.25, seed=0)
+
+
+def synthetic(n_platform: int = 1500, n_bank: int = 1000, seed: int = 0):
+    """Latent risk drives platform features, bank features and labels; 30% of the
+    bank's customers are unknown to the platform."""
+    rng = np.random.default_rng(seed)
+    risk_p = rng.normal(size=n_platform)
+    plat = Encoded(
+        np.column_stack([risk_p + rng.normal(0, 0.5, n_platform), rng.normal(size=n_platform)])
+        .astype(np.float32),
+        np.column_stack([np.clip((risk_p > 0).astype(int) + 1, 0, 2)]).astype(np.int64),
+    )
+    handle_rows = rng.permutation(n_platform)[:n_bank]  # handle h -> platform row
+    aligned = rng.random(n_bank) < 0.7
+    handles = np.where(aligned, np.arange(n_bank), -1)
+    risk = np.where(aligned, risk_p[handle_rows], rng.normal(size=n_bank))
+    bank_signal = rng.normal(size=n_bank)
+    logit = 1.5 * np.where(aligned, risk, 0.0) + 1.5 * bank_signal - 0.5
+    y = (rng.random(n_bank) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    bank = Encoded(
+        np.column_stack([bank_signal + rng.normal(0, 0.3, n_bank)]).astype(np.float32),
+        rng.integers(0, 3, (n_bank, 1)).astype(np.int64),
+    )
+    return plat, handle_rows, BankData(bank, y, handles)
+
+
+def fit(seed: int = 0, cfg: TrainConfig = CFG):
+    plat, rows, data = synthetic(seed=seed)
+    pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), cfg)
+    link = LocalPlatformLink(pb, rows)
+    trained = train_bank_model(data, link, ARCH.bank_bottom(1, (3,)), ARCH.top(), cfg)
+    return trained, link, data
+
+
+def test_trains_to_good_auc_on_held_out_rows() -> None:
+    trained, link, _ = fit()
+    _, _, test = synthetic(seed=0)  # same platform, fresh draw of the bank below
+    plat, rows, test = synthetic(seed=0)
+    p = predict(trained.model, test, link)
+    assert p.shape == (len(test.encoded),) and ((p > 0) & (p < 1)).all()
+    assert metrics.auc(test.labels, p) > 0.75
+    assert 0 <= trained.best_epoch < trained.epochs_run <= CFG.epochs
+    assert len(trained.history) == trained.epochs_run
+
+
+def test_platform_features_help() -> None:
+    trained, link, data = fit()
+    p = predict(trained.model, data, link)
+    aligned = data.handles >= 0
+    # the platform carries half the signal: aligned rows rank better than absent ones
+    assert metrics.auc(data.labels[aligned], p[aligned]) > metrics.auc(
+        data.labels[~aligned], p[~aligned]
+    )
+
+
+def test_deterministic_for_a_seed() -> None:
+    a, link_a, data = fit(seed=0)
+    b, link_b, _ = fit(seed=0)
+    np.testing.assert_array_equal(predict(a.model, data, link_a), predict(b.model, data, link_b))
+    torch.manual_seed(123)  # global RNG state must not matter
+    c, link_c, _ = fit(seed=0, cfg=TrainConfig(**{**CFG.__dict__, "seed": 1}))
+    assert not np.array_equal(predict(a.model, data, link_a), predict(c.model, data, link_c))
+
+
+def test_ema_runs_and_is_deterministic() -> None:
+    cfg = TrainConfig(**{**CFG.__dict__, "ema_decay": 0.9, "epochs": 3})
+    a, link_a, data = fit(cfg=cfg)
+    b, link_b, _ = fit(cfg=cfg)
+    np.testing.assert_array_equal(predict(a.model, data, link_a), predict(b.model, data, link_b))
+
+
+def test_split_gradients_equal_joint_gradients() -> None:
+    plat, rows, data = synthetic()
+    cfg = TrainConfig(**{**CFG.__dict__, "lr": 0.1})
+    plat_cfg = ARCH.platform_bottom(2, (3,))
+    pb = PlatformBottom(plat, plat_cfg, cfg)
+    link = LocalPlatformLink(pb, rows)
+    model = BankModel(ARCH.bank_bottom(1, (3,)), ARCH.top())
+    for m in (model, pb.model):
+        for d in m.modules():
+            if hasattr(d, "p"):
+                d.p = 0.0  # no dropout: both passes must see the same network
+    joint_platform = BankModel(ARCH.bank_bottom(1, (3,)), ARCH.top()).bottom.__class__(plat_cfg)
+    joint_platform.load_state_dict(pb.model.state_dict())
+    for d in joint_platform.modules():
+        if hasattr(d, "p"):
+            d.p = 0.0
+    b = np.arange(64)
+    h = data.handles[b]
+    present = torch.from_numpy(h >= 0)
+    num = torch.from_numpy(data.encoded.numeric[b])
+    cat = torch.from_numpy(data.encoded.categorical[b])
+    y = torch.from_numpy(data.labels[b].astype(np.float32))
+
+    # joint: one graph through both halves
+    prow = torch.from_numpy(rows[h[h >= 0]])
+    emb = joint_platform(pb.numeric[prow], pb.categorical[prow])
+    full = torch.zeros(64, emb.shape[1]).index_copy(0, torch.from_numpy(np.flatnonzero(h >= 0)),
+                                                    emb)
+    F.binary_cross_entropy_with_logits(model(num, cat, full, present), y).backward()
+    joint_bank = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    joint_plat = {n: p.grad.clone() for n, p in joint_platform.named_parameters()}
+    model.zero_grad()
+
+    # split: embeddings through the link, gradient of the embedding back
+    got = link.forward(h[h >= 0], train=True).requires_grad_(True)
+    full = torch.zeros(64, got.shape[1]).index_copy(0, torch.from_numpy(np.flatnonzero(h >= 0)),
+                                                    got)
+    F.binary_cross_entropy_with_logits(model(num, cat, full, present), y).backward()
+    assert got.grad is not None
+    link.backward(got.grad)
+    for n, p in model.named_parameters():
+        if n in joint_bank:
+            torch.testing.assert_close(p.grad, joint_bank[n])
+    for n, p in pb.model.named_parameters():
+        torch.testing.assert_close(p.grad, joint_plat[n])
+    # and the platform took its optimizer step
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(pb.model.parameters(), joint_platform.parameters(), strict=True)
+    )
+
+
+def test_batches_without_aligned_rows_work() -> None:
+    plat, rows, data = synthetic()
+    data = BankData(data.encoded, data.labels, np.full(len(data.labels), -1))
+    pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), CFG)
+    before = {k: v.clone() for k, v in pb.state_dict().items()}
+    link = LocalPlatformLink(pb, rows)
+    trained = train_bank_model(data, link, ARCH.bank_bottom(1, (3,)), ARCH.top(), CFG)
+    p = predict(trained.model, data, link)
+    assert metrics.auc(data.labels, p) > 0.6
+    for k, v in pb.state_dict().items():  # never asked, never stepped
+        assert torch.equal(v, before[k])
+
+
+def test_link_errors_are_clear() -> None:
+    plat, rows, _ = synthetic()
+    pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), CFG)
+    with pytest.raises(RuntimeError, match="without a training forward"):
+        pb.backward(torch.zeros(2, 4))
+    pb.forward(np.array([0, 1]), train=True)
+    with pytest.raises(ValueError, match="gradient shape"):
+        pb.backward(torch.zeros(3, 4))
+    with pytest.raises(IndexError, match="out of range"):
+        pb.forward(np.array([len(plat)]), train=False)
+    with pytest.raises(KeyError, match="epoch 5"):
+        pb.restore(5)
+    with pytest.raises(ValueError, match="expects 3 numeric"):
+        PlatformBottom(plat, ARCH.platform_bottom(3, (3,)), CFG)
+
+
+def test_stratified_split() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+    tr, va = stratified_split(y, 0.25, seed=0)
+    assert len(va) == 25 and y[va].sum() == 5
+    assert not set(tr) & set(va) and len(tr) + len(va) == 100
