@@ -6,6 +6,7 @@ gradient with respect to the platform embedding (sealed), and control messages.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -15,24 +16,15 @@ import numpy as np
 import torch
 
 from fedscore.data.preprocess import Preprocessor
-from fedscore.data.table import PartyTable, load_table
+from fedscore.data.table import PartyTable, find_table, load_table
 from fedscore.metrics import auc, ks
+from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
 from fedscore.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.transport import secure_channel
 from bank_node.platform_link import GrpcPlatformLink
 from bank_node.psi_client import run_psi
 
-SUFFIXES = (".csv", ".csv.gz", ".parquet")
-
-
-def _find(data_dir: Path, stem: str) -> Path:
-    found = [data_dir / f"{stem}{suffix}" for suffix in SUFFIXES if (data_dir / f"{stem}{suffix}").exists()]
-    if len(found) != 1:
-        wanted = ", ".join(f"{stem}{s}" for s in SUFFIXES)
-        what = "none" if not found else ", ".join(p.name for p in found)
-        raise FileNotFoundError(f"{data_dir}: expected exactly one of {wanted}; found {what}")
-    return found[0]
 
 
 @dataclass(frozen=True)
@@ -43,8 +35,8 @@ class BankTables:
     @classmethod
     def load(cls, data_dir: Path) -> BankTables:
         schema = data_dir / "schema.toml"
-        train = load_table(_find(data_dir, "train"), schema, require_label=True)
-        test = load_table(_find(data_dir, "test"), schema, require_label=True)
+        train = load_table(find_table(data_dir, "train"), schema, require_label=True)
+        test = load_table(find_table(data_dir, "test"), schema, require_label=True)
         return cls(train, test)
 
 
@@ -78,6 +70,7 @@ def run_bank(
     platform_address: str,
     cfg: TrainConfig,
     *,
+    arch: SplitArchitecture | None = None,
     out: Path | None = None,
 ) -> BankRunResult:
     """PSI with the platform over all the bank's customers, then split training and a test."""
@@ -95,16 +88,17 @@ def run_bank(
         handles = psi.handles_for_rows(len(ids))
         psi_seconds = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
         link = GrpcPlatformLink(
             channel, kit, psi, round_=0, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay
         )
+        arch = arch or SplitArchitecture()
+        bank_cfg = arch.bank_bottom(preprocessor.n_numeric, preprocessor.cat_cardinalities)
+        top_cfg = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)
         train_data = BankData(enc_train, tables.train.labels, handles[:n_train])
         test_data = BankData(enc_test, tables.test.labels, handles[n_train:])
-        trained = train_bank_model(train_data, link, preprocessor, cfg)
-        test_pd = predict(trained, test_data, link, cfg.batch_size)
+        trained = train_bank_model(train_data, link, bank_cfg, top_cfg, cfg)
+        test_pd = predict(trained.model, test_data, link, cfg.eval_batch_size)
         link.close()
-        train_seconds = time.perf_counter() - t0
 
     result = BankRunResult(
         party=kit.party,
@@ -117,7 +111,7 @@ def run_bank(
         best_epoch=trained.best_epoch,
         epochs_run=trained.epochs_run,
         psi_seconds=psi_seconds,
-        train_seconds=train_seconds,
+        train_seconds=trained.wall_s,
         platform_model_version=link.platform_model_version,
         test_labels=tables.test.labels,
         test_pd=test_pd,

@@ -20,7 +20,8 @@ from fedscore.api.v1 import psi_pb2_grpc, round_control_pb2_grpc, split_learning
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.provision import StartupKit
-from fedscore.training import PlatformBottom, platform_bottom_config
+from fedscore.model import SplitArchitecture
+from fedscore.training import PlatformBottom, TrainConfig
 from fedscore.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.psi_service import PsiServicer
 from platform_node.sessions import SessionRegistry
@@ -32,20 +33,24 @@ log = logging.getLogger(__name__)
 class PlatformNode:
     """Everything the platform holds: its kit, its raw table (never sent), fitted encodings."""
 
-    def __init__(self, kit: StartupKit, table: PartyTable) -> None:
+    def __init__(
+        self, kit: StartupKit, table: PartyTable, arch: SplitArchitecture | None = None
+    ) -> None:
         if kit.role != "platform":
             raise ValueError(f"kit {kit.path} is for {kit.party} ({kit.role}), not the platform")
         self.kit = kit
         self.table = table
         self.preprocessor = Preprocessor.fit(table)
         self.encoded = self.preprocessor.transform(table)
-        self.bottom_config = platform_bottom_config(self.preprocessor)
+        arch = arch or SplitArchitecture()
+        self.bottom_config = arch.platform_bottom(
+            self.preprocessor.n_numeric, self.preprocessor.cat_cardinalities
+        )
         self.sessions = SessionRegistry(kit)
 
     def make_bottom(self, seed: int, lr: float, weight_decay: float) -> PlatformBottom:
-        return PlatformBottom(
-            self.encoded, self.bottom_config, lr=lr, weight_decay=weight_decay, seed=seed
-        )
+        hyper = TrainConfig(seed=seed, lr=lr, weight_decay=weight_decay)
+        return PlatformBottom(self.encoded, self.bottom_config, hyper)
 
 
 def create_server(
