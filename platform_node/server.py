@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -54,9 +55,17 @@ class PlatformNode:
 
 
 def create_server(
-    address: str, node: PlatformNode, *, max_workers: int = 16
+    address: str,
+    node: PlatformNode,
+    *,
+    max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=interceptors,
+        options=GRPC_OPTIONS,
+    )
     psi_pb2_grpc.add_PsiServiceServicer_to_server(
         PsiServicer(node.table.ids, node.sessions.on_psi_complete), server
     )

@@ -1,0 +1,143 @@
+"""The platform's split-learning and round-control services over real mTLS gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+import numpy as np
+import pytest
+
+from bank_node.platform_link import GrpcPlatformLink, PlatformError
+from bank_node.psi_client import run_psi
+from bank_node.trainer import BankTables
+from fedscore import serde
+from fedscore.api.v1 import round_control_pb2, round_control_pb2_grpc, split_learning_pb2
+from fedscore.api.v1 import split_learning_pb2_grpc
+from fedscore.baselines import align
+from fedscore.crypto import Direction, Sealer, derive_session_key
+from fedscore.data.preprocess import Preprocessor
+from fedscore.model import SplitArchitecture
+from fedscore.psi import PsiResult
+from fedscore.training import (
+    BankData,
+    LocalPlatformLink,
+    PlatformBottom,
+    TrainConfig,
+    predict,
+    train_bank_model,
+)
+from fedscore.transport import secure_channel
+from tests.conftest import Federation, LivePlatform
+
+CFG = TrainConfig(epochs=3, patience=10, batch_size=128, seed=3)
+
+
+def _psi(federation: Federation, platform: LivePlatform, bank: str) -> PsiResult:
+    tables = BankTables.load(federation.data.bank_dirs[bank])
+    with secure_channel(platform.address, federation.kit(bank), "platform") as channel:
+        return run_psi(channel, tables.train.ids, party=bank)
+
+
+def test_grpc_training_equals_in_process_training(
+    federation: Federation, live_platform: LivePlatform
+) -> None:
+    """Split learning over the wire computes exactly what the in-process reference computes."""
+    arch = SplitArchitecture()
+    tables = BankTables.load(federation.data.bank_dirs["bank-1"])
+    pre = Preprocessor.fit(tables.train)
+    enc_train, enc_test = pre.transform(tables.train), pre.transform(tables.test)
+    assert tables.train.labels is not None and tables.test.labels is not None
+    bank_cfg = arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities)
+    ids = np.concatenate([tables.train.ids, tables.test.ids])
+    n = len(tables.train)
+
+    kit = federation.kit("bank-1")
+    with secure_channel(live_platform.address, kit, "platform") as channel:
+        psi = run_psi(channel, ids, party="bank-1")
+        handles = psi.handles_for_rows(len(ids))
+        link = GrpcPlatformLink(channel, kit, psi, round_=0, seed=CFG.seed, lr=CFG.lr,
+                                weight_decay=CFG.weight_decay)
+        top = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)
+        trained = train_bank_model(BankData(enc_train, tables.train.labels, handles[:n]),
+                                   link, bank_cfg, top, CFG)
+        remote = predict(trained.model, BankData(enc_test, tables.test.labels, handles[n:]), link)
+        link.close()
+
+    platform = federation.platform_table()
+    ppre = Preprocessor.fit(platform)
+    rows = align(platform.ids, ids)
+    aligned = rows[rows >= 0]
+    local_handles = np.full(len(ids), -1, np.int64)
+    local_handles[rows >= 0] = np.arange(aligned.size)
+    bottom = PlatformBottom(
+        ppre.transform(platform), arch.platform_bottom(ppre.n_numeric, ppre.cat_cardinalities), CFG
+    )
+    local_link = LocalPlatformLink(bottom, aligned)
+    ref = train_bank_model(BankData(enc_train, tables.train.labels, local_handles[:n]),
+                           local_link, bank_cfg, arch.top(), CFG)
+    local = predict(ref.model, BankData(enc_test, tables.test.labels, local_handles[n:]),
+                    local_link)
+
+    assert psi.size == aligned.size
+    assert trained.best_epoch == ref.best_epoch
+    np.testing.assert_allclose(remote, local, atol=1e-6)
+
+
+def test_another_bank_cannot_use_a_session(
+    federation: Federation, live_platform: LivePlatform
+) -> None:
+    psi = _psi(federation, live_platform, "bank-1")
+    with secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as channel:
+        stub = round_control_pb2_grpc.RoundControlServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.OpenSession(round_control_pb2.OpenSessionRequest(
+                session_id=psi.session_id, learning_rate=0.01))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "another party" in (info.value.details() or "")
+
+
+def test_unknown_session_is_refused(federation: Federation, live_platform: LivePlatform) -> None:
+    kit = federation.kit("bank-1")
+    fake = PsiResult(session_id=b"\x01" * 16, rows=np.arange(3), other_size=3)
+    with secure_channel(live_platform.address, kit, "platform") as channel:
+        with pytest.raises(PlatformError, match="PERMISSION_DENIED.*run PSI first"):
+            GrpcPlatformLink(channel, kit, fake, round_=0, seed=0, lr=0.01, weight_decay=0)
+
+
+def _raw_step(channel: grpc.Channel, boxes: list[serde.SealedBox]) -> list[bytes]:
+    stub = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
+    requests = [split_learning_pb2.StepRequest(sealed=serde.sealed_to_pb(b)) for b in boxes]
+    return [r.SerializeToString() for r in stub.Step(iter(requests))]
+
+
+@pytest.mark.parametrize("attack", ["tamper", "replay", "reorder", "wrong-round"])
+def test_tampered_replayed_or_reordered_steps_are_rejected(
+    federation: Federation, live_platform: LivePlatform, attack: str
+) -> None:
+    kit = federation.kit("bank-1")
+    psi = _psi(federation, live_platform, "bank-1")
+    with secure_channel(live_platform.address, kit, "platform") as channel:
+        link = GrpcPlatformLink(channel, kit, psi, round_=0, seed=0, lr=0.01, weight_decay=0)
+        assert link.embedding_dim > 0
+        key = derive_session_key(kit.sealing_key, kit.peer("platform").sealing_public,
+                                 psi.session_id)
+        sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
+        command = split_learning_pb2.StepCommand(
+            mode=split_learning_pb2.STEP_MODE_EVAL, handles=serde.handles_to_bytes(np.arange(4))
+        ).SerializeToString()
+        first = sealer.seal(command, round=0, batch=0)
+        second = sealer.seal(command, round=0, batch=1)
+        assert len(_raw_step(channel, [first, second])) == 2  # the honest stream works
+        third = sealer.seal(command, round=0, batch=2)
+        boxes = {
+            "tamper": [dataclasses.replace(third, ciphertext=bytes([third.ciphertext[0] ^ 1])
+                                           + third.ciphertext[1:])],
+            "replay": [first],
+            "reorder": [sealer.seal(command, round=0, batch=3)],
+            "wrong-round": [dataclasses.replace(third, round=1)],
+        }[attack]
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_step(channel, boxes)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "step rejected" in (info.value.details() or "")
