@@ -24,7 +24,7 @@ CFG = TrainConfig(epochs=8, batch_size=64, lr=5e-3, weight_decay=1e-4, patience=
                   validation_share=0.25, seed=0)
 
 
-def synthetic(n_platform: int = 1500, n_bank: int = 1000, seed: int = 0):
+def synthetic(n_platform: int = 2000, n_bank: int = 1500, seed: int = 0):
     """Latent risk drives platform features, bank features and labels; 30% of the
     bank's customers are unknown to the platform."""
     rng = np.random.default_rng(seed)
@@ -48,8 +48,16 @@ def synthetic(n_platform: int = 1500, n_bank: int = 1000, seed: int = 0):
     return plat, handle_rows, BankData(bank, y, handles)
 
 
+def rows_of(data: BankData, rows: np.ndarray) -> BankData:
+    return BankData(data.encoded.take(rows), data.labels[rows], data.handles[rows])
+
+
+TRAIN, TEST = np.arange(1000), np.arange(1000, 1500)
+
+
 def fit(seed: int = 0, cfg: TrainConfig = CFG):
     plat, rows, data = synthetic(seed=seed)
+    data = rows_of(data, TRAIN)
     pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), cfg)
     link = LocalPlatformLink(pb, rows)
     trained = train_bank_model(data, link, ARCH.bank_bottom(1, (3,)), ARCH.top(), cfg)
@@ -58,8 +66,7 @@ def fit(seed: int = 0, cfg: TrainConfig = CFG):
 
 def test_trains_to_good_auc_on_held_out_rows() -> None:
     trained, link, _ = fit()
-    _, _, test = synthetic(seed=0)  # same platform, fresh draw of the bank below
-    plat, rows, test = synthetic(seed=0)
+    test = rows_of(synthetic()[2], TEST)
     p = predict(trained.model, test, link)
     assert p.shape == (len(test.encoded),) and ((p > 0) & (p < 1)).all()
     assert metrics.auc(test.labels, p) > 0.75
@@ -69,12 +76,16 @@ def test_trains_to_good_auc_on_held_out_rows() -> None:
 
 def test_platform_features_help() -> None:
     trained, link, data = fit()
-    p = predict(trained.model, data, link)
     aligned = data.handles >= 0
-    # the platform carries half the signal: aligned rows rank better than absent ones
-    assert metrics.auc(data.labels[aligned], p[aligned]) > metrics.auc(
-        data.labels[~aligned], p[~aligned]
-    )
+    p = predict(trained.model, data, link)
+    # the same bank without the platform (every row on the absent path)
+    plat, rows, _ = synthetic()
+    alone_data = BankData(data.encoded, data.labels, np.full(len(data.labels), -1))
+    alone_link = LocalPlatformLink(PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), CFG), rows)
+    alone = train_bank_model(alone_data, alone_link, ARCH.bank_bottom(1, (3,)), ARCH.top(), CFG)
+    q = predict(alone.model, alone_data, alone_link)
+    y = data.labels[aligned]
+    assert metrics.auc(y, p[aligned]) > metrics.auc(y, q[aligned]) + 0.03
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -170,7 +181,7 @@ def test_link_errors_are_clear() -> None:
         pb.forward(np.array([len(plat)]), train=False)
     with pytest.raises(KeyError, match="epoch 5"):
         pb.restore(5)
-    with pytest.raises(ValueError, match="expects 3 numeric"):
+    with pytest.raises(ValueError, match="expects 3 and 1"):
         PlatformBottom(plat, ARCH.platform_bottom(3, (3,)), CFG)
 
 
