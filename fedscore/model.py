@@ -81,10 +81,12 @@ class BottomModel(_Seedable):
     def __init__(self, cfg: BottomConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        embs = [nn.Embedding(c, cfg.cat_dim) for c in cfg.cat_cardinalities]
-        for e in embs:
-            nn.init.normal_(e.weight, std=0.1)
-        self.embeddings = nn.ModuleList(embs)
+        # one table for every categorical column; column i owns rows offsets[i]..
+        cards = torch.tensor((0, *cfg.cat_cardinalities), dtype=torch.int64)
+        self.offsets: torch.Tensor
+        self.register_buffer("offsets", torch.cumsum(cards, 0)[:-1].clone(), persistent=False)
+        self.embedding = nn.Embedding(max(int(cards.sum()), 1), cfg.cat_dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
         d_in = cfg.n_numeric + cfg.cat_dim * len(cfg.cat_cardinalities)
         self.input_dropout = SeededDropout(cfg.dropout / 2)
         self.mlp, d = _mlp(d_in, cfg.hidden, cfg.dropout)
@@ -92,8 +94,8 @@ class BottomModel(_Seedable):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         # numeric [B, n_num] float32, categorical [B, n_cat] int64 (0 = unknown)
-        parts = [numeric] + [e(categorical[:, i]) for i, e in enumerate(self.embeddings)]
-        x = torch.cat(parts, dim=1)  # [B, n_num + n_cat * cat_dim]
+        emb = self.embedding(categorical + self.offsets)  # [B, n_cat, cat_dim]
+        x = torch.cat([numeric, emb.flatten(1)], dim=1)  # [B, n_num + n_cat * cat_dim]
         x = self.mlp(self.input_dropout(x))  # [B, hidden[-1]]
         return self.out(x)  # [B, out_dim]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -80,14 +80,15 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
         lr=lr,
+        foreach=True,
     )
 
 
-class _Ema:
+class _Ema(Generic[_M]):
     """Exponential moving average of a module's weights; ``model`` is the averaged copy
     (the module itself when the decay is 0)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: _M, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model) if decay > 0 else model
         self.steps = 0

@@ -14,7 +14,8 @@ numeric block (float32), in this order
 categorical block (int64, 0 = unknown or missing), in this order
     1. every categorical feature: codes 1..V for the values seen in training at
        least ``min_count`` times, 0 for anything else;
-    2. a quantile-bin code for every numeric column of (numeric block 1 and 2):
+    2. when ``n_bins`` > 0, a quantile-bin code for every numeric column of (numeric
+       block 1, and 2 when ``bin_derived``):
        up to ``n_bins`` bins with edges at training quantiles (a column with at most
        ``n_bins`` distinct values gets one bin per value), 0 for missing. The model
        embeds these, which lets a small MLP learn non-monotone effects the way a
@@ -276,7 +277,7 @@ class Preprocessor:
             z = np.clip((t - spec.mean) / spec.std, -s.config.clip, s.config.clip)
             z[missing] = 0.0
             num_cols.append(z)
-            if k < n_base or s.config.bin_derived:
+            if self._binned(k):
                 b = np.searchsorted(np.asarray(spec.edges), np.where(missing, 0.0, x), "right")
                 b = b.astype(np.int64) + 1
                 b[missing] = 0
@@ -301,6 +302,11 @@ class Preprocessor:
         return Encoded(np.ascontiguousarray(numeric), np.ascontiguousarray(categorical))
 
     # ------------------------------------------------------------- describing
+    def _binned(self, k: int) -> bool:
+        """Whether numeric column k (base then derived) gets a bin code."""
+        s = self._s
+        return s.config.n_bins > 0 and (k < len(s.numeric_features) or s.config.bin_derived)
+
     @property
     def n_numeric(self) -> int:
         return len(self._s.numeric) + len(self._s.missing_features)
@@ -310,11 +316,7 @@ class Preprocessor:
         s = self._s
         cards = [len(s.vocabularies[n]) + 1 for n in s.categorical_features]
         n_base = len(s.numeric_features)
-        cards += [
-            len(spec.edges) + 2
-            for k, spec in enumerate(s.numeric)
-            if k < n_base or s.config.bin_derived
-        ]
+        cards += [len(spec.edges) + 2 for k, spec in enumerate(s.numeric) if self._binned(k)]
         return tuple(cards)
 
     @property
@@ -327,11 +329,7 @@ class Preprocessor:
     def categorical_names(self) -> tuple[str, ...]:
         s = self._s
         n_base = len(s.numeric_features)
-        bins = [
-            f"{spec.name}:bin"
-            for k, spec in enumerate(s.numeric)
-            if k < n_base or s.config.bin_derived
-        ]
+        bins = [f"{spec.name}:bin" for k, spec in enumerate(s.numeric) if self._binned(k)]
         return tuple(s.categorical_features) + tuple(bins)
 
     def to_dict(self) -> dict[str, Any]:

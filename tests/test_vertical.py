@@ -1,0 +1,70 @@
+"""End to end with real processes: the platform node as its own process, banks over mTLS."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bank_node.psi_client import run_psi
+from fedscore.provision import load_kit, provision
+from fedscore.psi import PsiError
+from fedscore.training import TrainConfig
+from fedscore.transport import secure_channel
+from fedscore.vertical import run_vertical
+from tests.conftest import Federation, LivePlatform
+
+
+def test_default_credit_trains_to_a_good_auc(tmp_path: Path) -> None:
+    """The reference scenario, fixed seed, a short schedule: a generous bound on test AUC."""
+    report = run_vertical("default-credit", tmp_path, seed=0,
+                          cfg=TrainConfig(epochs=6, patience=2, seed=0))
+    assert [b["party"] for b in report["banks"]] == ["bank-1", "bank-2", "bank-3"]
+    assert report["pooled_auc"] > 0.74
+    for bank in report["banks"]:
+        assert bank["test_auc"] > 0.70
+        assert 0.8 < bank["aligned_train"] / bank["n_train"] < 0.9  # 85% are platform users
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["pooled_auc"] == pytest.approx(report["pooled_auc"])
+    assert (tmp_path / "models" / "bank-1" / "bank_model.pt").exists()
+
+
+@pytest.mark.parametrize("trusts_our_ca", [False, True])
+def test_a_bank_from_another_ca_is_refused(
+    federation: Federation, live_platform: LivePlatform, tmp_path: Path, trusts_our_ca: bool
+) -> None:
+    """A certificate our CA did not sign gets no PSI, whether or not it trusts our CA."""
+    provision(tmp_path / "other", parties=("platform", "bank-1"))
+    stranger = load_kit(tmp_path / "other" / "bank-1")
+    if trusts_our_ca:  # it verifies our server fine; only our server can refuse it
+        stranger = dataclasses.replace(stranger, ca_pem=federation.kit("bank-1").ca_pem)
+    with secure_channel(live_platform.address, stranger, "platform") as channel:
+        with pytest.raises(PsiError, match="UNAVAILABLE"):
+            run_psi(channel, ["U0000000000001", "U0000000000002"], party="bank-1")
+    assert len(live_platform.node.sessions) == 0  # type: ignore[attr-defined]
+
+
+def test_platform_refuses_to_start_without_a_valid_kit(
+    federation: Federation, tmp_path: Path
+) -> None:
+    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+           "--kit", str(tmp_path / "nowhere"), "--data", str(federation.data.platform_features),
+           "--schema", str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "nowhere" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bank_kit_cannot_run_the_platform(federation: Federation, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+           "--kit", str(federation.kits / "bank-1"), "--data",
+           str(federation.data.platform_features), "--schema",
+           str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "not the platform" in done.stderr
