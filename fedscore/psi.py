@@ -239,6 +239,10 @@ def intersect_prefixes(
     """
     mine_order = _sort_in_place(mine_hi, mine_lo)
     _sort_in_place(theirs_hi, theirs_lo)
+    for hi, lo, whose in ((mine_hi, mine_lo, "our"), (theirs_hi, theirs_lo, "the peer's")):
+        # Distinct ids give distinct values; repeats mean the peer sent or returned garbage.
+        if hi.size > 1 and bool(((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])).any()):
+            raise PsiProtocolError(f"{whose} doubly blinded points contain repeats")
     m = theirs_hi.size
     matched: list[np.ndarray] = []
     for start in range(0, mine_hi.size, _BLOCK):

@@ -174,6 +174,12 @@ def test_intersection_survives_64_bit_half_collisions() -> None:
         theirs[:, 0].copy(), theirs[:, 1].copy(), mine[:, 0].copy(), mine[:, 1].copy()
     )
     assert theirs_digest == digest
+    repeated = theirs.copy()
+    repeated[7] = repeated[300]
+    with pytest.raises(PsiProtocolError, match="the peer's doubly blinded points contain repeats"):
+        intersect_prefixes(
+            mine[:, 0].copy(), mine[:, 1].copy(), repeated[:, 0].copy(), repeated[:, 1].copy()
+        )
 
 
 # ---- protocol violations, fed by a scripted peer ---------------------------------------------
