@@ -31,7 +31,9 @@ def platform_process(
            "--kit", str(kit), "--data", str(data), "--schema", str(schema),
            "--address", f"{host}:0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     ready = threading.Event()

@@ -13,7 +13,6 @@ import re
 import shutil
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

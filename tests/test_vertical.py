@@ -42,9 +42,11 @@ def test_a_bank_from_another_ca_is_refused(
     stranger = load_kit(tmp_path / "other" / "bank-1")
     if trusts_our_ca:  # it verifies our server fine; only our server can refuse it
         stranger = dataclasses.replace(stranger, ca_pem=federation.kit("bank-1").ca_pem)
-    with secure_channel(live_platform.address, stranger, "platform") as channel:
-        with pytest.raises(PsiError, match="UNAVAILABLE"):
-            run_psi(channel, ["U0000000000001", "U0000000000002"], party="bank-1")
+    with (
+        secure_channel(live_platform.address, stranger, "platform") as channel,
+        pytest.raises(PsiError, match="UNAVAILABLE"),
+    ):
+        run_psi(channel, ["U0000000000001", "U0000000000002"], party="bank-1")
     assert len(live_platform.node.sessions) == 0  # type: ignore[attr-defined]
 
 

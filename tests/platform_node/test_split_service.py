@@ -12,8 +12,12 @@ from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
 from fedscore import serde
-from fedscore.api.v1 import round_control_pb2, round_control_pb2_grpc, split_learning_pb2
-from fedscore.api.v1 import split_learning_pb2_grpc
+from fedscore.api.v1 import (
+    round_control_pb2,
+    round_control_pb2_grpc,
+    split_learning_pb2,
+    split_learning_pb2_grpc,
+)
 from fedscore.baselines import align
 from fedscore.crypto import Direction, Sealer, derive_session_key
 from fedscore.data.preprocess import Preprocessor
@@ -100,9 +104,11 @@ def test_another_bank_cannot_use_a_session(
 def test_unknown_session_is_refused(federation: Federation, live_platform: LivePlatform) -> None:
     kit = federation.kit("bank-1")
     fake = PsiResult(session_id=b"\x01" * 16, rows=np.arange(3), other_size=3)
-    with secure_channel(live_platform.address, kit, "platform") as channel:
-        with pytest.raises(PlatformError, match="PERMISSION_DENIED.*run PSI first"):
-            GrpcPlatformLink(channel, kit, fake, round_=0, seed=0, lr=0.01, weight_decay=0)
+    with (
+        secure_channel(live_platform.address, kit, "platform") as channel,
+        pytest.raises(PlatformError, match=r"PERMISSION_DENIED.*run PSI first"),
+    ):
+        GrpcPlatformLink(channel, kit, fake, round_=0, seed=0, lr=0.01, weight_decay=0)
 
 
 def _raw_step(channel: grpc.Channel, boxes: list[serde.SealedBox]) -> list[bytes]:
