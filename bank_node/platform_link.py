@@ -27,6 +27,7 @@ from fedscore.api.v1 import (
 from fedscore.crypto import Direction, Opener, Sealer, derive_session_key
 from fedscore.provision import StartupKit
 from fedscore.psi import PsiResult
+from fedscore.training import TrainConfig
 
 _END = object()
 Req = TypeVar("Req")
@@ -51,13 +52,12 @@ class GrpcPlatformLink:
         channel: grpc.Channel,
         kit: StartupKit,
         psi: PsiResult,
+        cfg: TrainConfig,
         *,
-        round_: int,
-        seed: int,
-        lr: float,
-        weight_decay: float,
+        round_: int = 0,
         platform_party: str = "platform",
     ) -> None:
+        """Open the session; the platform's optimizer takes its settings from ``cfg``."""
         self._control = round_control_pb2_grpc.RoundControlServiceStub(channel)
         self._split = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
         self._session_id = psi.session_id
@@ -67,9 +67,10 @@ class GrpcPlatformLink:
                 round_control_pb2.OpenSessionRequest(
                     session_id=psi.session_id,
                     round=round_,
-                    seed=seed,
-                    learning_rate=lr,
-                    weight_decay=weight_decay,
+                    seed=cfg.seed,
+                    learning_rate=cfg.lr,
+                    weight_decay=cfg.weight_decay,
+                    ema_decay=cfg.ema_decay,
                 )
             )
         except grpc.RpcError as exc:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bank_node.platform_link import GrpcPlatformLink
+from bank_node.psi_client import run_psi
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable, find_table, load_table
 from fedscore.metrics import auc, ks
@@ -22,9 +24,6 @@ from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
 from fedscore.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.transport import secure_channel
-from bank_node.platform_link import GrpcPlatformLink
-from bank_node.psi_client import run_psi
-
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,7 @@ def run_bank(
         handles = psi.handles_for_rows(len(ids))
         psi_seconds = time.perf_counter() - t0
 
-        link = GrpcPlatformLink(
-            channel, kit, psi, round_=0, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        link = GrpcPlatformLink(channel, kit, psi, cfg)
         arch = arch or SplitArchitecture()
         bank_cfg = arch.bank_bottom(preprocessor.n_numeric, preprocessor.cat_cardinalities)
         top_cfg = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)

@@ -30,6 +30,7 @@ class BottomConfig:
     hidden: tuple[int, ...]
     out_dim: int
     dropout: float
+    linear_skip: bool = False  # a linear path from inputs to output beside the MLP
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class TopConfig:
     platform_dim: int
     hidden: tuple[int, ...]
     dropout: float
+    linear_skip: bool = False
 
 
 class SeededDropout(nn.Module):
@@ -66,6 +68,10 @@ def _mlp(d_in: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Sequent
     return nn.Sequential(*layers), d_in
 
 
+def _skips(cfg: BottomConfig | TopConfig) -> bool:
+    return cfg.linear_skip and len(cfg.hidden) > 0
+
+
 class _Seedable(nn.Module):
     def seed_dropout(self, seed: int) -> None:
         """Give every dropout layer of this module one private generator."""
@@ -91,13 +97,15 @@ class BottomModel(_Seedable):
         self.input_dropout = SeededDropout(cfg.dropout / 2)
         self.mlp, d = _mlp(d_in, cfg.hidden, cfg.dropout)
         self.out = nn.Linear(d, cfg.out_dim)
+        self.skip = nn.Linear(d_in, cfg.out_dim, bias=False) if _skips(cfg) else None
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         # numeric [B, n_num] float32, categorical [B, n_cat] int64 (0 = unknown)
         emb = self.embedding(categorical + self.offsets)  # [B, n_cat, cat_dim]
         x = torch.cat([numeric, emb.flatten(1)], dim=1)  # [B, n_num + n_cat * cat_dim]
-        x = self.mlp(self.input_dropout(x))  # [B, hidden[-1]]
-        return self.out(x)  # [B, out_dim]
+        x = self.input_dropout(x)
+        out = self.out(self.mlp(x))  # [B, out_dim]
+        return out if self.skip is None else out + self.skip(x)
 
 
 class TopModel(_Seedable):
@@ -107,8 +115,10 @@ class TopModel(_Seedable):
         super().__init__()
         self.cfg = cfg
         self.default_platform = nn.Parameter(torch.zeros(cfg.platform_dim))  # [dp]
-        self.mlp, d = _mlp(cfg.bank_dim + cfg.platform_dim + 1, cfg.hidden, cfg.dropout)
+        d_in = cfg.bank_dim + cfg.platform_dim + 1
+        self.mlp, d = _mlp(d_in, cfg.hidden, cfg.dropout)
         self.out = nn.Linear(d, 1)
+        self.skip = nn.Linear(d_in, 1, bias=False) if _skips(cfg) else None
 
     def forward(
         self, bank_emb: torch.Tensor, platform_emb: torch.Tensor, present: torch.Tensor
@@ -117,7 +127,10 @@ class TopModel(_Seedable):
         p = present.unsqueeze(1)  # [B, 1] bool
         plat = torch.where(p, platform_emb, self.default_platform.expand_as(platform_emb))
         x = torch.cat([bank_emb, plat, p.to(bank_emb.dtype)], dim=1)  # [B, db + dp + 1]
-        return self.out(self.mlp(x)).squeeze(1)  # [B] logits
+        out = self.out(self.mlp(x))  # [B, 1]
+        if self.skip is not None:
+            out = out + self.skip(x)
+        return out.squeeze(1)  # [B] logits
 
 
 class BankModel(_Seedable):
@@ -153,19 +166,22 @@ class SplitArchitecture:
     bank_hidden: tuple[int, ...] = (64,)
     bank_out: int = 16
     top_hidden: tuple[int, ...] = (32,)
-    dropout: float = 0.1
+    dropout: float = 0.3
+    linear_skip: bool = False
 
     def platform_bottom(self, n_numeric: int, cat_cardinalities: tuple[int, ...]) -> BottomConfig:
         return BottomConfig(
             n_numeric, tuple(cat_cardinalities), self.cat_dim, self.platform_hidden,
-            self.platform_out, self.dropout,
+            self.platform_out, self.dropout, self.linear_skip,
         )
 
     def bank_bottom(self, n_numeric: int, cat_cardinalities: tuple[int, ...]) -> BottomConfig:
         return BottomConfig(
             n_numeric, tuple(cat_cardinalities), self.cat_dim, self.bank_hidden,
-            self.bank_out, self.dropout,
+            self.bank_out, self.dropout, self.linear_skip,
         )
 
     def top(self) -> TopConfig:
-        return TopConfig(self.bank_out, self.platform_out, self.top_hidden, self.dropout)
+        return TopConfig(
+            self.bank_out, self.platform_out, self.top_hidden, self.dropout, self.linear_skip
+        )

@@ -7,9 +7,20 @@ federated (the gRPC link on the bank node, with :class:`PlatformBottom` behind t
 platform node's servicer), so the two are comparable bit for bit: every random
 draw on either side comes from that side's own seeded generator, never a shared one.
 
-Per batch: the platform is asked only for the batch's aligned rows, in batch order;
-a batch with no aligned row makes no link call at all (the platform model does not
-step on that batch in either mode).
+The call sequence a link (and the platform behind it) sees, which the gRPC servicer
+must follow as well:
+
+* per training batch: ``forward(handles, train=True)`` for the batch's aligned rows
+  in batch order, then exactly one ``backward(grad)`` with dL/d(those embeddings)
+  (mean BCE over the whole batch); the platform steps its optimizer on it. A batch
+  with no aligned row makes no call at all, so the platform does not step on it in
+  either mode;
+* after each epoch: ``end_epoch(e)`` (the platform snapshots the weights it scores
+  with), then ``forward(..., train=False)`` calls for the validation rows;
+* at the end: ``commit(best_epoch)``; the platform keeps that epoch's weights.
+
+Both sides need the same :class:`TrainConfig` (seed, lr, weight decay, averaging).
+Models are tiny: run with ``torch.set_num_threads(1)`` (more threads only spin).
 """
 
 from __future__ import annotations
@@ -33,17 +44,17 @@ PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank'
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 40
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 6
-    validation_share: float = 0.2
+    validation_share: float = 0.1
     seed: int = 0
     monitor: Literal["auc", "loss"] = "auc"  # early-stopping criterion on validation rows
     # Polyak averaging: evaluation, snapshots and the final model use an exponential
     # moving average of the weights (per optimizer step; 0 = off). Each side averages
     # its own weights, which is the average of the joint weights.
-    ema_decay: float = 0.0
+    ema_decay: float = 0.99
     eval_batch_size: int = 8192
 
     def __post_init__(self) -> None:
@@ -411,6 +422,8 @@ def train_bank_model(
             best_state = copy.deepcopy(ema.model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             break
+    if best_epoch < 0:  # validation never produced a finite score
+        best_epoch, best_state = epoch, copy.deepcopy(ema.model.state_dict())
     model.load_state_dict(best_state)
     link.commit(best_epoch)
     return TrainedBank(

@@ -32,12 +32,12 @@ def run_vertical(
     scenario: str, out: Path, *, seed: int = 0, progress: Console | None = None,
     cfg: TrainConfig | None = None,
 ) -> dict[str, Any]:
+    import torch
+
     from bank_node.trainer import run_bank
     from fedscore.data.table import find_table
     from fedscore.local import platform_process
     from fedscore.provision import load_kit, provision
-
-    import torch
 
     torch.set_num_threads(1)
     cfg = cfg or TrainConfig(seed=seed)

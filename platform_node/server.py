@@ -20,8 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedscore.api.v1 import psi_pb2_grpc, round_control_pb2_grpc, split_learning_pb2_grpc
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
-from fedscore.provision import StartupKit
 from fedscore.model import SplitArchitecture
+from fedscore.provision import StartupKit
 from fedscore.training import PlatformBottom, TrainConfig
 from fedscore.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.psi_service import PsiServicer
@@ -49,8 +49,10 @@ class PlatformNode:
         )
         self.sessions = SessionRegistry(kit)
 
-    def make_bottom(self, seed: int, lr: float, weight_decay: float) -> PlatformBottom:
-        hyper = TrainConfig(seed=seed, lr=lr, weight_decay=weight_decay)
+    def make_bottom(
+        self, seed: int, lr: float, weight_decay: float, ema_decay: float
+    ) -> PlatformBottom:
+        hyper = TrainConfig(seed=seed, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay)
         return PlatformBottom(self.encoded, self.bottom_config, hyper)
 
 

@@ -26,8 +26,8 @@ from fedscore.training import PlatformBottom
 from fedscore.transport import peer_party
 from platform_node.sessions import Session, SessionError, SessionRegistry
 
-BottomFactory = Callable[[int, float, float], PlatformBottom]
-"""(seed, learning rate, weight decay) -> a fresh platform bottom model for one session."""
+BottomFactory = Callable[[int, float, float, float], PlatformBottom]
+"""(seed, learning rate, weight decay, EMA decay) -> a fresh platform bottom for one session."""
 
 
 def _session(
@@ -100,7 +100,11 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
-        bottom = self._make_bottom(request.seed, request.learning_rate, request.weight_decay)
+        if not 0.0 <= request.ema_decay < 1.0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ema_decay must be in [0, 1)")
+        bottom = self._make_bottom(
+            request.seed, request.learning_rate, request.weight_decay, request.ema_decay
+        )
         session.open_round(request.round, bottom)
         return round_control_pb2.OpenSessionResponse(
             embedding_dim=bottom.out_dim, platform_model_version=session.committed_version or ""

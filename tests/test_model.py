@@ -27,6 +27,15 @@ def test_bottom_shapes() -> None:
     assert BottomModel(BOTTOM)(num[:0], cat[:0]).shape == (0, 5)
 
 
+def test_linear_skip_shapes() -> None:
+    num, cat = batch(7)
+    bottom = BottomConfig(3, (4, 6), 2, (8,), 5, 0.1, linear_skip=True)
+    top = TopConfig(5, 4, (6,), 0.1, linear_skip=True)
+    model = BankModel(bottom, top)
+    assert model.bottom.skip is not None and model.top.skip is not None
+    assert model(num, cat, torch.randn(7, 4), torch.ones(7, dtype=torch.bool)).shape == (7,)
+
+
 def test_bank_model_shapes() -> None:
     num, cat = batch(7)
     model = BankModel(BOTTOM, TOP)

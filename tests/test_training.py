@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -5,26 +7,39 @@ import torch.nn.functional as F
 
 from fedscore import metrics
 from fedscore.data.preprocess import Encoded
-from fedscore.model import BankModel, SplitArchitecture
+from fedscore.model import BankModel, BottomModel, SeededDropout, SplitArchitecture
 from fedscore.training import (
     BankData,
     LocalPlatformLink,
     PlatformBottom,
     TrainConfig,
+    TrainedBank,
     predict,
     stratified_split,
     train_bank_model,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: intra-op threads only cost (and spin badly on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 ARCH = SplitArchitecture(
     cat_dim=2, platform_hidden=(16,), platform_out=4, bank_hidden=(16,), bank_out=4,
     top_hidden=(8,), dropout=0.1,
 )
 CFG = TrainConfig(epochs=8, batch_size=64, lr=5e-3, weight_decay=1e-4, patience=3,
-                  validation_share=0.25, seed=0)
+                  validation_share=0.25, seed=0, ema_decay=0.0)
 
 
-def synthetic(n_platform: int = 2000, n_bank: int = 1500, seed: int = 0):
+def synthetic(
+    n_platform: int = 2000, n_bank: int = 1500, seed: int = 0
+) -> tuple[Encoded, np.ndarray, BankData]:
     """Latent risk drives platform features, bank features and labels; 30% of the
     bank's customers are unknown to the platform."""
     rng = np.random.default_rng(seed)
@@ -55,7 +70,9 @@ def rows_of(data: BankData, rows: np.ndarray) -> BankData:
 TRAIN, TEST = np.arange(1000), np.arange(1000, 1500)
 
 
-def fit(seed: int = 0, cfg: TrainConfig = CFG):
+def fit(
+    seed: int = 0, cfg: TrainConfig = CFG
+) -> tuple[TrainedBank, LocalPlatformLink, BankData]:
     plat, rows, data = synthetic(seed=seed)
     data = rows_of(data, TRAIN)
     pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), cfg)
@@ -111,15 +128,12 @@ def test_split_gradients_equal_joint_gradients() -> None:
     pb = PlatformBottom(plat, plat_cfg, cfg)
     link = LocalPlatformLink(pb, rows)
     model = BankModel(ARCH.bank_bottom(1, (3,)), ARCH.top())
-    for m in (model, pb.model):
-        for d in m.modules():
-            if hasattr(d, "p"):
-                d.p = 0.0  # no dropout: both passes must see the same network
-    joint_platform = BankModel(ARCH.bank_bottom(1, (3,)), ARCH.top()).bottom.__class__(plat_cfg)
+    joint_platform = BottomModel(plat_cfg)
     joint_platform.load_state_dict(pb.model.state_dict())
-    for d in joint_platform.modules():
-        if hasattr(d, "p"):
-            d.p = 0.0
+    for m in (model, pb.model, joint_platform):  # both passes must see the same network
+        for d in m.modules():
+            if isinstance(d, SeededDropout):
+                d.p = 0.0
     b = np.arange(64)
     h = data.handles[b]
     present = torch.from_numpy(h >= 0)
@@ -134,7 +148,10 @@ def test_split_gradients_equal_joint_gradients() -> None:
                                                     emb)
     F.binary_cross_entropy_with_logits(model(num, cat, full, present), y).backward()
     joint_bank = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    joint_plat = {n: p.grad.clone() for n, p in joint_platform.named_parameters()}
+    joint_plat = {}
+    for n, p in joint_platform.named_parameters():
+        assert p.grad is not None
+        joint_plat[n] = p.grad.clone()
     model.zero_grad()
 
     # split: embeddings through the link, gradient of the embedding back
@@ -170,7 +187,7 @@ def test_batches_without_aligned_rows_work() -> None:
 
 
 def test_link_errors_are_clear() -> None:
-    plat, rows, _ = synthetic()
+    plat, _, _ = synthetic()
     pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), CFG)
     with pytest.raises(RuntimeError, match="without a training forward"):
         pb.backward(torch.zeros(2, 4))

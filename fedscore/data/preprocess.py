@@ -21,13 +21,17 @@ categorical block (int64, 0 = unknown or missing), in this order
        embeds these, which lets a small MLP learn non-monotone effects the way a
        tree does.
 
-Prefix groups: numeric features whose names are ``<prefix><digits>`` (BILL_AMT1..6,
-PAY_AMT1..6) and that share a prefix form a group when there are at least
-``min_group`` of them, ordered by the number. For each group the row-wise mean,
+Prefix groups: numeric features, and categorical ones whose training values are all
+numbers (ordinal codes such as repayment statuses), whose names are
+``<prefix><digits>`` (BILL_AMT1..6, PAY_AMT1..6, PAY_0..PAY_5) and that share a
+prefix form a group when there are at least ``min_group`` of them, ordered by the
+number. For each group the row-wise mean,
 standard deviation, min, max, the last-minus-first difference and the share of
 positive values are added. For each pair of groups of the same size, the ratio of
 their row sums ``sum(A) / (|sum(B)| + 1)`` is added (payments over bills is one such
-ratio). All of it is computed from one party's own columns only.
+ratio). With ``pair_lags``, also the element-wise ratios ``A_k / (|B_{k+lag}| + 1)``
+(lag 1 on default-credit: each month's payment over the previous month's bill).
+All of it is computed from one party's own columns only.
 """
 
 from __future__ import annotations
@@ -77,12 +81,15 @@ class Encoded:
 class PreprocessConfig:
     """Knobs of the feature engineering; part of the fitted state and the fingerprint."""
 
-    n_bins: int = 16
+    # Quantile-bin embeddings cost 0.005 AUC on default-credit (seeds 0-2) against the
+    # plain standardised values: off by default, kept for other data.
+    n_bins: int = 0
     min_count: int = 1
     clip: float = 5.0
     derive_groups: bool = True
     min_group: int = 3
     bin_derived: bool = True
+    pair_lags: tuple[int, ...] = ()  # lags (0, 1) cost 0.002 AUC on default-credit
 
 
 @dataclass
@@ -151,6 +158,17 @@ def _fit_numeric(name: str, x: np.ndarray, n_bins: int) -> _NumericSpec:
     return _NumericSpec(name=name, log=log, mean=mean, std=std, edges=_bin_edges(x, n_bins))
 
 
+def _as_numbers(col: pd.Series) -> np.ndarray:
+    """A column as float64; anything that is not a number becomes NaN."""
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _all_numbers(col: pd.Series) -> bool:
+    """Whether every present value of a (categorical) column reads as a number."""
+    present = col.notna().to_numpy()
+    return bool(present.any() and np.isfinite(_as_numbers(col)[present]).all())
+
+
 def _categorical_strings(col: pd.Series) -> np.ndarray:
     """Values as strings, with missing ones (NaN, None, empty) as None."""
     out = np.empty(len(col), dtype=object)
@@ -193,7 +211,9 @@ class Preprocessor:
         ratio_pairs: list[tuple[int, int]] = []
         if config.derive_groups:
             by_prefix: dict[str, list[tuple[int, str]]] = {}
-            for name in numeric_features:
+            for name in numeric_features + [
+                c for c in categorical_features if _all_numbers(table.features[c])
+            ]:
                 m = _GROUP_RE.match(name)
                 if m:
                     by_prefix.setdefault(m.group(1), []).append((int(m.group(2)), name))
@@ -234,10 +254,9 @@ class Preprocessor:
             cols.append(frame[name].to_numpy(dtype=np.float64, na_value=np.nan))
             names.append(name)
         sums: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
         for g in s.groups:
-            block = np.column_stack(
-                [frame[m].to_numpy(dtype=np.float64, na_value=np.nan) for m in g.members]
-            )
+            block = np.column_stack([_as_numbers(frame[m]) for m in g.members])
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-missing rows
                 stats = {
@@ -254,9 +273,17 @@ class Preprocessor:
                 cols.append(stats[stat])
                 names.append(f"{g.prefix}*:{stat}")
             sums.append(np.nansum(block, axis=1))
+            blocks.append(block)
         for i, j in s.ratio_pairs:
             cols.append(sums[i] / (np.abs(sums[j]) + 1.0))
             names.append(f"{s.groups[i].prefix}*/{s.groups[j].prefix}*")
+            a, b = blocks[i], blocks[j]
+            for lag in s.config.pair_lags:
+                for k in range(a.shape[1] - lag):
+                    cols.append(a[:, k] / (np.abs(b[:, k + lag]) + 1.0))
+                    names.append(
+                        f"{s.groups[i].members[k]}/{s.groups[j].members[k + lag]}"
+                    )
         raw = np.column_stack(cols) if cols else np.zeros((n, 0))
         return names, raw
 
@@ -269,7 +296,6 @@ class Preprocessor:
         _, raw = self._raw_numeric(table)
         num_cols: list[np.ndarray] = []
         bin_cols: list[np.ndarray] = []
-        n_base = len(s.numeric_features)
         for k, spec in enumerate(s.numeric):
             x = raw[:, k]
             missing = ~np.isfinite(x)
@@ -315,7 +341,6 @@ class Preprocessor:
     def cat_cardinalities(self) -> tuple[int, ...]:
         s = self._s
         cards = [len(s.vocabularies[n]) + 1 for n in s.categorical_features]
-        n_base = len(s.numeric_features)
         cards += [len(spec.edges) + 2 for k, spec in enumerate(s.numeric) if self._binned(k)]
         return tuple(cards)
 
@@ -328,7 +353,6 @@ class Preprocessor:
     @property
     def categorical_names(self) -> tuple[str, ...]:
         s = self._s
-        n_base = len(s.numeric_features)
         bins = [f"{spec.name}:bin" for k, spec in enumerate(s.numeric) if self._binned(k)]
         return tuple(s.categorical_features) + tuple(bins)
 
@@ -354,7 +378,9 @@ class Preprocessor:
                     f"preprocessor state: format {d['format']!r}, expected {FORMAT_VERSION}"
                 )
             state = _State(
-                config=PreprocessConfig(**d["config"]),
+                config=PreprocessConfig(
+                    **{**d["config"], "pair_lags": tuple(d["config"]["pair_lags"])}
+                ),
                 numeric_features=[str(x) for x in d["numeric_features"]],
                 categorical_features=[str(x) for x in d["categorical_features"]],
                 missing_features=[str(x) for x in d["missing_features"]],

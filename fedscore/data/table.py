@@ -455,7 +455,7 @@ def _check_ids(raw: _Raw, column: str, out: _Collector) -> np.ndarray | None:
     if later.any():
         dup_values = set(series[later].iloc[: _DETAIL_PER_CHECK].tolist())
         firsts = series[series.isin(dup_values) & ~series.duplicated(keep="first")]
-        first_row = {v: int(raw.rows[i]) for i, v in firsts.items()}
+        first_row = {v: int(raw.rows[int(i)]) for i, v in firsts.items()}  # type: ignore[call-overload]
         idx = np.flatnonzero(later)
         for i in idx[:_DETAIL_PER_CHECK]:
             v = ids[i]

@@ -43,8 +43,11 @@ def make_table(n: int, seed: int) -> PartyTable:
     return PartyTable(SCHEMA, Path("memory.csv"), ids, feats, labels)
 
 
+BINNED = PreprocessConfig(n_bins=16)
+
+
 def test_layout_and_shapes() -> None:
-    pre = Preprocessor.fit(make_table(500, 0))
+    pre = Preprocessor.fit(make_table(500, 0), BINNED)
     enc = pre.transform(make_table(200, 1))
     assert enc.numeric.dtype == np.float32 and enc.categorical.dtype == np.int64
     assert enc.numeric.shape == (200, pre.n_numeric)
@@ -89,7 +92,7 @@ def test_unknown_and_missing_categories_map_to_zero() -> None:
 
 
 def test_missing_numeric_gets_indicator_and_bin_zero() -> None:
-    pre = Preprocessor.fit(make_table(500, 0))
+    pre = Preprocessor.fit(make_table(500, 0), BINNED)
     t = make_table(10, 4)
     t.features.loc[:, "AGE"] = [np.nan] * 5 + [30.0] * 5
     enc = pre.transform(t)
@@ -114,7 +117,7 @@ def test_fingerprint_stable_and_sensitive() -> None:
 
 
 def test_round_trip_through_json() -> None:
-    pre = Preprocessor.fit(make_table(500, 0))
+    pre = Preprocessor.fit(make_table(500, 0), PreprocessConfig(n_bins=16, pair_lags=(1,)))
     back = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
     assert back.fingerprint() == pre.fingerprint()
     t = make_table(100, 5)

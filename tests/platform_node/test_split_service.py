@@ -60,8 +60,7 @@ def test_grpc_training_equals_in_process_training(
     with secure_channel(live_platform.address, kit, "platform") as channel:
         psi = run_psi(channel, ids, party="bank-1")
         handles = psi.handles_for_rows(len(ids))
-        link = GrpcPlatformLink(channel, kit, psi, round_=0, seed=CFG.seed, lr=CFG.lr,
-                                weight_decay=CFG.weight_decay)
+        link = GrpcPlatformLink(channel, kit, psi, CFG)
         top = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)
         trained = train_bank_model(BankData(enc_train, tables.train.labels, handles[:n]),
                                    link, bank_cfg, top, CFG)
@@ -108,7 +107,7 @@ def test_unknown_session_is_refused(federation: Federation, live_platform: LiveP
         secure_channel(live_platform.address, kit, "platform") as channel,
         pytest.raises(PlatformError, match=r"PERMISSION_DENIED.*run PSI first"),
     ):
-        GrpcPlatformLink(channel, kit, fake, round_=0, seed=0, lr=0.01, weight_decay=0)
+        GrpcPlatformLink(channel, kit, fake, CFG)
 
 
 def _raw_step(channel: grpc.Channel, boxes: list[serde.SealedBox]) -> list[bytes]:
@@ -124,7 +123,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
     kit = federation.kit("bank-1")
     psi = _psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
-        link = GrpcPlatformLink(channel, kit, psi, round_=0, seed=0, lr=0.01, weight_decay=0)
+        link = GrpcPlatformLink(channel, kit, psi, CFG)
         assert link.embedding_dim > 0
         key = derive_session_key(kit.sealing_key, kit.peer("platform").sealing_public,
                                  psi.session_id)

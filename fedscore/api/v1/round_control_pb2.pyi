@@ -26,12 +26,15 @@ class OpenSessionRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
+    EMA_DECAY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.bytes
     """from PSI"""
     round: _builtins.int
     seed: _builtins.int
     learning_rate: _builtins.float
     weight_decay: _builtins.float
+    ema_decay: _builtins.float
+    """weight averaging; both sides must use the bank's value"""
     def __init__(
         self,
         *,
@@ -40,10 +43,11 @@ class OpenSessionRequest(_message.Message):
         seed: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
         weight_decay: _builtins.float = ...,
+        ema_decay: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["learning_rate", b"learning_rate", "round", b"round", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ema_decay", b"ema_decay", "learning_rate", b"learning_rate", "round", b"round", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
