@@ -12,68 +12,25 @@ from collections.abc import Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
+from fedscore import serde
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
 from fedscore.psi import (
     DEFAULT_CHUNK_SIZE,
-    Blinded,
-    Done,
-    DoubleBlinded,
-    Hello,
     PsiError,
     PsiMessage,
     PsiParty,
-    PsiProtocolError,
     PsiResult,
 )
 
 
-def message_to_request(msg: PsiMessage) -> psi_pb2.IntersectRequest:
-    if isinstance(msg, Hello):
-        return psi_pb2.IntersectRequest(
-            hello=psi_pb2.PsiHello(
-                party=msg.party,
-                set_size=msg.set_size,
-                nonce=msg.nonce,
-                protocol_version=msg.protocol_version,
-            )
-        )
-    if isinstance(msg, Blinded):
-        return psi_pb2.IntersectRequest(
-            blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
-        )
-    if isinstance(msg, DoubleBlinded):
-        return psi_pb2.IntersectRequest(
-            double_blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
-        )
-    return psi_pb2.IntersectRequest(
-        done=psi_pb2.PsiDone(
-            intersection_size=msg.intersection_size, intersection_digest=msg.intersection_digest
-        )
-    )
-
-
-def message_from_response(resp: psi_pb2.IntersectResponse) -> PsiMessage:
-    step = resp.WhichOneof("step")
-    if step == "hello":
-        h = resp.hello
-        return Hello(h.party, h.set_size, h.nonce, h.protocol_version)
-    if step == "blinded":
-        return Blinded(resp.blinded.offset, resp.blinded.points)
-    if step == "double_blinded":
-        return DoubleBlinded(resp.double_blinded.offset, resp.double_blinded.points)
-    if step == "done":
-        return Done(resp.done.intersection_size, resp.done.intersection_digest)
-    raise PsiProtocolError("IntersectResponse has no step set")
-
-
 def _requests(messages: Iterable[PsiMessage]) -> Iterator[psi_pb2.IntersectRequest]:
     for msg in messages:
-        yield message_to_request(msg)
+        yield serde.psi_to_pb(msg, psi_pb2.IntersectRequest)
 
 
 def _responses(call: Iterable[psi_pb2.IntersectResponse]) -> Iterator[PsiMessage]:
     for resp in call:
-        yield message_from_response(resp)
+        yield serde.psi_from_pb(resp)
 
 
 def run_psi(

@@ -7,10 +7,15 @@ with a message that says what was wrong instead of deep inside numpy or torch.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
-from fedscore.api.v1 import common_pb2
+from fedscore.api.v1 import common_pb2, psi_pb2
 from fedscore.crypto import Direction, SealedBox
+from fedscore.psi import Blinded, Done, DoubleBlinded, Hello, PsiMessage, PsiProtocolError
+
+PsiStep = TypeVar("PsiStep", psi_pb2.IntersectRequest, psi_pb2.IntersectResponse)
 
 _F32 = np.dtype("<f4")
 _U32 = np.dtype("<u4")
@@ -74,3 +79,30 @@ def sealed_from_pb(msg: common_pb2.Sealed) -> SealedBox:
         seq=msg.seq,
         ciphertext=msg.ciphertext,
     )
+
+
+def psi_to_pb(msg: PsiMessage, cls: type[PsiStep]) -> PsiStep:
+    """Wrap a PSI engine message in a request or a response (their oneofs are the same)."""
+    if isinstance(msg, Hello):
+        return cls(hello=psi_pb2.PsiHello(party=msg.party, set_size=msg.set_size,
+                                          nonce=msg.nonce, protocol_version=msg.protocol_version))
+    if isinstance(msg, Blinded):
+        return cls(blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points))
+    if isinstance(msg, DoubleBlinded):
+        return cls(double_blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points))
+    return cls(done=psi_pb2.PsiDone(intersection_size=msg.intersection_size,
+                                    intersection_digest=msg.intersection_digest))
+
+
+def psi_from_pb(msg: psi_pb2.IntersectRequest | psi_pb2.IntersectResponse) -> PsiMessage:
+    step = msg.WhichOneof("step")
+    if step == "hello":
+        h = msg.hello
+        return Hello(h.party, h.set_size, h.nonce, h.protocol_version)
+    if step == "blinded":
+        return Blinded(msg.blinded.offset, msg.blinded.points)
+    if step == "double_blinded":
+        return DoubleBlinded(msg.double_blinded.offset, msg.double_blinded.points)
+    if step == "done":
+        return Done(msg.done.intersection_size, msg.done.intersection_digest)
+    raise PsiProtocolError(f"{type(msg).__name__} has no step set")

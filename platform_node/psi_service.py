@@ -16,19 +16,15 @@ from typing import NoReturn
 import grpc
 import numpy as np
 
+from fedscore import serde
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
 from fedscore.psi import (
     DEFAULT_CHUNK_SIZE,
-    Blinded,
-    Done,
-    DoubleBlinded,
-    Hello,
     PsiError,
     PsiIds,
     PsiInputError,
     PsiMessage,
     PsiParty,
-    PsiProtocolError,
     PsiResult,
 )
 from fedscore.transport import peer_party
@@ -47,48 +43,9 @@ def _peer_party(context: grpc.ServicerContext) -> str:
     return peer_party(context)
 
 
-def message_from_request(req: psi_pb2.IntersectRequest) -> PsiMessage:
-    step = req.WhichOneof("step")
-    if step == "hello":
-        h = req.hello
-        return Hello(h.party, h.set_size, h.nonce, h.protocol_version)
-    if step == "blinded":
-        return Blinded(req.blinded.offset, req.blinded.points)
-    if step == "double_blinded":
-        return DoubleBlinded(req.double_blinded.offset, req.double_blinded.points)
-    if step == "done":
-        return Done(req.done.intersection_size, req.done.intersection_digest)
-    raise PsiProtocolError("IntersectRequest has no step set")
-
-
-def message_to_response(msg: PsiMessage) -> psi_pb2.IntersectResponse:
-    if isinstance(msg, Hello):
-        return psi_pb2.IntersectResponse(
-            hello=psi_pb2.PsiHello(
-                party=msg.party,
-                set_size=msg.set_size,
-                nonce=msg.nonce,
-                protocol_version=msg.protocol_version,
-            )
-        )
-    if isinstance(msg, Blinded):
-        return psi_pb2.IntersectResponse(
-            blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
-        )
-    if isinstance(msg, DoubleBlinded):
-        return psi_pb2.IntersectResponse(
-            double_blinded=psi_pb2.PsiPoints(offset=msg.offset, points=msg.points)
-        )
-    return psi_pb2.IntersectResponse(
-        done=psi_pb2.PsiDone(
-            intersection_size=msg.intersection_size, intersection_digest=msg.intersection_digest
-        )
-    )
-
-
 def _decoded(requests: Iterable[psi_pb2.IntersectRequest]) -> Iterator[PsiMessage]:
     for req in requests:
-        yield message_from_request(req)
+        yield serde.psi_from_pb(req)
 
 
 class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
@@ -141,7 +98,7 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         context.add_callback(lambda: engine.abort(PsiError("the PSI stream was terminated")))
         worker.start()
         for msg in engine.outgoing():
-            yield message_to_response(msg)
+            yield serde.psi_to_pb(msg, psi_pb2.IntersectResponse)
         worker.join()
         error = outcome.get("error")
         if error is not None:

@@ -18,15 +18,13 @@ from fedscore.api.v1 import (
     split_learning_pb2,
     split_learning_pb2_grpc,
 )
-from fedscore.baselines import align
+from fedscore.baselines import PlatformSide, train_and_score
 from fedscore.crypto import Direction, Sealer, derive_session_key
 from fedscore.data.preprocess import Preprocessor
 from fedscore.model import SplitArchitecture
 from fedscore.psi import PsiResult
 from fedscore.training import (
     BankData,
-    LocalPlatformLink,
-    PlatformBottom,
     TrainConfig,
     predict,
     train_bank_model,
@@ -67,23 +65,13 @@ def test_grpc_training_equals_in_process_training(
         remote = predict(trained.model, BankData(enc_test, tables.test.labels, handles[n:]), link)
         link.close()
 
-    platform = federation.platform_table()
-    ppre = Preprocessor.fit(platform)
-    rows = align(platform.ids, ids)
-    aligned = rows[rows >= 0]
-    local_handles = np.full(len(ids), -1, np.int64)
-    local_handles[rows >= 0] = np.arange(aligned.size)
-    bottom = PlatformBottom(
-        ppre.transform(platform), arch.platform_bottom(ppre.n_numeric, ppre.cat_cardinalities), CFG
+    (local,), ref = train_and_score(
+        PlatformSide(federation.platform_table(), None), tables.train, [tables.test], arch, CFG,
+        None,
     )
-    local_link = LocalPlatformLink(bottom, aligned)
-    ref = train_bank_model(BankData(enc_train, tables.train.labels, local_handles[:n]),
-                           local_link, bank_cfg, arch.top(), CFG)
-    local = predict(ref.model, BankData(enc_test, tables.test.labels, local_handles[n:]),
-                    local_link)
 
-    assert psi.size == aligned.size
-    assert trained.best_epoch == ref.best_epoch
+    assert psi.size == int((handles >= 0).sum())
+    assert trained.best_epoch == ref["best_epoch"]
     np.testing.assert_allclose(remote, local, atol=1e-6)
 
 
