@@ -60,7 +60,7 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
                     if not session.stream_lock.acquire(blocking=False):
                         context.abort(grpc.StatusCode.ABORTED, "a step stream is already open")
                 yield self._step(session, box)
-        except (SealError, serde.WireError) as exc:
+        except (SealError, ValueError) as exc:  # WireError, bad gradient shapes
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step rejected: {exc}")
         finally:
             if session is not None and session.stream_lock.locked():
