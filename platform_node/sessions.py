@@ -37,10 +37,15 @@ class Session:
     stream_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open_round(self, round_: int, bottom: PlatformBottom) -> None:
+        if self.opener is not None and round_ <= self.round:
+            raise SessionError(f"round {round_} is not after the session's round {self.round}")
         self.round = round_
         self.bottom = bottom
-        self.opener = Opener(self.key, self.session_id, Direction.BANK_TO_PLATFORM)
-        self.sealer = Sealer(self.key, self.session_id, Direction.PLATFORM_TO_BANK)
+        # One sealer and opener per session, never recreated: a new sealer would count
+        # from seq 0 again under the same key and so reuse AES-GCM nonces.
+        if self.opener is None or self.sealer is None:
+            self.opener = Opener(self.key, self.session_id, Direction.BANK_TO_PLATFORM)
+            self.sealer = Sealer(self.key, self.session_id, Direction.PLATFORM_TO_BANK)
 
 
 class SessionRegistry:

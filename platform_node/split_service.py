@@ -105,7 +105,10 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         bottom = self._make_bottom(
             request.seed, request.learning_rate, request.weight_decay, request.ema_decay
         )
-        session.open_round(request.round, bottom)
+        try:
+            session.open_round(request.round, bottom)
+        except SessionError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return round_control_pb2.OpenSessionResponse(
             embedding_dim=bottom.out_dim, platform_model_version=session.committed_version or ""
         )

@@ -1,3 +1,4 @@
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -207,3 +208,98 @@ def test_stratified_split() -> None:
     tr, va = stratified_split(y, 0.25, seed=0)
     assert len(va) == 25 and y[va].sum() == 5
     assert not set(tr) & set(va) and len(tr) + len(va) == 100
+
+
+class RecordingLink(LocalPlatformLink):
+    """Logs every call the loop makes, for checking the protocol."""
+
+    def __init__(self, platform: PlatformBottom, rows: np.ndarray) -> None:
+        super().__init__(platform, rows)
+        self.calls: list[tuple[str, object]] = []
+
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        self.calls.append(("forward", train))
+        return super().forward(handles, train)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.calls.append(("end_epoch", epoch))
+        super().end_epoch(epoch)
+
+    def commit(self, epoch: int) -> None:
+        self.calls.append(("commit", epoch))
+        super().commit(epoch)
+
+    def restart(self) -> None:
+        self.calls.append(("restart", None))
+        super().restart()
+
+
+def test_refit_retrains_both_sides_on_all_rows() -> None:
+    cfg = TrainConfig(**{**CFG.__dict__, "refit": True})
+    plat, rows, data = synthetic()
+    train = rows_of(data, TRAIN)
+    first = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), cfg)
+    link = RecordingLink(first, rows)
+    trained = train_bank_model(train, link, ARCH.bank_bottom(1, (3,)), ARCH.top(), cfg)
+    e = trained.best_epoch
+    assert trained.refit_epochs == e + 1
+    # protocol: first pass ends in commit(best); then restart, e+1 training-only epochs
+    at = link.calls.index(("restart", None))
+    assert link.calls[at - 1] == ("commit", e) and link.calls.count(("restart", None)) == 1
+    second = link.calls[at + 1 :]
+    assert ("forward", False) not in second
+    assert [c for c in second if c[0] != "forward"] == [
+        *[("end_epoch", k) for k in range(e + 1)], ("commit", e)
+    ]
+    # the refit pass sees every row: more training batches per epoch than the first pass
+    first_epoch0 = link.calls[: link.calls.index(("end_epoch", 0))]
+    second_epoch0 = second[: second.index(("end_epoch", 0))]
+    assert len(second_epoch0) > len(first_epoch0)
+    assert link.platform is not first  # the platform started over
+    p = predict(trained.model, rows_of(data, TEST), link)
+    assert metrics.auc(data.labels[TEST], p) > 0.75
+    again, link2, _ = fit(cfg=cfg)
+    np.testing.assert_array_equal(p, predict(again.model, rows_of(data, TEST), link2))
+    plain, link3, _ = fit(cfg=dataclasses.replace(cfg, refit=False))
+    assert not np.array_equal(p, predict(plain.model, rows_of(data, TEST), link3))
+
+
+def test_fresh_platform_bottom_starts_as_new() -> None:
+    plat, _, _ = synthetic()
+    pb = PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), CFG)
+    init = {k: v.clone() for k, v in pb.state_dict().items()}
+    out = pb.forward(np.arange(8), train=True)
+    pb.backward(torch.ones_like(out))
+    pb.snapshot(0)
+    fresh = pb.fresh()
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, init[k])
+        assert not torch.equal(v, pb.state_dict()[k]) or v.ndim < 2
+    with pytest.raises(KeyError):
+        fresh.restore(0)
+
+
+def test_refit_needs_a_restartable_link() -> None:
+    class NoRestart:
+        def __init__(self, inner: LocalPlatformLink) -> None:
+            self.inner = inner
+            self.embedding_dim = inner.embedding_dim
+
+        def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+            return self.inner.forward(handles, train)
+
+        def backward(self, grad: torch.Tensor) -> None:
+            self.inner.backward(grad)
+
+        def end_epoch(self, epoch: int) -> None:
+            self.inner.end_epoch(epoch)
+
+        def commit(self, epoch: int) -> None:
+            self.inner.commit(epoch)
+
+    cfg = TrainConfig(**{**CFG.__dict__, "refit": True})
+    plat, rows, data = synthetic()
+    link = NoRestart(LocalPlatformLink(PlatformBottom(plat, ARCH.platform_bottom(2, (3,)), cfg),
+                                       rows))
+    with pytest.raises(TypeError, match="NoRestart has none"):
+        train_bank_model(rows_of(data, TRAIN), link, ARCH.bank_bottom(1, (3,)), ARCH.top(), cfg)

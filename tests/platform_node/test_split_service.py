@@ -134,3 +134,16 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
             _raw_step(channel, boxes)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "step rejected" in (info.value.details() or "")
+
+
+def test_a_round_cannot_be_opened_twice(
+    federation: Federation, live_platform: LivePlatform
+) -> None:
+    """Re-opening a round would restart the platform's sealer under the same key."""
+    kit = federation.kit("bank-1")
+    psi = _psi(federation, live_platform, "bank-1")
+    with secure_channel(live_platform.address, kit, "platform") as channel:
+        link = GrpcPlatformLink(channel, kit, psi, CFG)
+        link.restart()  # round 1: allowed, the sealer carries on
+        with pytest.raises(PlatformError, match=r"FAILED_PRECONDITION.*not after"):
+            GrpcPlatformLink(channel, kit, psi, CFG, round_=1)
