@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed)
+    # A fixed number of epochs on both sides: no early stop, no refit pass.
+    cfg = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed, refit=False)
     arch = SplitArchitecture()
 
     with tempfile.TemporaryDirectory() as tmp_name:
