@@ -157,15 +157,10 @@ def train_and_score(
     return preds, info
 
 
-def federated_reference(
-    sc: Scenario,
-    arch: SplitArchitecture | None = None,
-    cfg: TrainConfig | None = None,
-    pre_cfg: PreprocessConfig | None = None,
+def _per_bank(
+    sc: Scenario, platform: PlatformSide | None, arch: SplitArchitecture, cfg: TrainConfig,
+    pre_cfg: PreprocessConfig | None,
 ) -> dict[str, Any]:
-    """Per bank: a fresh platform bottom and a bank model trained together."""
-    arch, cfg = arch or SplitArchitecture(), cfg or TrainConfig()
-    platform = PlatformSide(sc.platform, pre_cfg)
     ys, ps, extra = [], [], []
     for train, test in sc.banks:
         (p,), info = train_and_score(platform, train, [test], arch, cfg, pre_cfg)
@@ -175,6 +170,17 @@ def federated_reference(
     return _summary(ys, ps, extra)
 
 
+def federated_reference(
+    sc: Scenario,
+    arch: SplitArchitecture | None = None,
+    cfg: TrainConfig | None = None,
+    pre_cfg: PreprocessConfig | None = None,
+) -> dict[str, Any]:
+    """Per bank: a fresh platform bottom and a bank model trained together."""
+    platform = PlatformSide(sc.platform, pre_cfg)
+    return _per_bank(sc, platform, arch or SplitArchitecture(), cfg or TrainConfig(), pre_cfg)
+
+
 def bank_alone(
     sc: Scenario,
     arch: SplitArchitecture | None = None,
@@ -182,14 +188,7 @@ def bank_alone(
     pre_cfg: PreprocessConfig | None = None,
 ) -> dict[str, Any]:
     """Per bank, its own features only (every row takes the absent-platform path)."""
-    arch, cfg = arch or SplitArchitecture(), cfg or TrainConfig()
-    ys, ps, extra = [], [], []
-    for train, test in sc.banks:
-        (p,), info = train_and_score(None, train, [test], arch, cfg, pre_cfg)
-        ys.append(_labels(test))
-        ps.append(p)
-        extra.append(info)
-    return _summary(ys, ps, extra)
+    return _per_bank(sc, None, arch or SplitArchitecture(), cfg or TrainConfig(), pre_cfg)
 
 
 def centralized(

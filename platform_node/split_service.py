@@ -40,6 +40,16 @@ def _session(
         raise  # unreachable: abort raises
 
 
+def _opened(
+    registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
+) -> tuple[Session, PlatformBottom]:
+    session = _session(registry, session_id, context)
+    if session.bottom is None:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
+    assert session.bottom is not None
+    return session, session.bottom
+
+
 class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer):
     def __init__(self, registry: SessionRegistry) -> None:
         self._registry = registry
@@ -116,26 +126,20 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.EndEpochResponse:
-        session = _session(self._registry, request.session_id, context)
-        if session.bottom is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
-        assert session.bottom is not None
-        session.bottom.snapshot(request.epoch)
+        _, bottom = _opened(self._registry, request.session_id, context)
+        bottom.snapshot(request.epoch)
         return round_control_pb2.EndEpochResponse()
 
     def CommitRound(
         self, request: round_control_pb2.CommitRoundRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CommitRoundResponse:
-        session = _session(self._registry, request.session_id, context)
-        if session.bottom is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
-        assert session.bottom is not None
+        session, bottom = _opened(self._registry, request.session_id, context)
         try:
-            session.bottom.restore(request.epoch)
+            bottom.restore(request.epoch)
         except KeyError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
         digest = hashlib.sha256()
-        for name, value in sorted(session.bottom.state_dict().items()):
+        for name, value in sorted(bottom.state_dict().items()):
             digest.update(name.encode())
             digest.update(value.detach().contiguous().numpy().tobytes())
         session.committed_version = f"r{request.round}-{digest.hexdigest()[:12]}"
