@@ -27,6 +27,9 @@ class OpenSessionRequest(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
     EMA_DECAY_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FEDERATION_ROUND_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.bytes
     """from PSI"""
     round: _builtins.int
@@ -35,6 +38,14 @@ class OpenSessionRequest(_message.Message):
     weight_decay: _builtins.float
     ema_decay: _builtins.float
     """weight averaging; both sides must use the bank's value"""
+    run_id: _builtins.str
+    """Where the platform bottom model starts. federation_round > 0: train in that round
+    of run_id (FederationService), starting from the round's base model, and count this
+    session in the round's average once it commits. Else base_version non-empty: start
+    from that committed version (evaluation, scoring). Else: fresh weights from seed.
+    """
+    federation_round: _builtins.int
+    base_version: _builtins.str
     def __init__(
         self,
         *,
@@ -44,10 +55,13 @@ class OpenSessionRequest(_message.Message):
         learning_rate: _builtins.float = ...,
         weight_decay: _builtins.float = ...,
         ema_decay: _builtins.float = ...,
+        run_id: _builtins.str = ...,
+        federation_round: _builtins.int = ...,
+        base_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ema_decay", b"ema_decay", "learning_rate", b"learning_rate", "round", b"round", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "ema_decay", b"ema_decay", "federation_round", b"federation_round", "learning_rate", b"learning_rate", "round", b"round", "run_id", b"run_id", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
