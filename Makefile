@@ -15,7 +15,7 @@ install:
 lint:
 	$(BIN)/python tools/gen_proto.py --check
 	$(BIN)/ruff check .
-	$(BIN)/mypy fedscore platform_node bank_node benchmarks tools
+	$(BIN)/mypy fedscore platform_node bank_node coordinator benchmarks tools
 
 test: lint
 	$(BIN)/pytest -q

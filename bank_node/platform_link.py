@@ -35,13 +35,22 @@ Resp = TypeVar("Resp")
 
 
 class PlatformError(RuntimeError):
-    """The platform refused or failed a call; the message is the platform's own."""
+    """The platform refused or failed a call; the message is the platform's own.
+
+    ``code`` is the gRPC status code name ("" when the platform answered but the
+    answer was wrong); PERMISSION_DENIED on a call naming the session means the
+    platform does not know it (it restarted, or closed it): run PSI again.
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
     @classmethod
     def from_rpc(cls, what: str, exc: grpc.RpcError) -> PlatformError:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        return cls(f"platform {what} failed: {code}: {details}")
+        return cls(f"platform {what} failed: {code}: {details}", code)
 
 
 class GrpcPlatformLink:
@@ -56,8 +65,20 @@ class GrpcPlatformLink:
         *,
         round_: int = 0,
         platform_party: str = "platform",
+        run_id: str = "",
+        federation_round: int = 0,
+        base_version: str = "",
     ) -> None:
-        """Open the session; the platform's optimizer takes its settings from ``cfg``."""
+        """Open the session; the platform's optimizer takes its settings from ``cfg``.
+
+        Where the platform's bottom model starts: ``federation_round > 0``: from round
+        ``federation_round`` of ``run_id`` (open on the platform), and the commit counts
+        in that round's average; else ``base_version``: that committed model
+        (evaluation); else fresh weights from ``cfg.seed``.
+        """
+        self._run_id = run_id
+        self._federation_round = federation_round
+        self._base_version = base_version
         self._control = round_control_pb2_grpc.RoundControlServiceStub(channel)
         self._split = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
         self._session_id = psi.session_id
@@ -66,15 +87,22 @@ class GrpcPlatformLink:
         opened = self._open()
         self.embedding_dim = int(opened.embedding_dim)
         self.platform_model_version = opened.platform_model_version
-        key = derive_session_key(
+        self._key = derive_session_key(
             kit.sealing_key, kit.peers[platform_party].sealing_public, psi.session_id
         )
-        self._sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
-        self._opener = Opener(key, psi.session_id, Direction.PLATFORM_TO_BANK)
+        self._new_round_keys()
         self._pending: np.ndarray | None = None
         self._batch = 0
         self._requests: queue.Queue[object] | None = None
         self._responses: Iterator[split_learning_pb2.StepResponse] | None = None
+
+    def _new_round_keys(self) -> None:
+        # A fresh sealer and opener per session round, each under the round's own key:
+        # the platform refuses to open a round twice, so no (key, nonce) pair repeats
+        # even when this bank process restarts between rounds.
+        key = self._key.for_round(self._round)
+        self._sealer = Sealer(key, self._session_id, Direction.BANK_TO_PLATFORM)
+        self._opener = Opener(key, self._session_id, Direction.PLATFORM_TO_BANK)
 
     # -- PlatformLink -------------------------------------------------------------------------
 
@@ -105,15 +133,27 @@ class GrpcPlatformLink:
         self.platform_model_version = reply.platform_model_version
 
     def restart(self) -> None:
-        """Start the platform's bottom model afresh in the next round of this session.
+        """Start the platform's bottom model afresh in the next round of this session."""
+        self._next_round()
 
-        The sealer and opener carry on: their counters must never restart under one key.
+    def reopen(self, *, federation_round: int = 0, base_version: str = "") -> None:
+        """Open the next session round with new federation settings (same run, same PSI).
+
+        One PSI session serves every round of a federated run: train in round r with
+        ``federation_round=r``, evaluate with ``base_version=`` the round's version.
         """
+        self._federation_round = federation_round
+        self._base_version = base_version
+        self._next_round()
+
+    def _next_round(self) -> None:
         self._flush()
         self._end_stream()
         self._round += 1
         self._batch = 0
         opened = self._open()
+        self._new_round_keys()
+        self.platform_model_version = opened.platform_model_version
         if opened.embedding_dim != self.embedding_dim:
             raise PlatformError(
                 f"platform changed its embedding size from {self.embedding_dim} to "
@@ -137,6 +177,9 @@ class GrpcPlatformLink:
             learning_rate=self._cfg.lr,
             weight_decay=self._cfg.weight_decay,
             ema_decay=self._cfg.ema_decay,
+            run_id=self._run_id,
+            federation_round=self._federation_round,
+            base_version=self._base_version,
         )
         return self._call("OpenSession", self._control.OpenSession, request)
 

@@ -35,15 +35,20 @@ def platform_serve(
     data: Path = typer.Option(..., help="The platform's feature table (CSV or Parquet)."),
     schema: Path = typer.Option(..., help="The table's schema.toml."),
     address: str = typer.Option("127.0.0.1:50051", help="host:port to bind (port 0: any)."),
+    state_dir: Path | None = typer.Option(
+        None, help="Folder for committed federated models; a restart continues from it "
+        "(default: memory only)."
+    ),
 ) -> None:
-    """Serve PSI, split learning and round control to the banks of the federation."""
+    """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
     from fedscore.provision import KitError
+    from platform_node.model_store import StoreError
     from platform_node.server import serve
 
     try:
-        serve(kit, data, schema, address)
-    except (KitError, DataError, ValueError) as exc:
+        serve(kit, data, schema, address, state_dir)
+    except (KitError, DataError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 POINT_SIZE = 32
 """Bytes per X25519 u-coordinate (a hashed id, a blinded id, a doubly blinded id)."""
@@ -444,6 +444,7 @@ class Direction(IntEnum):
 SESSION_ID_MIN = 16
 SESSION_ID_MAX = 64
 _SEAL_INFO = b"fedscore/v1/seal"
+_ROUND_INFO = b"fedscore/v1/seal/round"
 _AAD_TAG = b"fedscore/v1/aad\x00"
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -480,12 +481,27 @@ class SealedBox:
 class SessionKey:
     """A 32-byte AES-256-GCM key for one session between two nodes; never serialised."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_raw")
 
     def __init__(self, _raw: bytes) -> None:
         if len(_raw) != 32:
             raise CryptoError(f"session key must be 32 bytes, got {len(_raw)}")
+        self._raw = bytes(_raw)
         self._aead = AESGCM(_raw)
+
+    def for_round(self, round: int) -> SessionKey:
+        """The key of one round of the session (HKDF-Expand with the round number).
+
+        Sealers restart their seq at 0 in every round, so each round needs its own key;
+        the platform refuses to open a round twice, so no round key seals twice with one
+        nonce even when a bank process restarts between rounds.
+        """
+        if not 0 <= round <= _U32:
+            raise CryptoError(f"round must fit uint32, got {round}")
+        info = _ROUND_INFO + struct.pack(">I", round)
+        return SessionKey(HKDFExpand(algorithm=hashes.SHA256(), length=32, info=info).derive(
+            self._raw
+        ))
 
     def __repr__(self) -> str:
         return "SessionKey(<secret>)"
@@ -538,9 +554,10 @@ def _as_direction(direction: int) -> Direction:
 class Sealer:
     """Seals one direction of one session; ``seq`` counts 0, 1, 2, ... and never repeats.
 
-    Nonce = 4-byte direction || 8-byte seq. The key is unique to the session id, the two
-    directions use disjoint nonce prefixes, and seq is a counter that this object owns, so a
-    (key, nonce) pair is never reused as long as one Sealer exists per (session, direction).
+    Nonce = 4-byte direction || 8-byte seq. The key is unique to the session id (and, with
+    :meth:`SessionKey.for_round`, to the round), the two directions use disjoint nonce
+    prefixes, and seq is a counter that this object owns, so a (key, nonce) pair is never
+    reused as long as one Sealer exists per (key, direction).
     """
 
     __slots__ = ("_direction", "_encrypt", "_seq", "session_id")

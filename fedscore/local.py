@@ -24,12 +24,17 @@ class LaunchError(RuntimeError):
 @contextmanager
 def platform_process(
     kit: Path, data: Path, schema: Path, *, host: str = "127.0.0.1", timeout: float = 120.0,
-    log: Path | None = None,
+    log: Path | None = None, state_dir: Path | None = None,
 ) -> Iterator[str]:
-    """Start ``fedscore platform serve`` on a free port; yield its address; stop it on exit."""
+    """Start ``fedscore platform serve`` on a free port; yield its address; stop it on exit.
+
+    ``state_dir``: where the node keeps committed federated models (None: memory only).
+    """
     cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
            "--kit", str(kit), "--data", str(data), "--schema", str(schema),
            "--address", f"{host}:0"]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(state_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env

@@ -439,6 +439,101 @@ def train_bank_model(
     )
 
 
+class _Proximal:
+    """FedProx: ``mu / 2 * ||w - w_global||^2`` over the bank model's parameters, which
+    keeps a bank's local epochs near the round's global model on non-identical banks."""
+
+    def __init__(self, model: torch.nn.Module, mu: float) -> None:
+        self.mu = mu
+        self.anchor = [p.detach().clone() for p in model.parameters()]
+
+    def term(self, model: torch.nn.Module) -> torch.Tensor:
+        sq = [(p - a).pow(2).sum() for p, a in zip(model.parameters(), self.anchor, strict=True)]
+        return 0.5 * self.mu * torch.stack(sq).sum()
+
+
+@dataclass
+class RoundResult:
+    model: BankModel  # the averaged (EMA) weights: what the bank contributes to the round
+    train_loss: float  # mean BCE of the last local epoch
+    rows: int  # training rows (the bank's FedAvg weight)
+    wall_s: float
+
+
+def train_round(
+    train: BankData,
+    link: PlatformLink,
+    model: BankModel,
+    cfg: TrainConfig,
+    *,
+    epochs: int,
+    round_: int,
+    proximal_mu: float = 0.0,
+) -> RoundResult:
+    """One federated round at a bank: ``epochs`` local epochs on every training row,
+    starting from ``model`` (the round's global weights, modified in place), then
+    ``link.commit`` of the last epoch so the platform counts its copy in the round.
+
+    No early stopping inside a round: the coordinator fixes the number of rounds, and
+    every bank and the platform must agree on which epoch is committed. The shuffling
+    and dropout streams are drawn from ``cfg.seed`` and ``round_``.
+    """
+    if not np.isin(np.asarray(train.labels), (0, 1)).all():
+        raise ValueError("train_round: labels must be 0 or 1")
+    if epochs < 1:
+        raise ValueError(f"train_round: epochs must be >= 1, got {epochs}")
+    if proximal_mu < 0:
+        raise ValueError(f"train_round: proximal_mu must be >= 0, got {proximal_mu}")
+    t0 = time.perf_counter()
+    t = _Tensors(train)
+    rows = np.arange(len(train.encoded))
+    model.seed_dropout(cfg.seed + 1 + 7919 * round_)
+    opt = _optimizer(model, cfg.lr, cfg.weight_decay)
+    ema = _Ema(model, cfg.ema_decay)
+    prox = _Proximal(model, proximal_mu) if proximal_mu > 0 else None
+    rng = np.random.default_rng([cfg.seed, round_])
+    loss = float("nan")
+    for epoch in range(epochs):
+        loss = _train_epoch(model, opt, ema, t, rng.permutation(rows), link, cfg.batch_size, prox)
+        link.end_epoch(epoch)
+    link.commit(epochs - 1)
+    if ema.model is not model:
+        model.load_state_dict(ema.model.state_dict())
+    return RoundResult(model, loss, int(rows.size), time.perf_counter() - t0)
+
+
+def _train_epoch(
+    model: BankModel,
+    opt: torch.optim.Optimizer,
+    ema: _Ema[BankModel],
+    t: _Tensors,
+    perm: np.ndarray,
+    link: PlatformLink,
+    batch_size: int,
+    prox: _Proximal | None = None,
+) -> float:
+    """One pass over ``perm`` in batches (the per-batch link calls of the module
+    docstring); returns the mean BCE per row (the proximal term is not part of it)."""
+    model.train()
+    total, seen = 0.0, 0
+    for s in range(0, perm.size, batch_size):
+        b = perm[s : s + batch_size]
+        bt = torch.from_numpy(b)
+        plat, present, leaf = _platform_batch(link, t.handles[b], train=True)
+        logits = model(t.numeric[bt], t.categorical[bt], plat, present)  # [B]
+        loss = F.binary_cross_entropy_with_logits(logits, t.labels[bt])
+        opt.zero_grad(set_to_none=True)
+        (loss if prox is None else loss + prox.term(model)).backward()
+        if leaf is not None:
+            assert leaf.grad is not None
+            link.backward(leaf.grad)
+        opt.step()
+        ema.update(model)
+        total += loss.item() * b.size
+        seen += b.size
+    return total / max(seen, 1)
+
+
 def _train_pass(
     t: _Tensors,
     labels: np.ndarray,
@@ -463,26 +558,9 @@ def _train_pass(
     history: list[dict[str, float]] = []
     epoch = -1
     for epoch in range(epochs):
-        model.train()
-        perm = rng.permutation(rows)
-        total, seen = 0.0, 0
-        for s in range(0, perm.size, cfg.batch_size):
-            b = perm[s : s + cfg.batch_size]
-            bt = torch.from_numpy(b)
-            plat, present, leaf = _platform_batch(link, t.handles[b], train=True)
-            logits = model(t.numeric[bt], t.categorical[bt], plat, present)  # [B]
-            loss = F.binary_cross_entropy_with_logits(logits, t.labels[bt])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if leaf is not None:
-                assert leaf.grad is not None
-                link.backward(leaf.grad)
-            opt.step()
-            ema.update(model)
-            total += loss.item() * b.size
-            seen += b.size
+        train_loss = _train_epoch(model, opt, ema, t, rng.permutation(rows), link, cfg.batch_size)
         link.end_epoch(epoch)
-        rec = {"epoch": float(epoch), "train_loss": total / max(seen, 1)}
+        rec = {"epoch": float(epoch), "train_loss": train_loss}
         if validate:
             z = _logits(ema.model, t, val_rows, link, cfg.eval_batch_size)
             p = 1.0 / (1.0 + np.exp(-z))

@@ -17,13 +17,21 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedscore.api.v1 import psi_pb2_grpc, round_control_pb2_grpc, split_learning_pb2_grpc
+from fedscore.api.v1 import (
+    federation_pb2_grpc,
+    psi_pb2_grpc,
+    round_control_pb2_grpc,
+    split_learning_pb2_grpc,
+)
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
 from fedscore.training import PlatformBottom, TrainConfig
 from fedscore.transport import GRPC_OPTIONS, add_secure_port
+from platform_node.federation import Federation
+from platform_node.federation_service import FederationServicer
+from platform_node.model_store import ModelStore, StateDict
 from platform_node.psi_service import PsiServicer
 from platform_node.sessions import SessionRegistry
 from platform_node.split_service import RoundControlServicer, SplitLearningServicer
@@ -32,10 +40,16 @@ log = logging.getLogger(__name__)
 
 
 class PlatformNode:
-    """Everything the platform holds: its kit, its raw table (never sent), fitted encodings."""
+    """Everything the platform holds: its kit, its raw table (never sent), fitted encodings,
+    and the committed bottom models of federated runs (durable under ``state_dir``)."""
 
     def __init__(
-        self, kit: StartupKit, table: PartyTable, arch: SplitArchitecture | None = None
+        self,
+        kit: StartupKit,
+        table: PartyTable,
+        arch: SplitArchitecture | None = None,
+        *,
+        state_dir: Path | None = None,
     ) -> None:
         if kit.role != "platform":
             raise ValueError(f"kit {kit.path} is for {kit.party} ({kit.role}), not the platform")
@@ -48,6 +62,14 @@ class PlatformNode:
             self.preprocessor.n_numeric, self.preprocessor.cat_cardinalities
         )
         self.sessions = SessionRegistry(kit)
+        self.state_dir = state_dir
+        self.federation = Federation(ModelStore(state_dir), self.initial_weights)
+
+    def initial_weights(self, seed: int) -> StateDict:
+        """A run's round-0 platform bottom: what a fresh session with ``seed`` starts from."""
+        defaults = TrainConfig()
+        bottom = self.make_bottom(seed, defaults.lr, defaults.weight_decay, defaults.ema_decay)
+        return {k: v.detach().clone() for k, v in bottom.state_dict().items()}
 
     def make_bottom(
         self, seed: int, lr: float, weight_decay: float, ema_decay: float
@@ -75,7 +97,10 @@ def create_server(
         SplitLearningServicer(node.sessions), server
     )
     round_control_pb2_grpc.add_RoundControlServiceServicer_to_server(
-        RoundControlServicer(node.sessions, node.make_bottom), server
+        RoundControlServicer(node.sessions, node.make_bottom, node.federation), server
+    )
+    federation_pb2_grpc.add_FederationServiceServicer_to_server(
+        FederationServicer(node.kit, node.federation), server
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -84,8 +109,13 @@ def create_server(
     return server, port
 
 
-def serve(kit_dir: Path, data: Path, schema: Path, address: str) -> None:
-    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table."""
+def serve(
+    kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table.
+
+    ``state_dir`` keeps committed federated models across restarts (None: memory only).
+    """
     import torch
 
     from fedscore.data.table import load_table
@@ -93,7 +123,7 @@ def serve(kit_dir: Path, data: Path, schema: Path, address: str) -> None:
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)
-    node = PlatformNode(kit, load_table(data, schema))
+    node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
     server, port = create_server(address, node)
     server.start()
     host = address.rsplit(":", 1)[0]

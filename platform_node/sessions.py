@@ -33,19 +33,28 @@ class Session:
     opener: Opener | None = None
     sealer: Sealer | None = None
     committed_version: str | None = None
+    # Federated training (run_id, federation_round > 0): the commit is counted in the
+    # round's average, weighted by the training rows the platform forwarded itself.
+    run_id: str = ""
+    federation_round: int = 0
+    train_rows: int = 0
     # One step stream at a time: the bottom model is not safe for concurrent updates.
     stream_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def open_round(self, round_: int, bottom: PlatformBottom) -> None:
-        if self.opener is not None and round_ <= self.round:
+    def open_round(
+        self, round_: int, bottom: PlatformBottom, *, run_id: str = "", federation_round: int = 0
+    ) -> None:
+        if self.bottom is not None and round_ <= self.round:
             raise SessionError(f"round {round_} is not after the session's round {self.round}")
         self.round = round_
         self.bottom = bottom
-        # One sealer and opener per session, never recreated: a new sealer would count
-        # from seq 0 again under the same key and so reuse AES-GCM nonces.
-        if self.opener is None or self.sealer is None:
-            self.opener = Opener(self.key, self.session_id, Direction.BANK_TO_PLATFORM)
-            self.sealer = Sealer(self.key, self.session_id, Direction.PLATFORM_TO_BANK)
+        self.run_id, self.federation_round = run_id, federation_round
+        self.train_rows = 0
+        # A new sealer and opener per round under the round's own key: rounds only go
+        # up, so no (key, nonce) pair repeats although every sealer counts from seq 0.
+        key = self.key.for_round(round_)
+        self.opener = Opener(key, self.session_id, Direction.BANK_TO_PLATFORM)
+        self.sealer = Sealer(key, self.session_id, Direction.PLATFORM_TO_BANK)
 
 
 class SessionRegistry:

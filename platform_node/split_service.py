@@ -7,7 +7,6 @@ conversion in :mod:`fedscore.serde`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -24,6 +23,8 @@ from fedscore.api.v1 import (
 from fedscore.crypto import SealedBox, SealError
 from fedscore.training import PlatformBottom
 from fedscore.transport import peer_party
+from platform_node.federation import Federation, FederationError
+from platform_node.model_store import StateDict, StoreError, model_version
 from platform_node.sessions import Session, SessionError, SessionRegistry
 
 BottomFactory = Callable[[int, float, float, float], PlatformBottom]
@@ -92,6 +93,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
             rows = session.psi.rows[handles]
             train = command.mode == split_learning_pb2.STEP_MODE_TRAIN
             embedding = session.bottom.forward(rows, train=train)
+            if train:
+                session.train_rows += int(rows.size)
             result.embedding.CopyFrom(serde.tensor_to_pb(embedding.detach().numpy()))
         elif command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
             raise serde.WireError(f"unknown step mode {command.mode}")
@@ -100,9 +103,15 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
 
 
 class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
-    def __init__(self, registry: SessionRegistry, make_bottom: BottomFactory) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        make_bottom: BottomFactory,
+        federation: Federation | None = None,
+    ) -> None:
         self._registry = registry
         self._make_bottom = make_bottom
+        self._federation = federation
 
     def OpenSession(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
@@ -112,16 +121,46 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
         if not 0.0 <= request.ema_decay < 1.0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ema_decay must be in [0, 1)")
+        base, base_version = self._base(request, context)
         bottom = self._make_bottom(
             request.seed, request.learning_rate, request.weight_decay, request.ema_decay
         )
+        if base is not None:
+            try:
+                bottom.load_state_dict(base)
+            except RuntimeError as exc:  # a stored model of another architecture
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"platform model {base_version} does not fit this node: {exc}")
         try:
-            session.open_round(request.round, bottom)
+            session.open_round(
+                request.round, bottom, run_id=request.run_id if request.federation_round else "",
+                federation_round=request.federation_round,
+            )
         except SessionError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return round_control_pb2.OpenSessionResponse(
-            embedding_dim=bottom.out_dim, platform_model_version=session.committed_version or ""
+            embedding_dim=bottom.out_dim,
+            platform_model_version=base_version or session.committed_version or "",
         )
+
+    def _base(
+        self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> tuple[StateDict | None, str]:
+        """(weights, version) the session starts from; (None, "") for fresh weights."""
+        if not request.federation_round and not request.base_version:
+            return None, ""
+        if self._federation is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not federate")
+        assert self._federation is not None
+        try:
+            if request.federation_round:
+                return self._federation.base(request.run_id, request.federation_round)
+            return self._federation.by_version(request.base_version), request.base_version
+        except FederationError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        raise AssertionError("unreachable: abort raises")
 
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
@@ -138,11 +177,17 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             bottom.restore(request.epoch)
         except KeyError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
-        digest = hashlib.sha256()
-        for name, value in sorted(bottom.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(value.detach().contiguous().numpy().tobytes())
-        session.committed_version = f"r{request.round}-{digest.hexdigest()[:12]}"
+        state = bottom.state_dict()
+        if session.federation_round:
+            assert self._federation is not None  # OpenSession refused it otherwise
+            try:
+                self._federation.contribute(
+                    session.run_id, session.federation_round, session.session_id, state,
+                    session.train_rows,
+                )
+            except FederationError as exc:
+                context.abort(grpc.StatusCode[exc.status], str(exc))
+        session.committed_version = model_version(request.round, state)
         return round_control_pb2.CommitRoundResponse(
             platform_model_version=session.committed_version
         )

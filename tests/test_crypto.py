@@ -341,6 +341,24 @@ def test_session_keys_agree_and_differ_per_session() -> None:
         pickle.dumps(k_other)
 
 
+def test_round_keys_agree_and_separate_rounds() -> None:
+    a, b = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = new_session_id()
+    ka, kb = derive_session_key(a, b.public_key(), sid), derive_session_key(b, a.public_key(), sid)
+    # Both ends derive the same round key; seq restarts at 0 in each round.
+    box1 = Sealer(ka.for_round(1), sid, B2P).seal(b"same", round=1, batch=0)
+    box2 = Sealer(ka.for_round(2), sid, B2P).seal(b"same", round=1, batch=0)
+    assert box1.seq == box2.seq == 0
+    assert box1.ciphertext != box2.ciphertext  # same nonce, different key
+    assert Opener(kb.for_round(1), sid, B2P).open(box1) == b"same"
+    with pytest.raises(SealError, match="failed authentication"):
+        Opener(kb.for_round(1), sid, B2P).open(box2)
+    with pytest.raises(SealError, match="failed authentication"):
+        Opener(kb, sid, B2P).open(box1)
+    with pytest.raises(CryptoError, match="uint32"):
+        ka.for_round(-1)
+
+
 def test_low_order_peer_key_rejected() -> None:
     low = SealingPublicKey.from_bytes(bytes(32))
     with pytest.raises(CryptoError, match="all zeros"):

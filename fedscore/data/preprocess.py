@@ -12,8 +12,9 @@ numeric block (float32), in this order
     3. one 0/1 missing indicator per feature whose schema allows missing values.
 
 categorical block (int64, 0 = unknown or missing), in this order
-    1. every categorical feature: codes 1..V for the values seen in training at
-       least ``min_count`` times, 0 for anything else;
+    1. every categorical feature: codes 1..V for the values its schema declares, in
+       that order, or else for the values seen in training at least ``min_count``
+       times; 0 for anything else;
     2. when ``n_bins`` > 0, a quantile-bin code for every numeric column of (numeric
        block 1, and 2 when ``bin_derived``):
        up to ``n_bins`` bins with edges at training quantiles (a column with at most
@@ -202,6 +203,10 @@ class Preprocessor:
 
         vocabularies: dict[str, list[str]] = {}
         for name in categorical_features:
+            declared = table.schema.feature(name).values
+            if declared is not None:  # the federation's codes, whatever these rows hold
+                vocabularies[name] = list(declared)
+                continue
             vals = pd.Series(_categorical_strings(table.features[name])).dropna()
             counts = vals.value_counts()
             kept = sorted(str(v) for v, c in counts.items() if c >= config.min_count)

@@ -48,7 +48,8 @@ PLATFORM_FEATURES: tuple[Feature, ...] = (
     *(Feature(f"PAY_{k}", "categorical") for k in (0, 2, 3, 4, 5)),
 )
 BANK_FEATURES: tuple[Feature, ...] = (
-    Feature("PAY_6", "categorical"),
+    # Declared so that every bank codes PAY_6 alike (the UCI codebook's range).
+    Feature("PAY_6", "categorical", values=tuple(str(v) for v in range(-2, 10))),
     *(Feature(f"BILL_AMT{k}", "numeric") for k in range(1, 7)),
     *(Feature(f"PAY_AMT{k}", "numeric") for k in range(1, 7)),
 )

@@ -9,6 +9,11 @@ A schema is a small TOML file kept next to a party's table::
     LIMIT_BAL = "numeric"
     SEX = "categorical"
     AGE = { kind = "numeric", allow_missing = true }
+    PAY_6 = { kind = "categorical", values = [-2, -1, 0, 1, 2] }
+
+``values`` fixes a categorical feature's codes in the schema rather than in what one
+party's rows happen to contain; banks that federate one model need it, so that code k
+means the same value, and the embedding tables the same size, at every bank.
 
 Feature order in the file is the column order of the loaded table, so every party
 builds its model inputs in the same, written-down order.
@@ -27,7 +32,7 @@ FeatureKind = Literal["numeric", "categorical"]
 FEATURE_KINDS: tuple[FeatureKind, ...] = ("numeric", "categorical")
 
 _TOP_KEYS = ("id", "label", "features")
-_FEATURE_KEYS = ("kind", "allow_missing")
+_FEATURE_KEYS = ("kind", "allow_missing", "values")
 
 
 class SchemaError(ValueError):
@@ -40,6 +45,7 @@ class Feature:
     name: str
     kind: FeatureKind
     allow_missing: bool = False
+    values: tuple[str, ...] | None = None  # categorical only: the declared vocabulary
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,12 @@ class Schema:
             if not isinstance(feat.allow_missing, bool):
                 raise SchemaError(f"{where}: {key}: allow_missing = {feat.allow_missing!r}; "
                                   "expected true or false")
+            if feat.values is not None and (
+                feat.kind != "categorical" or not feat.values
+                or len(set(feat.values)) != len(feat.values)
+            ):
+                raise SchemaError(f"{where}: {key}.values: expected a non-empty list of "
+                                  "distinct values, on a categorical feature only")
             if feat.name == self.id_column:
                 raise SchemaError(f"{where}: {key}: {feat.name!r} is the id column; the id "
                                   "must not also be listed as a feature")
@@ -143,13 +155,14 @@ class Schema:
         for name, spec in raw.items():
             key = f"features.{_toml_key(name)}"
             allow_missing: Any = False
+            values: tuple[str, ...] | None = None
             if isinstance(spec, str):
                 kind: Any = spec
             elif isinstance(spec, Mapping):
                 extra = [k for k in spec if k not in _FEATURE_KEYS]
                 if extra:
                     raise SchemaError(f"{where}: {key}: unknown key {extra[0]!r}; expected "
-                                      "only kind and allow_missing")
+                                      "only kind, allow_missing and values")
                 if "kind" not in spec:
                     raise SchemaError(f"{where}: {key}: missing kind; expected "
                                       "{ kind = \"numeric\"|\"categorical\", ... }")
@@ -158,13 +171,18 @@ class Schema:
                 if not isinstance(allow_missing, bool):
                     raise SchemaError(f"{where}: {key}.allow_missing = {allow_missing!r}; "
                                       "expected true or false")
+                if "values" in spec:
+                    values = _values(where, key, spec["values"])
             else:
                 raise SchemaError(f"{where}: {key} = {spec!r}; expected \"numeric\", "
                                   "\"categorical\" or { kind = ..., allow_missing = ... }")
             if kind not in FEATURE_KINDS:
                 raise SchemaError(f"{where}: {key}: kind {kind!r} is not one of "
                                   f"{', '.join(repr(k) for k in FEATURE_KINDS)}")
-            features.append(Feature(name, cast(FeatureKind, kind), allow_missing))
+            if values is not None and kind != "categorical":
+                raise SchemaError(f"{where}: {key}.values: only a categorical feature takes "
+                                  f"a list of values, this one is {kind!r}")
+            features.append(Feature(name, cast(FeatureKind, kind), allow_missing, values))
         return cls(id_column, tuple(features), label, source=source)
 
     @classmethod
@@ -192,13 +210,34 @@ class Schema:
         lines += ["", "[features]"]
         for feat in self.features:
             value = _toml_str(feat.kind)
-            if feat.allow_missing:
-                value = f"{{ kind = {value}, allow_missing = true }}"
+            if feat.allow_missing or feat.values is not None:
+                parts = [f"kind = {value}"]
+                if feat.allow_missing:
+                    parts.append("allow_missing = true")
+                if feat.values is not None:
+                    parts.append(f"values = [{', '.join(_toml_str(v) for v in feat.values)}]")
+                value = "{ " + ", ".join(parts) + " }"
             lines.append(f"{_toml_key(feat.name)} = {value}")
         return "\n".join(lines) + "\n"
 
     def dump(self, path: Path) -> None:
         Path(path).write_text(self.to_toml(), encoding="utf-8")
+
+
+def _values(where: str, key: str, raw: Any) -> tuple[str, ...]:
+    """A declared vocabulary: strings or integers, as the strings a table cell reads as."""
+    ok = isinstance(raw, list) and raw and all(
+        (isinstance(v, str) and v) or (isinstance(v, int) and not isinstance(v, bool)) for v in raw
+    )
+    if not ok:
+        raise SchemaError(f"{where}: {key}.values = {raw!r}; expected a non-empty list of "
+                          "strings or integers")
+    values = tuple(str(v) for v in raw)
+    dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if dup is not None:
+        raise SchemaError(f"{where}: {key}.values: {dup!r} is listed twice; expected "
+                          "distinct values")
+    return values
 
 
 def _toml_str(value: str) -> str:

@@ -94,8 +94,9 @@ BANK_SCHEMA = Schema(ID_COLUMN, (
     Feature("balance", "numeric"),
     Feature("payment_amount", "numeric"),
     Feature("num_products", "numeric"),
-    Feature("delinquency_code", "categorical"),
-    Feature("product", "categorical"),
+    # Declared vocabularies: every bank codes them alike, so their models can be averaged.
+    Feature("delinquency_code", "categorical", values=("0", "1", "2", "3", "4", "5")),
+    Feature("product", "categorical", values=("card", "loan", "mortgage")),
 ), LABEL_COLUMN)
 
 

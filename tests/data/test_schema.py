@@ -110,3 +110,40 @@ def test_schema_built_in_code_is_checked() -> None:
         Schema("u", (Feature("x", "text"),))  # type: ignore[arg-type]
     with pytest.raises(SchemaError, match="listed twice"):
         Schema("u", (Feature("x", "numeric"), Feature("x", "categorical")))
+
+
+def test_declared_values_round_trip_and_fix_the_codes(tmp_path: Path) -> None:
+    from fedscore.data.preprocess import Preprocessor
+    from fedscore.data.table import load_table
+
+    text = 'id = "u"\nlabel = "y"\n[features]\nP = { kind = "categorical", values = [-1, 0, 2] }\n'
+    schema = Schema.load(write(tmp_path, text))
+    assert schema.feature("P").values == ("-1", "0", "2")
+    schema.dump(tmp_path / "again.toml")
+    assert Schema.load(tmp_path / "again.toml") == schema
+    # Two banks whose rows hold different subsets still code the values alike.
+    codes = []
+    for name, rows in (("a", "0\n2\n0\n"), ("b", "-1\n2\n")):
+        data = tmp_path / f"{name}.csv"
+        body = "".join(f"{name}{i},{v},0\n" for i, v in enumerate(rows.split()))
+        data.write_text("u,P,y\n" + body)
+        table = load_table(data, tmp_path / "schema.toml", require_label=True)
+        pre = Preprocessor.fit(table)
+        assert pre.cat_cardinalities == (4,)
+        codes.append(pre.transform(table).categorical[:, 0].tolist())
+    assert codes == [[2, 3, 2], [1, 3]]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ('{ kind = "numeric", values = [1] }', r"features\.P\.values: only a categorical"),
+        ('{ kind = "categorical", values = [] }', r"features\.P\.values = \[\]; expected a non"),
+        ('{ kind = "categorical", values = [1, "1"] }', r"'1' is listed twice"),
+        ('{ kind = "categorical", values = [1.5] }', r"expected a non-empty list of strings or"),
+    ],
+)
+def test_bad_declared_values_are_named(tmp_path: Path, spec: str, message: str) -> None:
+    path = write(tmp_path, f'id = "u"\n[features]\nP = {spec}\n')
+    with pytest.raises(SchemaError, match=message):
+        Schema.load(path)

@@ -114,7 +114,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         assert link.embedding_dim > 0
         key = derive_session_key(kit.sealing_key, kit.peer("platform").sealing_public,
-                                 psi.session_id)
+                                 psi.session_id).for_round(0)
         sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
         command = split_learning_pb2.StepCommand(
             mode=split_learning_pb2.STEP_MODE_EVAL, handles=serde.handles_to_bytes(np.arange(4))
@@ -139,11 +139,11 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
 def test_a_round_cannot_be_opened_twice(
     federation: Federation, live_platform: LivePlatform
 ) -> None:
-    """Re-opening a round would restart the platform's sealer under the same key."""
+    """Re-opening a round would restart both sealers under the round's key."""
     kit = federation.kit("bank-1")
     psi = _psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
-        link.restart()  # round 1: allowed, the sealer carries on
+        link.restart()  # round 1: allowed, under round 1's key
         with pytest.raises(PlatformError, match=r"FAILED_PRECONDITION.*not after"):
             GrpcPlatformLink(channel, kit, psi, CFG, round_=1)

@@ -1,0 +1,74 @@
+"""The coordinator's client of the platform's FederationService (over mTLS, coordinator kit).
+
+Each round the coordinator starts it on the platform (which names the platform model
+the round starts from) and finishes it (the platform averages its bottom-model copies
+and stores the result durably). Errors carry the platform's status code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class PlatformControlError(RuntimeError):
+    """The platform refused or failed a federation call; ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class FinishedRound:
+    version: str  # the platform model version committed for the round
+    sessions: int  # bank sessions averaged
+    rows: int  # training rows the platform forwarded in the round, over those sessions
+
+
+class PlatformControl:
+    """Start and finish a run's rounds on the platform node."""
+
+    def __init__(self, channel: grpc.Channel, *, timeout: float | None = 60.0) -> None:
+        self._stub = federation_pb2_grpc.FederationServiceStub(channel)
+        self._timeout = timeout
+
+    def start_round(self, run_id: str, round_: int, seed: int) -> str:
+        """Open round ``round_`` (1-based); returns the platform model version it starts from."""
+        reply = self._call(
+            "StartRound", self._stub.StartRound,
+            federation_pb2.StartRoundRequest(run_id=run_id, round=round_, seed=seed),
+        )
+        return reply.base_version
+
+    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
+        """Average and store the round's platform model; its version and what went into it."""
+        reply = self._call(
+            "FinishRound", self._stub.FinishRound,
+            federation_pb2.FinishRoundRequest(run_id=run_id, round=round_),
+        )
+        return FinishedRound(reply.platform_model_version, int(reply.sessions), int(reply.rows))
+
+    def run_state(self, run_id: str) -> tuple[int, str]:
+        """(last finished round, its platform model version); (0, "") for a new run."""
+        reply = self._call(
+            "GetRunState", self._stub.GetRunState,
+            federation_pb2.GetRunStateRequest(run_id=run_id),
+        )
+        return int(reply.last_round), reply.platform_model_version
+
+    def _call(self, what: str, method: Callable[..., Resp], request: Req) -> Resp:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise PlatformControlError(f"platform {what} failed: {code}: {details}", code) from exc

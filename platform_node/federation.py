@@ -1,0 +1,185 @@
+"""The platform's half of a federated run: open rounds, per-session contributions, averaging.
+
+The coordinator starts round r of a run; every bank session opened with
+``federation_round=r`` starts from the round's base model (round r - 1's average, or
+a fresh model from the run's seed for round 1) and, once it commits, contributes a
+copy of its scoring weights and the number of training rows the platform itself
+forwarded for it. Finishing the round averages the contributions weighted by those
+rows and stores the result durably. The averaging is done by the platform, so its
+result does not depend on the order or timing in which banks finish.
+
+One round per run is open at a time. Starting a round again (a restarted coordinator)
+discards what was collected for it and starts from round r - 1's committed model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from platform_node.model_store import (
+    ModelStore,
+    StateDict,
+    StoreError,
+    UnknownVersion,
+    check_run_id,
+)
+
+BaseFactory = Callable[[int], StateDict]
+"""seed -> the initial platform bottom weights of a run (round 0)."""
+
+
+class FederationError(Exception):
+    """A federation call that cannot be served; ``status`` is the gRPC status code name."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FinishedRound:
+    version: str
+    sessions: int
+    rows: int
+
+
+@dataclass
+class _OpenRound:
+    round: int
+    base_version: str
+    base: StateDict
+    contributions: dict[bytes, tuple[StateDict, int]] = field(default_factory=dict)
+
+
+def weighted_average(parts: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> StateDict:
+    """Row-weighted mean of state dicts (float64 accumulation); integer tensors from the first."""
+    total = sum(rows for _, rows in parts)
+    first = parts[0][0]
+    out: StateDict = {}
+    for name, ref in first.items():
+        if not torch.is_floating_point(ref):
+            out[name] = ref.clone()
+            continue
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for state, rows in parts:
+            acc += state[name].to(torch.float64) * (rows / total)
+        out[name] = acc.to(ref.dtype)
+    return out
+
+
+class Federation:
+    """Round bookkeeping for every run on this platform node; thread-safe."""
+
+    def __init__(self, store: ModelStore, make_base: BaseFactory) -> None:
+        self.store = store
+        self._make_base = make_base
+        self._open: dict[str, _OpenRound] = {}
+        self._lock = threading.Lock()
+
+    def _run_id(self, run_id: str) -> str:
+        try:
+            return check_run_id(run_id)
+        except StoreError as exc:
+            raise FederationError("INVALID_ARGUMENT", str(exc)) from None
+
+    def run_state(self, run_id: str) -> tuple[int, str]:
+        """(last finished round, its version); (0, "") when none."""
+        last = self.store.last(self._run_id(run_id))
+        return last if last is not None else (0, "")
+
+    def start_round(self, run_id: str, round_: int, seed: int) -> str:
+        """Open round ``round_``; return the version it starts from."""
+        self._run_id(run_id)
+        if round_ < 1:
+            raise FederationError("INVALID_ARGUMENT", f"rounds are 1-based, got {round_}")
+        if not 0 <= seed < 2**62:
+            raise FederationError("INVALID_ARGUMENT", f"seed must be in [0, 2**62), got {seed}")
+        with self._lock:
+            last, _ = self.run_state(run_id)
+            if round_ > last + 1:
+                raise FederationError(
+                    "FAILED_PRECONDITION",
+                    f"run {run_id!r} cannot start round {round_}: its last finished round "
+                    f"is {last}, so the next is {last + 1}",
+                )
+            if round_ == 1:
+                base = self._make_base(seed)
+                version = self.store.version(run_id, 0)
+                if version is None or self._differs(run_id, base):
+                    version = self.store.save(run_id, 0, base)
+            else:
+                base = self.store.load(run_id, round_ - 1)
+                version = self.store.version(run_id, round_ - 1)
+            assert version is not None
+            self._open[run_id] = _OpenRound(round_, version, base)
+            return version
+
+    def _differs(self, run_id: str, base: StateDict) -> bool:
+        stored = self.store.load(run_id, 0)
+        return stored.keys() != base.keys() or any(
+            not torch.equal(stored[k], base[k]) for k in base
+        )
+
+    def open_round(self, run_id: str) -> int:
+        """The round of ``run_id`` that is open now; 0 when none."""
+        with self._lock:
+            current = self._open.get(run_id)
+            return current.round if current else 0
+
+    def base(self, run_id: str, round_: int) -> tuple[StateDict, str]:
+        """(weights, version) a session of round ``round_`` starts from."""
+        self._run_id(run_id)
+        with self._lock:
+            current = self._check_open(run_id, round_, "open a session for")
+            return {k: v.clone() for k, v in current.base.items()}, current.base_version
+
+    def _check_open(self, run_id: str, round_: int, what: str) -> _OpenRound:
+        current = self._open.get(run_id)
+        if current is None or current.round != round_:
+            now = f"round {current.round} is open" if current else "no round is open"
+            raise FederationError(
+                "FAILED_PRECONDITION", f"cannot {what} round {round_} of run {run_id!r}: {now}"
+            )
+        return current
+
+    def contribute(
+        self, run_id: str, round_: int, session: bytes, state: Mapping[str, torch.Tensor],
+        rows: int,
+    ) -> None:
+        """Count a committed session's weights in the round (again: replaces its last)."""
+        copy = {k: v.detach().clone() for k, v in state.items()}
+        with self._lock:
+            current = self._check_open(run_id, round_, "commit in")
+            current.contributions[session] = (copy, int(rows))
+
+    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
+        """Average the round's contributions by training rows, store them, close the round."""
+        self._run_id(run_id)
+        with self._lock:
+            current = self._check_open(run_id, round_, "finish")
+            parts = list(current.contributions.values())
+            rows = sum(r for _, r in parts)
+            if not parts:
+                raise FederationError(
+                    "FAILED_PRECONDITION",
+                    f"round {round_} of run {run_id!r} has no committed bank session",
+                )
+            if rows <= 0:
+                raise FederationError(
+                    "FAILED_PRECONDITION",
+                    f"round {round_} of run {run_id!r}: no committed session forwarded a "
+                    "training row",
+                )
+            version = self.store.save(run_id, round_, weighted_average(parts))
+            del self._open[run_id]
+            return FinishedRound(version, len(parts), rows)
+
+    def by_version(self, version: str) -> StateDict:
+        try:
+            return self.store.by_version(version)
+        except UnknownVersion as exc:
+            raise FederationError("NOT_FOUND", str(exc)) from None

@@ -1,0 +1,61 @@
+"""Thin gRPC servicer through which the coordinator starts and finishes rounds on the platform.
+
+Only a peer whose certificate names a coordinator-role party of the federation may
+call it; the logic lives in :class:`~platform_node.federation.Federation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
+from fedscore.provision import StartupKit
+from fedscore.transport import authorize_peer
+from platform_node.federation import Federation, FederationError
+from platform_node.model_store import StoreError
+
+T = TypeVar("T")
+
+
+class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+    def __init__(self, kit: StartupKit, federation: Federation) -> None:
+        self._kit = kit
+        self._federation = federation
+
+    def _serve(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+        authorize_peer(context, self._kit, "coordinator")
+        try:
+            return call()
+        except FederationError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"platform model store: {exc}")
+        raise AssertionError("unreachable: abort raises")
+
+    def StartRound(
+        self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.StartRoundResponse:
+        version = self._serve(
+            context,
+            lambda: self._federation.start_round(request.run_id, request.round, request.seed),
+        )
+        return federation_pb2.StartRoundResponse(base_version=version)
+
+    def FinishRound(
+        self, request: federation_pb2.FinishRoundRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.FinishRoundResponse:
+        done = self._serve(
+            context, lambda: self._federation.finish_round(request.run_id, request.round)
+        )
+        return federation_pb2.FinishRoundResponse(
+            platform_model_version=done.version, sessions=done.sessions, rows=done.rows
+        )
+
+    def GetRunState(
+        self, request: federation_pb2.GetRunStateRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.GetRunStateResponse:
+        last, version = self._serve(context, lambda: self._federation.run_state(request.run_id))
+        return federation_pb2.GetRunStateResponse(last_round=last, platform_model_version=version)
