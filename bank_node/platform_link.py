@@ -160,6 +160,11 @@ class GrpcPlatformLink:
                 f"{opened.embedding_dim} within a session"
             )
 
+    def detach(self) -> None:
+        """End the stream but keep the session, for a later process to open its next round."""
+        self._flush()
+        self._end_stream()
+
     def close(self) -> None:
         """End the stream and the session; the platform forgets the handles."""
         self._flush()

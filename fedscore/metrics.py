@@ -51,3 +51,31 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
         raise ValueError("log loss needs probabilities in [0, 1]")
     q = np.clip(p, eps, 1 - eps)
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def roc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every bin edge, from per-class score histograms over the same bins.
+
+    This is how the coordinator draws the pooled ROC and KS of all banks' test sets:
+    the banks send counts per score bin, never a row.
+    """
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    if pos.shape != neg.shape or pos.ndim != 1:
+        raise ValueError(f"histograms must be 1-D and alike, got {pos.shape} and {neg.shape}")
+    if pos.sum() <= 0 or neg.sum() <= 0:
+        raise ValueError("ROC needs both classes among the counts")
+    # thresholds from the top bin down: predicted positive = score in a bin >= threshold
+    tpr = np.r_[0.0, np.cumsum(pos[::-1]) / pos.sum()]
+    fpr = np.r_[0.0, np.cumsum(neg[::-1]) / neg.sum()]
+    return fpr, tpr
+
+
+def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC with scores in one bin counted as ties (half), i.e. the trapezoid under the ROC."""
+    fpr, tpr = roc_from_histograms(pos, neg)
+    return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    fpr, tpr = roc_from_histograms(pos, neg)
+    return float(np.max(np.abs(tpr - fpr)))

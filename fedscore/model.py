@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -185,3 +186,27 @@ class SplitArchitecture:
         return TopConfig(
             self.bank_out, self.platform_out, self.top_hidden, self.dropout, self.linear_skip
         )
+
+
+def to_arrays(model: nn.Module) -> list[np.ndarray]:
+    """The model's weights in ``state_dict`` order: what a bank sends to aggregation."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def load_arrays(model: nn.Module, arrays: list[np.ndarray]) -> None:
+    """Load weights in ``state_dict`` order; a mismatch names the tensor and both shapes."""
+    state = model.state_dict()
+    if len(arrays) != len(state):
+        raise ValueError(
+            f"got {len(arrays)} weight arrays, this model has {len(state)}: the banks' "
+            "schemas or architectures differ"
+        )
+    new: dict[str, torch.Tensor] = {}
+    for (name, ref), arr in zip(state.items(), arrays, strict=True):
+        if tuple(arr.shape) != tuple(ref.shape):
+            raise ValueError(
+                f"weights {name}: got shape {tuple(arr.shape)}, this model has "
+                f"{tuple(ref.shape)}: the banks' schemas or architectures differ"
+            )
+        new[name] = torch.as_tensor(np.asarray(arr), dtype=ref.dtype)
+    model.load_state_dict(new)

@@ -184,9 +184,14 @@ class ModelStore:
         path = self._file(run_id, round_)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # a damaged file: UnpicklingError, EOFError, RuntimeError...
             raise StoreError(f"{path}: cannot read the stored model: {exc}") from None
-        if not isinstance(state, dict) or model_version(round_, state) != version:
+        if (
+            not isinstance(state, dict)
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                       for k, v in state.items())
+            or model_version(round_, state) != version
+        ):
             raise StoreError(f"{path}: content does not match its version {version}")
         return state
 

@@ -1,0 +1,111 @@
+"""The coordinator as a Flower ServerApp: rounds under SecAgg+, checkpoints, the release.
+
+It holds no user data: it sees the sum of the banks' bank-side models (SecAgg+), the
+platform's model versions and the banks' evaluation metrics. Settings come from the
+run config (``flwr run ... --run-config``, see :class:`fedscore.runconfig.RunSettings`).
+
+Resuming: a run id whose checkpoints exist continues after its last whole round, from
+that round's weights; the platform must have finished at least that round (it keeps
+every round it finished, so it can start the next one from the same pair).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from coordinator.checkpoint import Checkpoints
+from coordinator.platform_control import PlatformControl
+from coordinator.release import write_release
+from coordinator.strategy import CoordinatorError, CoordinatorStrategy
+from fedscore.provision import load_kit
+from fedscore.runconfig import ConfigError, RunSettings
+from fedscore.transport import secure_channel
+
+log = logging.getLogger(__name__)
+
+RELEASE_DIR = "release"
+
+
+def run_rounds(
+    grid: Grid, context: Context, settings: RunSettings, *, secure_aggregation: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the rounds the settings ask for, then write the signed release.
+
+    Returns the release manifest. ``secure_aggregation=False`` (plain FedAvg messages)
+    exists only so the federation benchmark can measure what SecAgg+ costs.
+    """
+    if not settings.coordinator_kit or not settings.platform_address:
+        raise ConfigError("run config: coordinator-kit and platform-address are required")
+    kit = load_kit(Path(settings.coordinator_kit))
+    checkpoints = Checkpoints(settings.run_dir)
+    latest = checkpoints.latest()
+    done = latest.round if latest is not None else 0
+    with secure_channel(settings.platform_address, kit, "platform") as channel:
+        platform = PlatformControl(channel)
+        platform_last, _ = platform.run_state(settings.run_id)
+        if platform_last < done:
+            raise CoordinatorError(
+                f"run {settings.run_id!r}: the coordinator has round {done} checkpointed but "
+                f"the platform only round {platform_last}; was its --state-dir lost?"
+            )
+        if done:
+            log.info("resuming run %s after round %d", settings.run_id, done)
+            checkpoints.log("resumed", round=done)
+        else:
+            checkpoints.log("started", rounds=settings.num_rounds,
+                            settings=settings.to_run_config())
+        strategy = CoordinatorStrategy(
+            settings, platform, checkpoints, rounds_done=done,
+            initial=latest.arrays if latest is not None else None,
+            platform_version=latest.platform_version if latest is not None else "",
+        )
+        remaining = settings.num_rounds - done
+        if remaining > 0:
+            legacy = LegacyContext(
+                context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy
+            )
+            fit = (
+                SecAggPlusWorkflow(
+                    num_shares=1.0, reconstruction_threshold=0.67,
+                    max_weight=settings.max_weight,
+                )
+                if secure_aggregation else None
+            )
+            DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+
+    final = checkpoints.latest()
+    if final is None:
+        raise CoordinatorError(f"run {settings.run_id!r} finished without a checkpoint")
+    evaluation = final.info.get("evaluation", {})
+    manifest = write_release(
+        settings.run_dir / RELEASE_DIR, final.arrays,
+        signer=kit.signing_key, signer_name=kit.party, run_id=settings.run_id,
+        round_=final.round, platform_version=final.platform_version,
+        fingerprints={b["bank"]: b["fingerprint"] for b in evaluation.get("banks", [])},
+        metrics=evaluation, config=settings.to_run_config(),
+    )
+    checkpoints.log("released", version=manifest["version"],
+                    path=str(settings.run_dir / RELEASE_DIR))
+    return manifest
+
+
+def server_app(settings: RunSettings | None = None, *, secure_aggregation: bool = True
+               ) -> ServerApp:
+    """A ServerApp with fixed ``settings``, or (None) the settings of the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run = settings or RunSettings.from_run_config(context.run_config)
+        run_rounds(grid, context, run, secure_aggregation=secure_aggregation)
+
+    return app
+
+
+app = server_app()

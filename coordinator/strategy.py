@@ -1,0 +1,193 @@
+"""The coordinator's strategy: FedAvg over the bank-side model, with the platform in step.
+
+Round r (Flower's ``server_round`` plus the rounds a resumed run had already done):
+``configure_fit`` opens round r on the platform (which names the platform model the
+round starts from) and tells the banks how to train; ``aggregate_fit`` gets the
+bank-side average (from SecAgg+, which only reveals the sum), asks the platform to
+average and commit its bottom-model copies, and checkpoints both; ``configure_evaluate``
+has every bank score its test set with the new pair; ``aggregate_evaluate`` weighs
+the banks' metrics by test rows and pools their PD histograms into one AUC and KS.
+
+FedProx is the same strategy with ``proximal-mu`` > 0: the banks add the proximal
+term to their local loss (the platform's bottom copies start from the round's average
+either way).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from coordinator.checkpoint import Checkpoints
+from coordinator.platform_control import PlatformControl
+from fedscore.metrics import auc_from_histograms, ks_from_histograms
+from fedscore.runconfig import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorError(RuntimeError):
+    """The run cannot go on (a bank failed mid-round, the platform disagrees, ...)."""
+
+
+def pooled_metrics(bank_metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Test-row-weighted means, and the AUC/KS of all banks' test sets pooled."""
+    n = np.array([m["n"] for m in bank_metrics], np.float64)
+    pos = sum(np.frombuffer(m["hist_pos"], "<u4").astype(np.int64) for m in bank_metrics)
+    neg = sum(np.frombuffer(m["hist_neg"], "<u4").astype(np.int64) for m in bank_metrics)
+    weighted = {
+        k: float(np.dot(n, [m[k] for m in bank_metrics]) / n.sum()) for k in ("auc", "ks", "loss")
+    }
+    return {
+        "weighted_auc": weighted["auc"],
+        "weighted_ks": weighted["ks"],
+        "weighted_loss": weighted["loss"],
+        "pooled_auc": auc_from_histograms(np.asarray(pos), np.asarray(neg)),
+        "pooled_ks": ks_from_histograms(np.asarray(pos), np.asarray(neg)),
+        "n_test": int(n.sum()),
+    }
+
+
+class CoordinatorStrategy(FedAvg):
+    def __init__(
+        self,
+        settings: RunSettings,
+        platform: PlatformControl,
+        checkpoints: Checkpoints,
+        *,
+        rounds_done: int = 0,
+        initial: list[np.ndarray] | None = None,
+        platform_version: str = "",
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=settings.min_banks,
+            min_evaluate_clients=settings.min_banks,
+            min_available_clients=settings.min_banks,
+            accept_failures=False,
+            initial_parameters=ndarrays_to_parameters(initial) if initial is not None else None,
+        )
+        self.settings = settings
+        self.platform = platform
+        self.checkpoints = checkpoints
+        self.rounds_done = rounds_done
+        self.platform_version = platform_version
+        self.on_round = on_round
+        self.last_metrics: dict[str, Any] = {}
+        self.fingerprints: dict[str, str] = {}
+        self._t_fit = 0.0
+        self._fit_s = 0.0
+
+    def _round(self, server_round: int) -> int:
+        return self.rounds_done + server_round
+
+    def _config(self, round_: int) -> dict[str, Scalar]:
+        cfg: dict[str, Scalar] = {k: v for k, v in self.settings.to_run_config().items()
+                                  if k not in ("state-dir", "coordinator-kit",
+                                               "platform-address")}
+        cfg["round"] = round_
+        return cfg
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        r = self._round(server_round)
+        self._t_fit = time.perf_counter()
+        base = self.platform.start_round(self.settings.run_id, r, self.settings.seed)
+        log.info("round %d: platform starts from %s", r, base)
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        return [(c, FitIns(ins.parameters, {**ins.config, **self._config(r)}))
+                for c, ins in pairs]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        r = self._round(server_round)
+        if failures:
+            raise CoordinatorError(
+                f"round {r}: {len(failures)} bank(s) failed to train: {failures[0]!r}"
+            )
+        params, _ = super().aggregate_fit(server_round, results, failures)
+        if params is None:
+            raise CoordinatorError(f"round {r}: no bank-side model came back")
+        done = self.platform.finish_round(self.settings.run_id, r)
+        self.platform_version = done.version
+        self._fit_s = time.perf_counter() - self._t_fit
+        self.checkpoints.save(
+            r, parameters_to_ndarrays(params), done.version,
+            {"banks": len(results), "platform_sessions": done.sessions,
+             "platform_rows": done.rows, "fit_s": self._fit_s},
+        )
+        self.checkpoints.log("trained", round=r, platform_version=done.version,
+                             banks=len(results), fit_s=self._fit_s)
+        return params, {}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        r = self._round(server_round)
+        extra: dict[str, Scalar] = {**self._config(r), "platform-version": self.platform_version,
+                                    "final": r == self.settings.num_rounds}
+        return [(c, EvaluateIns(ins.parameters, {**ins.config, **extra}))
+                for c, ins in super().configure_evaluate(server_round, parameters,
+                                                         client_manager)]
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        r = self._round(server_round)
+        if failures:
+            raise CoordinatorError(f"round {r}: {len(failures)} bank(s) failed to evaluate: "
+                                   f"{failures[0]!r}")
+        banks: list[dict[str, Any]] = sorted(
+            ({"bank": str(res.metrics["bank"]), "n": int(res.num_examples),
+              "auc": float(res.metrics["auc"]), "ks": float(res.metrics["ks"]),
+              "loss": float(res.metrics["loss"]), "aligned": int(res.metrics["aligned"]),
+              "fingerprint": str(res.metrics["fingerprint"]),
+              "hist_pos": res.metrics["hist-pos"], "hist_neg": res.metrics["hist-neg"]}
+             for _, res in results),
+            key=lambda m: m["bank"],
+        )
+        summary: dict[str, Any] = {
+            "round": r,
+            "platform_version": self.platform_version,
+            **pooled_metrics(banks),
+            "fit_s": self._fit_s,
+            "banks": [{k: v for k, v in m.items() if not k.startswith("hist")} for m in banks],
+        }
+        self.fingerprints = {m["bank"]: m["fingerprint"] for m in banks}
+        self.last_metrics = summary
+        hists = {m["bank"]: {"pos": np.frombuffer(m["hist_pos"], "<u4").tolist(),
+                             "neg": np.frombuffer(m["hist_neg"], "<u4").tolist()}
+                 for m in banks}
+        self.checkpoints.update(r, evaluation=summary, histograms=hists)
+        self.checkpoints.log("evaluated", **summary)
+        if self.on_round is not None:
+            self.on_round(summary)
+        return summary["weighted_loss"], {k: v for k, v in summary.items()
+                                          if isinstance(v, int | float)}

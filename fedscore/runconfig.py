@@ -1,0 +1,105 @@
+"""The settings of one federated run, read from Flower's run config (``flwr run
+--run-config``, defaults in ``[tool.flwr.app.config]``) by the coordinator and the banks.
+
+Keys are kebab-case as Flower's are; every bad value is named with its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedscore.training import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A run or node config value is missing or of the wrong kind; names the key."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    run_id: str = "fedscore-run"  # the platform keeps its models per run id; resume key
+    num_rounds: int = 5
+    local_epochs: int = 3
+    proximal_mu: float = 0.0  # > 0: FedProx
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_banks: int = 2  # SecAgg+ needs at least two banks per round
+    max_weight: float = 100_000.0  # >= the largest bank's training rows (SecAgg+ scaling)
+    state_dir: str = "fedscore-state"  # the coordinator's checkpoints and releases
+    coordinator_kit: str = ""  # the coordinator's startup kit (mTLS to the platform)
+    platform_address: str = ""  # host:port of the platform node
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num-rounds": self.num_rounds >= 1,
+            "local-epochs": self.local_epochs >= 1,
+            "proximal-mu": self.proximal_mu >= 0,
+            "seed": 0 <= self.seed < 2**62,
+            "batch-size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "min-banks": self.min_banks >= 2,
+            "max-weight": self.max_weight > 0,
+            "run-id": bool(self.run_id),
+        }
+        for key, ok in checks.items():
+            if not ok:
+                value = getattr(self, key.replace("-", "_"))
+                raise ConfigError(f"run config {key} = {value!r} is out of range "
+                                  f"({_RANGES[key]})")
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, object]) -> RunSettings:
+        """Known keys override the defaults; unknown keys are refused by name."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ConfigError(
+                    f"run config: unknown key {key!r}; expected one of "
+                    f"{', '.join(sorted(k.replace('_', '-') for k in fields))}"
+                )
+            default = fields[name].default
+            values[name] = _coerce(key, value, type(default))
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_run_config(self) -> dict[str, int | float | str]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(seed=self.seed, batch_size=self.batch_size, lr=self.lr,
+                           epochs=self.local_epochs, refit=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.state_dir) / self.run_id
+
+
+_RANGES = {
+    "num-rounds": ">= 1", "local-epochs": ">= 1", "proximal-mu": ">= 0",
+    "seed": "0 <= seed < 2**62", "batch-size": ">= 1", "lr": "> 0",
+    "min-banks": ">= 2, SecAgg+ needs two banks", "max-weight": "> 0", "run-id": "non-empty",
+}
+
+
+def _coerce(key: str, value: object, kind: type) -> object:
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"run config {key} = {value!r}; expected {kind.__name__}")
+
+
+def require(config: Mapping[str, object], key: str, where: str) -> str:
+    """A non-empty string value of a node config; names the key and the config when not."""
+    value = config.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} = {value!r}; expected a non-empty string "
+                          f"(set it with --node-config '{key}=\"...\"')")
+    return value
