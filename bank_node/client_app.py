@@ -1,50 +1,21 @@
-"""The bank as a Flower ClientApp: each round it trains the global bank-side model against
-the platform (split learning, as in the vertical core) and evaluates it on its own test set.
+"""The bank as a Flower ClientApp (registered in pyproject's ``[tool.flwr.app.components]``).
 
-Where things come from: the bank's data folder, its startup kit, the platform's address
-and a bank-local state folder from the SuperNode's node config (``--node-config``);
-everything about the round (run id, round, epochs, FedProx mu, the platform model
-version to evaluate with) from the coordinator's instructions. A SuperNode starts a
-new process per message, so the PSI result (the session id and which rows it aligned,
-never an id) and the session's round counter live in the bank-local state folder.
-
-What leaves the bank: blinded ids (PSI, once per run), sealed gradients to the platform,
-the model update (only inside SecAgg+), and evaluation metrics: AUC, KS, loss, counts,
-the preprocessing fingerprint and a 1000-bin histogram of test PDs per class (so the
-coordinator can draw pooled ROC and KS curves without a single row).
+This module stays light: a SuperNode starts a new process for every message, and most
+SecAgg+ stages never reach the bank's code, so torch and the bank's data are only
+loaded (in :mod:`bank_node.federated`) for the messages that train or evaluate.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
 from flwr.app import Context
-from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 
-from bank_node.platform_link import GrpcPlatformLink, PlatformError
-from bank_node.psi_client import run_psi
-from bank_node.trainer import BankTables
-from fedscore.atomic import atomic_write
-from fedscore.data.preprocess import Encoded, Preprocessor
-from fedscore.metrics import auc, ks, log_loss
-from fedscore.model import BankModel, SplitArchitecture, load_arrays, to_arrays
-from fedscore.provision import load_kit
-from fedscore.psi import PsiResult
-from fedscore.runconfig import ConfigError, RunSettings, require
-from fedscore.training import BankData, TrainConfig, predict, train_round
-from fedscore.transport import secure_channel
-
-HIST_BINS = 1000
-"""PD histogram bins per class in the evaluation metrics: 0.001 wide, no row."""
+from fedscore.runconfig import require
 
 
 @dataclass(frozen=True)
@@ -67,203 +38,6 @@ class BankNode:
         )
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    n_train: int
-    ids: np.ndarray  # train then test ids: PSI input only, never sent
-    train: Encoded
-    test: Encoded
-    y_train: np.ndarray
-    y_test: np.ndarray
-    fingerprint: str
-    n_numeric: int
-    cat_cardinalities: tuple[int, ...]
-
-
-@lru_cache(maxsize=4)
-def _prepare(data_dir: Path) -> _Prepared:
-    """Load and encode the bank's tables (preprocessing fitted on its training rows only)."""
-    tables = BankTables.load(data_dir)
-    pre = Preprocessor.fit(tables.train)
-    assert tables.train.labels is not None and tables.test.labels is not None
-    return _Prepared(
-        n_train=len(tables.train),
-        ids=np.concatenate([tables.train.ids, tables.test.ids]),
-        train=pre.transform(tables.train),
-        test=pre.transform(tables.test),
-        y_train=np.asarray(tables.train.labels),
-        y_test=np.asarray(tables.test.labels),
-        fingerprint=pre.fingerprint(),
-        n_numeric=pre.n_numeric,
-        cat_cardinalities=tuple(pre.cat_cardinalities),
-    )
-
-
-class _RunState:
-    """The bank's PSI session for one run, kept on the bank's disk between messages."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._meta = folder / "session.json"
-        self._rows = folder / "psi-rows.npy"
-
-    def load(self) -> tuple[PsiResult, int] | None:
-        if not self._meta.exists():
-            return None
-        meta = json.loads(self._meta.read_text())
-        rows = np.load(self._rows)
-        psi = PsiResult(bytes.fromhex(meta["session_id"]), rows, int(meta["other_size"]))
-        return psi, int(meta["next_round"])
-
-    def save(self, psi: PsiResult, next_round: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not self._rows.exists() or self._session() != psi.session_id.hex():
-            import io
-
-            buf = io.BytesIO()
-            np.save(buf, psi.rows)
-            atomic_write(self._rows, buf.getvalue())
-        meta = {"session_id": psi.session_id.hex(), "other_size": psi.other_size,
-                "next_round": next_round}
-        atomic_write(self._meta, json.dumps(meta).encode())
-
-    def _session(self) -> str:
-        try:
-            return str(json.loads(self._meta.read_text())["session_id"])
-        except (OSError, ValueError, KeyError):
-            return ""
-
-
-def _is_session_lost(exc: PlatformError) -> bool:
-    """The platform no longer knows the session (it restarted, or the round was reused)."""
-    return exc.code == "PERMISSION_DENIED" or (
-        exc.code == "FAILED_PRECONDITION" and "is not after the session's round" in str(exc)
-    )
-
-
-def _histogram(pd: np.ndarray) -> bytes:
-    counts, _ = np.histogram(pd, bins=HIST_BINS, range=(0.0, 1.0))
-    return counts.astype("<u4").tobytes()
-
-
-class BankClient(NumPyClient):
-    def __init__(self, node: BankNode, seed: int = 0) -> None:
-        self.node = node
-        self.seed = seed
-        self.arch = SplitArchitecture()
-
-    # -- Flower --------------------------------------------------------------------------
-
-    def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
-        """The initial global model: every bank builds the same one from the run's seed."""
-        return to_arrays(self._model(None, int(str(config.get("seed", self.seed)))))
-
-    def fit(
-        self, parameters: list[np.ndarray], config: Mapping[str, object]
-    ) -> tuple[list[np.ndarray], int, dict[str, bool | bytes | float | int | str]]:
-        settings, round_ = _settings(config), _int(config, "round")
-        data = _prepare(self.node.data_dir)
-        model = self._model(parameters, settings.seed)
-        cfg = settings.train_config()
-        with self._session(settings.run_id, cfg, federation_round=round_) as (link, handles):
-            train = BankData(data.train, data.y_train, handles[: data.n_train])
-            result = train_round(train, link, model, cfg, epochs=settings.local_epochs,
-                                 round_=round_, proximal_mu=settings.proximal_mu)
-        # Fit metrics do not survive SecAgg+; the evaluation reports what matters.
-        return to_arrays(result.model), result.rows, {}
-
-    def evaluate(
-        self, parameters: list[np.ndarray], config: Mapping[str, object]
-    ) -> tuple[float, int, dict[str, bool | bytes | float | int | str]]:
-        settings, round_ = _settings(config), _int(config, "round")
-        version = str(config.get("platform-version", ""))
-        if not version:
-            raise ConfigError("evaluate instructions: platform-version is missing")
-        data = _prepare(self.node.data_dir)
-        model = self._model(parameters, settings.seed)
-        cfg = settings.train_config()
-        with self._session(settings.run_id, cfg, base_version=version,
-                           close=bool(config.get("final", False))) as (link, handles):
-            test = BankData(data.test, data.y_test, handles[data.n_train :])
-            pd = predict(model, test, link, cfg.eval_batch_size)
-        y = data.y_test
-        out = self.node.state_dir / settings.run_id / f"round-{round_:04d}-test.npz"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, pd=pd, labels=y)  # stays at the bank
-        loss = log_loss(y, pd)
-        return loss, int(y.size), {
-            "bank": self.node.bank,
-            "auc": auc(y, pd),
-            "ks": ks(y, pd),
-            "loss": loss,
-            "aligned": int((handles[data.n_train :] >= 0).sum()),
-            "fingerprint": data.fingerprint,
-            "hist-pos": _histogram(pd[y == 1]),
-            "hist-neg": _histogram(pd[y == 0]),
-        }
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _model(self, parameters: list[np.ndarray] | None, seed: int) -> BankModel:
-        data = _prepare(self.node.data_dir)
-        bank_cfg = self.arch.bank_bottom(data.n_numeric, data.cat_cardinalities)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = BankModel(bank_cfg, self.arch.top())
-        if parameters is not None:
-            load_arrays(model, parameters)
-        return model
-
-    @contextmanager
-    def _session(
-        self, run_id: str, cfg: TrainConfig, *, federation_round: int = 0,
-        base_version: str = "", close: bool = False,
-    ) -> Iterator[tuple[GrpcPlatformLink, np.ndarray]]:
-        """A link on the next round of the run's platform session; PSI first when the
-        platform does not know the session (a new run, or the platform restarted)."""
-        data = _prepare(self.node.data_dir)
-        kit = load_kit(self.node.kit_dir)
-        state = _RunState(self.node.state_dir / run_id)
-        with secure_channel(self.node.platform_address, kit, "platform") as channel:
-            saved = state.load()
-            for attempt in range(2):
-                if saved is None:
-                    saved = (run_psi(channel, data.ids, party=kit.party), 0)
-                psi, round_ = saved
-                state.save(psi, round_ + 1)
-                try:
-                    link = GrpcPlatformLink(
-                        channel, kit, psi, cfg, round_=round_, run_id=run_id,
-                        federation_round=federation_round, base_version=base_version,
-                    )
-                    break
-                except PlatformError as exc:
-                    if attempt or not _is_session_lost(exc):
-                        raise
-                    saved = None
-            if link.embedding_dim != self.arch.top().platform_dim:
-                raise PlatformError(
-                    f"platform embeddings have {link.embedding_dim} dimensions, the bank "
-                    f"model expects {self.arch.top().platform_dim}"
-                )
-            try:
-                yield link, psi.handles_for_rows(data.ids.size)
-            finally:
-                link.close() if close else link.detach()
-
-
-def _settings(config: Mapping[str, object]) -> RunSettings:
-    keys = {f.name.replace("_", "-") for f in dataclasses.fields(RunSettings)}
-    return RunSettings.from_run_config({k: v for k, v in config.items() if k in keys})
-
-
-def _int(config: Mapping[str, object], key: str) -> int:
-    value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"coordinator instructions: {key} = {value!r}; expected an integer")
-    return value
-
-
 def client_app(
     nodes: Callable[[Context], BankNode] | None = None, seed: int | None = None
 ) -> ClientApp:
@@ -275,7 +49,8 @@ def client_app(
             context.node_config
         )
         run_seed = context.run_config.get("seed", 0) if seed is None else seed
-        torch.set_num_threads(1)
+        from bank_node.federated import BankClient
+
         return BankClient(node, int(run_seed) if isinstance(run_seed, int) else 0).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])

@@ -10,8 +10,10 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedscore.training import TrainConfig
+if TYPE_CHECKING:  # torch stays unimported in the light SuperNode message processes
+    from fedscore.training import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,8 @@ class RunSettings:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
     def train_config(self) -> TrainConfig:
+        from fedscore.training import TrainConfig
+
         return TrainConfig(seed=self.seed, batch_size=self.batch_size, lr=self.lr,
                            epochs=self.local_epochs, refit=False)
 
