@@ -39,10 +39,15 @@ class BankNode:
 
 
 def client_app(
-    nodes: Callable[[Context], BankNode] | None = None, seed: int | None = None
+    nodes: Callable[[Context], BankNode] | None = None, seed: int | None = None,
+    *, secure_aggregation: bool = True,
 ) -> ClientApp:
     """A ClientApp whose bank is ``nodes(context)``, or (None) the one the SuperNode's
-    node config describes; the initial model's seed is ``seed`` or the run config's."""
+    node config describes; the initial model's seed is ``seed`` or the run config's.
+
+    ``secure_aggregation=False`` (plain FedAvg messages, no ``secaggplus_mod``) exists
+    only for the federation benchmark's SecAgg+ cost measurement, paired with the
+    coordinator's ``secure_aggregation=False``; a deployed bank always insists on SecAgg+."""
 
     def client_fn(context: Context) -> Client:
         node = nodes(context) if nodes is not None else BankNode.from_node_config(
@@ -53,7 +58,7 @@ def client_app(
 
         return BankClient(node, int(run_seed) if isinstance(run_seed, int) else 0).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure_aggregation else [])
 
 
 app = client_app()

@@ -24,7 +24,7 @@ def simulate(
 
     run_simulation(
         server_app=server_app(settings, secure_aggregation=secure_aggregation),
-        client_app=client_app(node, seed=settings.seed),
+        client_app=client_app(node, seed=settings.seed, secure_aggregation=secure_aggregation),
         num_supernodes=len(banks),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )

@@ -110,6 +110,43 @@ def vertical(
     )
 
 
+@app.command("demo")
+def demo(
+    rounds: int = typer.Option(5, min=1, help="Federated rounds."),
+    epochs: int = typer.Option(3, min=1, help="Local epochs per bank per round."),
+    banks: int = typer.Option(3, min=2, help="Banks (default-credit has exactly 3)."),
+    scenario: str = typer.Option("default-credit", help="default-credit or synth."),
+    people: int = typer.Option(20_000, min=1, help="Synthetic population size (synth only)."),
+    out: Path = typer.Option(Path("fedscore-demo"), help="Working folder (data is reused)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """The whole federation on Flower's Deployment Engine on this machine: a SuperLink,
+    one SuperNode per bank and the platform node, rounds under SecAgg+, plots and a
+    signed model release."""
+    import signal
+    import sys
+
+    from rich.markup import escape
+
+    from fedscore.demo import DemoError, DemoOptions, run_demo
+    from fedscore.deploy import DeployError
+    from fedscore.local import LaunchError
+
+    # `kill` stops the demo as Ctrl-C does: every process it started is stopped first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    options = DemoOptions(scenario=scenario, rounds=rounds, epochs=epochs, banks=banks,
+                          people=people, seed=seed)
+    try:
+        run_demo(out, options, console)
+    except KeyboardInterrupt:
+        err.print("interrupted; every process the demo started has been stopped")
+        raise typer.Exit(130) from None
+    except (DemoError, DeployError, LaunchError) as exc:
+        logs = out / "logs"
+        message = f"{exc}" + (f"\n(all logs in {logs})" if logs.is_dir() else "")
+        raise _fail(escape(message)) from None  # logs hold [brackets] rich reads as markup
+
+
 def _register() -> None:
     from fedscore.data.cli import app as data_app
     from fedscore.provision import provision_command

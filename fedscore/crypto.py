@@ -429,6 +429,21 @@ def verify_with_certificate(cert: x509.Certificate, signature: bytes, data: byte
         ) from None
 
 
+def supernode_auth_keypair() -> tuple[bytes, bytes]:
+    """A fresh ECDSA P-256 key pair for Flower SuperNode authentication, in the formats
+    Flower reads: (private key as an OpenSSH PEM, public key as one OpenSSH line).
+
+    The SuperLink operator registers the public key (``flwr supernode register``); the
+    SuperNode signs its requests with the private key (``--auth-supernode-private-key``).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(_PEM, serialization.PrivateFormat.OpenSSH, _NOENC)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return private, public + b"\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Sealing of split-learning payloads (X25519 -> HKDF -> AES-256-GCM)
 # --------------------------------------------------------------------------------------------

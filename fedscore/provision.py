@@ -36,6 +36,7 @@ from fedscore.crypto import (
     VerifyKey,
     certificate_pem,
     certificate_public_der,
+    supernode_auth_keypair,
     verify_with_certificate,
 )
 
@@ -54,6 +55,8 @@ SIGNING_KEY = "signing.key"
 MANIFEST = "federation.json"
 MANIFEST_SIG = "federation.sig"
 KIT_INFO = "kit.json"
+SUPERNODE_KEY = "supernode.key"  # bank kits, with supernode_keys=True: Flower SuperNode auth
+SUPERNODE_PUB = "supernode.pub"  # its public half, which the SuperLink operator registers
 KIT_FILES = (CA_CERT, TLS_CERT, TLS_KEY, SEALING_KEY, SIGNING_KEY, MANIFEST, MANIFEST_SIG, KIT_INFO)
 
 _PARTY_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -271,8 +274,13 @@ def provision(
     now: datetime | None = None,
     *,
     force: bool = False,
+    supernode_keys: bool = False,
 ) -> Path:
     """Create ``out/ca`` (operator only) and one startup kit ``out/<party>`` per party.
+
+    ``supernode_keys``: also put a Flower SuperNode authentication key pair
+    (``supernode.key``, ``supernode.pub``, ECDSA P-256 in OpenSSH format) in every bank's
+    kit, for a Deployment Engine SuperLink started with ``--enable-supernode-auth``.
 
     Refuses to overwrite an existing CA or kit directory unless ``force`` (which replaces
     exactly those directories, nothing else under ``out``). Returns ``out``.
@@ -349,6 +357,10 @@ def provision(
         _write_public(kit / MANIFEST_SIG, manifest_sig)
         info = {"party": n, "federation": federation}
         _write_public(kit / KIT_INFO, (json.dumps(info, indent=2) + "\n").encode())
+        if supernode_keys and role_of(n) == "bank":
+            private, public = supernode_auth_keypair()
+            _write_private(kit / SUPERNODE_KEY, private)
+            _write_public(kit / SUPERNODE_PUB, public)
     return out
 
 
@@ -564,6 +576,10 @@ def provision_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing CA and kits.")
     ] = False,
+    supernode_keys: Annotated[
+        bool, typer.Option("--supernode-keys", help="Also give every bank kit a Flower "
+                           "SuperNode auth key pair (supernode.key, supernode.pub).")
+    ] = False,
 ) -> None:
     """Create a federation CA and one startup kit per party (keys, certs, signed manifest)."""
     parties = tuple(party) if party else DEFAULT_PARTIES
@@ -575,6 +591,7 @@ def provision_command(
             federation=federation,
             valid_days=valid_days,
             force=force,
+            supernode_keys=supernode_keys,
         )
     except ProvisionError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -1,0 +1,28 @@
+"""The bank's ClientApp module: light to import, and SecAgg+ unless a benchmark opts out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from flwr.client.mod import secaggplus_mod
+
+from bank_node import client_app as module
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_importing_the_client_app_does_not_load_torch() -> None:
+    # A SuperNode starts a process per message; most SecAgg+ stages never need torch.
+    code = ("import sys, bank_node.client_app; "
+            "print(sorted(m for m in ('torch', 'bank_node.federated') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_deployed_bank_insists_on_secure_aggregation() -> None:
+    assert module.app._mods == [secaggplus_mod]
+    assert module.client_app()._mods == [secaggplus_mod]
+    assert module.client_app(secure_aggregation=False)._mods == []
