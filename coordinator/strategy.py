@@ -96,6 +96,7 @@ class CoordinatorStrategy(FedAvg):
         self.fingerprints: dict[str, str] = {}
         self._t_fit = 0.0
         self._fit_s = 0.0
+        self._trained = rounds_done
 
     def _round(self, server_round: int) -> int:
         return self.rounds_done + server_round
@@ -111,6 +112,11 @@ class CoordinatorStrategy(FedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         r = self._round(server_round)
+        if not parameters.tensors:
+            raise CoordinatorError(
+                f"round {r}: no initial model: the bank asked for it failed; see the banks' "
+                "SuperNode logs"
+            )
         self._t_fit = time.perf_counter()
         base = self.platform.start_round(self.settings.run_id, r, self.settings.seed)
         log.info("round %d: platform starts from %s", r, base)
@@ -134,6 +140,7 @@ class CoordinatorStrategy(FedAvg):
             raise CoordinatorError(f"round {r}: no bank-side model came back")
         done = self.platform.finish_round(self.settings.run_id, r)
         self.platform_version = done.version
+        self._trained = r
         self._fit_s = time.perf_counter() - self._t_fit
         self.checkpoints.save(
             r, parameters_to_ndarrays(params), done.version,
@@ -148,6 +155,11 @@ class CoordinatorStrategy(FedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         r = self._round(server_round)
+        if self._trained != r:
+            raise CoordinatorError(
+                f"round {r}: no model to evaluate: secure aggregation halted (a bank failed "
+                "in training; see the banks' SuperNode logs)"
+            )
         extra: dict[str, Scalar] = {**self._config(r), "platform-version": self.platform_version,
                                     "final": r == self.settings.num_rounds}
         return [(c, EvaluateIns(ins.parameters, {**ins.config, **extra}))

@@ -25,7 +25,10 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    from rich.markup import escape
+
+    # escaped: messages quote logs and values, whose [brackets] rich would read as markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(1)
 
 
@@ -126,8 +129,6 @@ def demo(
     import signal
     import sys
 
-    from rich.markup import escape
-
     from fedscore.demo import DemoError, DemoOptions, run_demo
     from fedscore.deploy import DeployError
     from fedscore.local import LaunchError
@@ -144,7 +145,7 @@ def demo(
     except (DemoError, DeployError, LaunchError) as exc:
         logs = out / "logs"
         message = f"{exc}" + (f"\n(all logs in {logs})" if logs.is_dir() else "")
-        raise _fail(escape(message)) from None  # logs hold [brackets] rich reads as markup
+        raise _fail(message) from None
 
 
 def _register() -> None:

@@ -254,7 +254,7 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
     """Run the demo (see the module docstring); return the summary also written to
     ``out/demo.json``. Raises DemoError, DeployError or LaunchError on a failure."""
     from coordinator.checkpoint import Checkpoints
-    from coordinator.release import verify_release
+    from coordinator.release import ReleaseError, verify_release
     from fedscore.data.table import find_table
     from fedscore.local import platform_process
     from fedscore.provision import (
@@ -274,7 +274,10 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
     out.mkdir(parents=True, exist_ok=True)
     _fresh(out)
     with console.status(f"preparing the {opts.scenario} scenario..."):
-        data = prepare_data(out, opts)
+        try:
+            data = prepare_data(out, opts)
+        except ValueError as exc:  # e.g. too few people for the banks
+            raise DemoError(f"cannot prepare the {opts.scenario} scenario: {exc}") from None
     banks = [f"bank-{k + 1}" for k in range(opts.banks)]
     kits, state, logs = out / "kits", out / "state", out / "logs"
     provision(kits, parties=("platform", *banks, "coordinator"), supernode_keys=True,
@@ -330,7 +333,10 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
         raise DemoError(f"{run_dir}: the run released a model but has no checkpoint")
     plots = write_plots(out / "plots", evaluations, final.info["histograms"])
     verify_key = load_kit(kits / banks[0]).peer("coordinator").verify_key
-    manifest, _ = verify_release(run_dir / "release", verify_key)
+    try:
+        manifest, _ = verify_release(run_dir / "release", verify_key)
+    except ReleaseError as exc:
+        raise DemoError(f"the release does not verify: {exc}") from None
     last = evaluations[-1]
     summary = {
         "options": asdict(opts) | {"out": str(out)}, "run_id": run_id,
