@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 platform_app = typer.Typer(help="Run the platform node.", no_args_is_help=True)
 bank_app = typer.Typer(help="Run a bank node.", no_args_is_help=True)
+release_app = typer.Typer(help="Model releases of federated runs.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
@@ -148,6 +149,33 @@ def demo(
         raise _fail(message) from None
 
 
+@release_app.command("verify")
+def release_verify(
+    release: Path = typer.Argument(..., help="A release folder (manifest.json, manifest.sig)."),
+    kit: Path = typer.Option(..., help="Any party's startup kit: its CA-signed manifest names "
+                             "the coordinator's key."),
+    coordinator: str = typer.Option("coordinator", help="The coordinator party's name."),
+) -> None:
+    """Check a release's signature and files; print what it pairs with."""
+    from coordinator.release import ReleaseError, verify_release
+    from fedscore.provision import KitError, load_kit
+
+    try:
+        key = load_kit(kit).peer(coordinator).verify_key
+        manifest, _ = verify_release(release, key)
+    except (KitError, ReleaseError) as exc:
+        raise _fail(str(exc)) from None
+    metrics = manifest.get("metrics", {})
+    console.print(
+        f"release {manifest['version']}: signed by {manifest['signed_by']}, verified\n"
+        f"  platform model  {manifest['platform_model_version']}\n"
+        f"  pooled AUC      {metrics.get('pooled_auc', float('nan')):.4f}\n"
+        f"  fingerprints    " + ", ".join(
+            f"{b}={fp[:12]}" for b, fp in manifest["preprocessing_fingerprints"].items()
+        ), highlight=False,
+    )
+
+
 def _register() -> None:
     from fedscore.data.cli import app as data_app
     from fedscore.provision import provision_command
@@ -155,6 +183,7 @@ def _register() -> None:
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
     app.add_typer(platform_app, name="platform")
     app.add_typer(bank_app, name="bank")
+    app.add_typer(release_app, name="release")
     app.command("provision")(provision_command)
 
 
