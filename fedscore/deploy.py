@@ -177,7 +177,7 @@ class Deployment:
     def flwr(self, *args: str, timeout: float = FLWR_TIMEOUT) -> str:
         """Run a ``flwr`` CLI command against this SuperLink; return its stdout."""
         cmd = [_script("flwr"), *args]
-        env = {**os.environ, **QUIET, "FLWR_HOME": str(self.flwr_home)}
+        env = flower_env(FLWR_HOME=str(self.flwr_home))
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
@@ -225,6 +225,14 @@ class Deployment:
     def run_log(self, run_id: int) -> str:
         """The ServerApp's log of a run, as ``flwr log --show`` prints it."""
         return self.flwr("log", str(run_id), FEDERATION, "--show")
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """The environment of every Flower process and CLI call: quiet, and with this
+    environment's scripts first on PATH (the SuperLink and SuperNode start their
+    ``flower-superexec`` helpers by name, also when the venv is not activated)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, **QUIET, "PATH": path, **extra}
 
 
 def _script(name: str) -> str:
@@ -281,7 +289,7 @@ def local_deployment(
     with ExitStack() as stack:
 
         def launch(name: str, cmd: list[str]) -> Process:
-            penv = {**os.environ, **QUIET, **TASK_POLL, "FLWR_HOME": str(out / "flwr" / name),
+            penv = {**flower_env(FLWR_HOME=str(out / "flwr" / name)), **TASK_POLL,
                     **(env or {})}
             proc = Process.start(name, cmd, logs / f"{name}.log", penv)
             deployment.processes.append(proc)

@@ -4,7 +4,6 @@ ClientApp processes on localhost, TLS on every API and SuperNode authentication 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from rich.console import Console
 from coordinator.release import MODEL_FILE, ReleaseError, verify_release
 from fedscore.demo import DemoOptions, run_demo
 from fedscore.deploy import (
-    QUIET,
     DeployError,
     Process,
     SuperNodeSpec,
     TLSFiles,
+    flower_env,
     free_ports,
     local_deployment,
 )
@@ -105,7 +104,7 @@ def _refused(name: str, superlink: str, ca: Path, key: Path, logs: Path) -> str:
     cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", superlink,
            "--root-certificates", str(ca), "--auth-supernode-private-key", str(key),
            "--port", str(free_ports(1)[0]), "--max-retries", "1"]
-    node = Process.start(name, cmd, logs / f"{name}.log", {**os.environ, **QUIET})
+    node = Process.start(name, cmd, logs / f"{name}.log", flower_env())
     try:
         assert node.popen.wait(timeout=60) != 0
     finally:
