@@ -38,7 +38,7 @@ from fedscore.metrics import auc, ks, log_loss
 from fedscore.model import BankModel, SplitArchitecture, load_arrays, to_arrays
 from fedscore.provision import load_kit
 from fedscore.psi import PsiResult
-from fedscore.runconfig import ConfigError, RunSettings
+from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
 from fedscore.training import BankData, TrainConfig, predict, train_round
 from fedscore.transport import secure_channel
 
@@ -143,14 +143,27 @@ class BankClient(NumPyClient):
     ) -> tuple[list[np.ndarray], int, dict[str, bool | bytes | float | int | str]]:
         settings, round_ = _settings(config), _int(config, "round")
         data = _prepare(self.node.data_dir)
+        if data.n_train > settings.max_weight:
+            raise ConfigError(
+                f"run config max-weight = {settings.max_weight:g} is below this bank's "
+                f"{data.n_train} training rows; SecAgg+ would overflow: raise max-weight"
+            )
         model = self._model(parameters, settings.seed)
         cfg = settings.train_config()
         with self._session(settings.run_id, cfg, federation_round=round_) as (link, handles):
             train = BankData(data.train, data.y_train, handles[: data.n_train])
             result = train_round(train, link, model, cfg, epochs=settings.local_epochs,
                                  round_=round_, proximal_mu=settings.proximal_mu)
+        arrays = to_arrays(result.model)
+        # SecAgg+ clips weights x rows / max-weight to +-SECAGG_CLIP; refuse, never clip.
+        peak = max(float(np.abs(a).max()) for a in arrays) * result.rows / settings.max_weight
+        if peak > SECAGG_CLIP:
+            raise ConfigError(
+                f"a weight of {peak:.3g} (scaled by rows / max-weight) exceeds SecAgg+'s "
+                f"clipping range {SECAGG_CLIP}; raise max-weight"
+            )
         # Fit metrics do not survive SecAgg+; the evaluation reports what matters.
-        return to_arrays(result.model), result.rows, {}
+        return arrays, result.rows, {}
 
     def evaluate(
         self, parameters: list[np.ndarray], config: Mapping[str, object]

@@ -24,7 +24,7 @@ from coordinator.platform_control import PlatformControl
 from coordinator.release import write_release
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy
 from fedscore.provision import load_kit
-from fedscore.runconfig import ConfigError, RunSettings
+from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
 from fedscore.transport import secure_channel
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run_rounds(
             fit = (
                 SecAggPlusWorkflow(
                     num_shares=1.0, reconstruction_threshold=0.67,
-                    max_weight=settings.max_weight,
+                    max_weight=settings.max_weight, clipping_range=SECAGG_CLIP,
                 )
                 if secure_aggregation else None
             )

@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # torch stays unimported in the light SuperNode message proce
     from fedscore.training import TrainConfig
 
 
+SECAGG_CLIP = 8.0
+"""SecAgg+ clipping range: a bank's weights times rows / max-weight must stay inside it."""
+
+
 class ConfigError(ValueError):
     """A run or node config value is missing or of the wrong kind; names the key."""
 
@@ -60,7 +64,7 @@ class RunSettings:
         values: dict[str, object] = {}
         for key, value in config.items():
             name = key.replace("-", "_")
-            if name not in fields:
+            if name not in fields or "_" in key:
                 raise ConfigError(
                     f"run config: unknown key {key!r}; expected one of "
                     f"{', '.join(sorted(k.replace('_', '-') for k in fields))}"

@@ -46,6 +46,9 @@ def test_unknown_key_is_named() -> None:
     assert "num-rounds" in str(info.value)  # and the known keys are listed
     with pytest.raises(ConfigError, match="'epochs'"):
         RunSettings.from_run_config({"local-epochs": 2, "epochs": 3})
+    # Flower's keys are kebab-case; a snake_case spelling is a typo, not an alias.
+    with pytest.raises(ConfigError, match="unknown key 'num_rounds'"):
+        RunSettings.from_run_config({"num_rounds": 3})
 
 
 @pytest.mark.parametrize(("key", "value", "kind"), [

@@ -9,6 +9,7 @@ from pathlib import Path
 from flwr.client.mod import secaggplus_mod
 
 from bank_node import client_app as module
+from tests.conftest import Federation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,3 +27,20 @@ def test_deployed_bank_insists_on_secure_aggregation() -> None:
     assert module.app._mods == [secaggplus_mod]
     assert module.client_app()._mods == [secaggplus_mod]
     assert module.client_app(secure_aggregation=False)._mods == []
+
+
+def test_a_bank_larger_than_max_weight_refuses_before_training(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """SecAgg+ scales weights by rows / max-weight; above 1 it would overflow, so refuse."""
+    import pytest
+
+    from bank_node.federated import BankClient
+    from fedscore.runconfig import ConfigError
+
+    node = module.BankNode("bank-1", federation.data.bank_dirs["bank-1"],
+                           federation.kits / "bank-1", "127.0.0.1:1", tmp_path)
+    client = BankClient(node)
+    init = client.get_parameters({})
+    with pytest.raises(ConfigError, match=r"max-weight = 10 is below this bank's \d+ training"):
+        client.fit(init, {"round": 1, "max-weight": 10.0, "run-id": "r"})
