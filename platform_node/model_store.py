@@ -9,7 +9,8 @@ stored (so evaluations can name it) but is not a finished round.
 
 Finishing round r again (a coordinator that restarted round r from base r - 1)
 replaces round r and drops the later rounds of the old lineage: they were trained
-from a model that is no longer the run's. Versions of every earlier round are kept.
+from a model that is no longer the run's; a new round 0 (round 1 restarted with
+another seed) drops every finished round. Versions of every earlier round are kept.
 """
 
 from __future__ import annotations
@@ -126,13 +127,13 @@ class ModelStore:
             run = _Run(old.last_round, dict(old.rounds), dict(old.states))
             run.rounds[round_] = version
             run.states[round_] = copy
-            dropped: list[int] = []
-            if round_ >= 1:
-                dropped = [r for r in run.rounds if r > round_]
-                for r in dropped:
-                    del run.rounds[r]
-                    run.states.pop(r, None)
-                run.last_round = round_
+            # Later rounds were trained from the model this one replaces: drop them (a new
+            # round 0 is a new lineage: the run has no finished round any more).
+            dropped = [r for r in run.rounds if r > round_]
+            for r in dropped:
+                del run.rounds[r]
+                run.states.pop(r, None)
+            run.last_round = round_
             if self.root is not None:
                 buffer = io.BytesIO()
                 torch.save(copy, buffer)

@@ -263,6 +263,21 @@ def test_run_state_survives_a_restart_and_rounds_go_on(tmp_path: Path) -> None:
     assert Federation(ModelStore(root), _base).run_state(RUN) == (2, redo.version)
 
 
+def test_restarting_round_one_with_another_seed_starts_a_new_lineage(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    fed = Federation(ModelStore(root), _base)
+    versions = {}
+    for r in (1, 2):
+        fed.start_round(RUN, r, 9)
+        fed.contribute(RUN, r, b"a", _like(float(r)), 3)
+        versions[r] = fed.finish_round(RUN, r).version
+    fed.start_round(RUN, 1, 10)  # another seed: the old rounds were trained from another base
+    assert fed.run_state(RUN) == (0, "")
+    for old in versions.values():
+        _raises("NOT_FOUND", fed.by_version, old)
+    assert Federation(ModelStore(root), _base).run_state(RUN) == (0, "")  # and on disk
+
+
 def test_unknown_versions_are_not_found(fed: Federation) -> None:
     for version in ("r1-0123456789ab", "r0-", "garbage", ""):
         assert repr(version) in _raises("NOT_FOUND", fed.by_version, version)
