@@ -17,6 +17,7 @@ coordinator can draw pooled ROC and KS curves without a single row).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -82,11 +83,11 @@ class _RunState:
     """The bank's PSI session for one run, kept on the bank's disk between messages."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
         self._meta = folder / "session.json"
         self._rows = folder / "psi-rows.npy"
 
     def load(self) -> tuple[PsiResult, int] | None:
+        """(the session, the next session round to open), or None before the first PSI."""
         if not self._meta.exists():
             return None
         meta = json.loads(self._meta.read_text())
@@ -94,23 +95,17 @@ class _RunState:
         psi = PsiResult(bytes.fromhex(meta["session_id"]), rows, int(meta["other_size"]))
         return psi, int(meta["next_round"])
 
-    def save(self, psi: PsiResult, next_round: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not self._rows.exists() or self._session() != psi.session_id.hex():
-            import io
+    def start(self, psi: PsiResult) -> None:
+        """A new session (after PSI): its aligned rows, then its round counter at 0."""
+        buf = io.BytesIO()
+        np.save(buf, psi.rows)
+        atomic_write(self._rows, buf.getvalue())
+        self.advance(psi, 0)
 
-            buf = io.BytesIO()
-            np.save(buf, psi.rows)
-            atomic_write(self._rows, buf.getvalue())
+    def advance(self, psi: PsiResult, next_round: int) -> None:
         meta = {"session_id": psi.session_id.hex(), "other_size": psi.other_size,
                 "next_round": next_round}
         atomic_write(self._meta, json.dumps(meta).encode())
-
-    def _session(self) -> str:
-        try:
-            return str(json.loads(self._meta.read_text())["session_id"])
-        except (OSError, ValueError, KeyError):
-            return ""
 
 
 def _is_session_lost(exc: PlatformError) -> bool:
@@ -136,7 +131,7 @@ class BankClient(NumPyClient):
 
     def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
         """The initial global model: every bank builds the same one from the run's seed."""
-        return to_arrays(self._model(None, int(str(config.get("seed", self.seed)))))
+        return to_arrays(self._model(None, self.seed))
 
     def fit(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
@@ -222,8 +217,9 @@ class BankClient(NumPyClient):
             for attempt in range(2):
                 if saved is None:
                     saved = (run_psi(channel, data.ids, party=kit.party), 0)
+                    state.start(saved[0])
                 psi, round_ = saved
-                state.save(psi, round_ + 1)
+                state.advance(psi, round_ + 1)
                 try:
                     link = GrpcPlatformLink(
                         channel, kit, psi, cfg, round_=round_, run_id=run_id,

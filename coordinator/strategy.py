@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,7 +74,6 @@ class CoordinatorStrategy(FedAvg):
         rounds_done: int = 0,
         initial: list[np.ndarray] | None = None,
         platform_version: str = "",
-        on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=1.0,
@@ -91,9 +89,6 @@ class CoordinatorStrategy(FedAvg):
         self.checkpoints = checkpoints
         self.rounds_done = rounds_done
         self.platform_version = platform_version
-        self.on_round = on_round
-        self.last_metrics: dict[str, Any] = {}
-        self.fingerprints: dict[str, str] = {}
         self._t_fit = 0.0
         self._fit_s = 0.0
         self._trained = rounds_done
@@ -192,14 +187,10 @@ class CoordinatorStrategy(FedAvg):
             "fit_s": self._fit_s,
             "banks": [{k: v for k, v in m.items() if not k.startswith("hist")} for m in banks],
         }
-        self.fingerprints = {m["bank"]: m["fingerprint"] for m in banks}
-        self.last_metrics = summary
         hists = {m["bank"]: {"pos": np.frombuffer(m["hist_pos"], "<u4").tolist(),
                              "neg": np.frombuffer(m["hist_neg"], "<u4").tolist()}
                  for m in banks}
         self.checkpoints.update(r, evaluation=summary, histograms=hists)
         self.checkpoints.log("evaluated", **summary)
-        if self.on_round is not None:
-            self.on_round(summary)
         return summary["weighted_loss"], {k: v for k, v in summary.items()
                                           if isinstance(v, int | float)}

@@ -233,15 +233,21 @@ def test_restarting_a_round_discards_what_was_collected(fed: Federation) -> None
     assert "no committed bank session" in _raises("FAILED_PRECONDITION", fed.finish_round, RUN, 2)
 
 
-def test_run_state_survives_a_restart_and_rounds_go_on(tmp_path: Path) -> None:
-    root = tmp_path / "store"
-    fed = Federation(ModelStore(root), _base)
+def _two_rounds(fed: Federation) -> dict[int, str]:
+    """Rounds 1 and 2 (seed 9): sessions a (3 rows) and b (1 row) at r and r + 1."""
     versions = {}
     for r in (1, 2):
         fed.start_round(RUN, r, 9)
         fed.contribute(RUN, r, b"a", _like(float(r)), 3)
         fed.contribute(RUN, r, b"b", _like(float(r) + 1), 1)
         versions[r] = fed.finish_round(RUN, r).version
+    return versions
+
+
+def test_run_state_survives_a_restart_and_rounds_go_on(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    fed = Federation(ModelStore(root), _base)
+    versions = _two_rounds(fed)
     assert fed.run_state(RUN) == (2, versions[2])
     assert fed.run_state("never-started") == (0, "")
 
@@ -266,11 +272,7 @@ def test_run_state_survives_a_restart_and_rounds_go_on(tmp_path: Path) -> None:
 def test_restarting_round_one_with_another_seed_starts_a_new_lineage(tmp_path: Path) -> None:
     root = tmp_path / "store"
     fed = Federation(ModelStore(root), _base)
-    versions = {}
-    for r in (1, 2):
-        fed.start_round(RUN, r, 9)
-        fed.contribute(RUN, r, b"a", _like(float(r)), 3)
-        versions[r] = fed.finish_round(RUN, r).version
+    versions = _two_rounds(fed)
     fed.start_round(RUN, 1, 10)  # another seed: the old rounds were trained from another base
     assert fed.run_state(RUN) == (0, "")
     for old in versions.values():
