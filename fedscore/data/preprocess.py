@@ -33,6 +33,14 @@ their row sums ``sum(A) / (|sum(B)| + 1)`` is added (payments over bills is one 
 ratio). With ``pair_lags``, also the element-wise ratios ``A_k / (|B_{k+lag}| + 1)``
 (lag 1 on default-credit: each month's payment over the previous month's bill).
 All of it is computed from one party's own columns only.
+
+Federation. Everything the numeric transforms need (the log decision, mean and std) is
+a function of per-column power sums, :class:`Moments`, and sums add up across parties:
+``Preprocessor.fit(table, moments=pooled)`` with the banks' moments summed (under
+SecAgg+, see :mod:`fedscore.secure_sum`) gives every bank the transforms a fit on
+all banks' training rows pooled would give, so one averaged model sees the same
+inputs everywhere. That needs declared categorical ``values`` (the codes) and no
+quantile bins (a quantile is not a sum).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
 _GROUP_RE = re.compile(r"^(.*\D)(\d+)$")
 _GROUP_STATS = ("mean", "std", "min", "max", "delta", "pos_share")
 FORMAT_VERSION = 1
+MOMENTS = ("count", "x", "x2", "x3", "l", "l2", "l3")
+"""Per numeric column: finite values, then the power sums of x and of l = slog1p(x)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,24 @@ class PreprocessConfig:
     pair_lags: tuple[int, ...] = ()  # lags (0, 1) cost 0.002 AUC on default-credit
 
 
+@dataclass(frozen=True)
+class Moments:
+    """The sums over training rows that fix the numeric transforms; add across parties."""
+
+    layout: str  # SHA-256 (hex) of the column layout, vocabularies and config
+    sums: np.ndarray  # float64 [columns, len(MOMENTS)]
+
+    def __post_init__(self) -> None:
+        if self.sums.ndim != 2 or self.sums.shape[1] != len(MOMENTS):
+            raise ValueError(f"moments: shape {self.sums.shape}, expected [columns, "
+                             f"{len(MOMENTS)}]")
+
+    def __add__(self, other: Moments) -> Moments:
+        if other.layout != self.layout:
+            raise ValueError("moments: cannot add sums of two different column layouts")
+        return Moments(self.layout, self.sums + other.sums)
+
+
 @dataclass
 class _NumericSpec:
     name: str  # feature name, or "<prefix>*:<stat>" / "<A>*/<B>*" for derived columns
@@ -124,16 +152,6 @@ def _slog1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def _skew(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    if x.size < 3:
-        return 0.0
-    s = float(x.std())
-    if s == 0.0:
-        return 0.0
-    return float(np.mean(((x - x.mean()) / s) ** 3))
-
-
 def _bin_edges(x: np.ndarray, n_bins: int) -> list[float]:
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -148,15 +166,39 @@ def _bin_edges(x: np.ndarray, n_bins: int) -> list[float]:
     return [float(e) for e in edges]
 
 
-def _fit_numeric(name: str, x: np.ndarray, n_bins: int) -> _NumericSpec:
-    finite = x[np.isfinite(x)]
-    log = bool(finite.size > 0 and abs(_skew(_slog1p(finite))) < abs(_skew(finite)))
-    t = _slog1p(finite) if log else finite
-    mean = float(t.mean()) if t.size else 0.0
-    std = float(t.std()) if t.size else 1.0
+def _skew_of_sums(n: float, s1: float, s2: float, s3: float) -> float:
+    """Population skewness from power sums (0 for fewer than 3 values or a constant)."""
+    if n < 3:
+        return 0.0
+    m, e2 = s1 / n, s2 / n
+    var = e2 - m * m
+    if not var > 1e-12 * max(e2, 1e-300):
+        return 0.0
+    return (s3 / n - 3.0 * m * e2 + 2.0 * m**3) / var**1.5
+
+
+def _spec_from_moments(name: str, row: np.ndarray, edges: list[float]) -> _NumericSpec:
+    n, x1, x2, x3, l1, l2, l3 = (float(v) for v in row)
+    log = n > 0 and abs(_skew_of_sums(n, l1, l2, l3)) < abs(_skew_of_sums(n, x1, x2, x3))
+    s1, s2 = (l1, l2) if log else (x1, x2)
+    mean = s1 / n if n > 0 else 0.0
+    e2 = s2 / n if n > 0 else 1.0
+    var = e2 - mean * mean
+    std = float(np.sqrt(var)) if var > 1e-12 * max(e2, 1e-300) else 1.0
     if not np.isfinite(std) or std < 1e-12:
         std = 1.0
-    return _NumericSpec(name=name, log=log, mean=mean, std=std, edges=_bin_edges(x, n_bins))
+    return _NumericSpec(name=name, log=log, mean=mean, std=std, edges=edges)
+
+
+def _power_sums(raw: np.ndarray) -> np.ndarray:
+    """[columns, len(MOMENTS)] sums over the finite values of each column."""
+    finite = np.isfinite(raw)
+    x = np.where(finite, raw, 0.0)
+    lg = _slog1p(x)
+    with np.errstate(over="ignore"):
+        cols = [finite.sum(axis=0).astype(np.float64), x.sum(axis=0), (x * x).sum(axis=0),
+                (x**3).sum(axis=0), lg.sum(axis=0), (lg * lg).sum(axis=0), (lg**3).sum(axis=0)]
+    return np.column_stack(cols) if raw.shape[1] else np.zeros((0, len(MOMENTS)))
 
 
 def _as_numbers(col: pd.Series) -> np.ndarray:
@@ -190,9 +232,83 @@ class Preprocessor:
 
     # ---------------------------------------------------------------- fitting
     @classmethod
-    def fit(cls, table: PartyTable, config: PreprocessConfig | None = None) -> Preprocessor:
-        """Fit on ``table`` (the party's training rows only)."""
-        config = config or PreprocessConfig()
+    def fit(
+        cls, table: PartyTable, config: PreprocessConfig | None = None,
+        moments: Moments | None = None,
+    ) -> Preprocessor:
+        """Fit on ``table`` (the party's training rows only); with ``moments`` (the sums
+        of several parties' :meth:`moments`) the numeric transforms come from those."""
+        pre = cls._structure(table, config or PreprocessConfig())
+        names, raw = pre._raw_numeric(table)
+        if moments is None:
+            moments = Moments(pre.layout_digest(names), pre._checked_sums(names, raw))
+        else:
+            pre._check_federated(table, names, moments)
+        n_bins = pre._s.config.n_bins
+        pre._s.numeric = [
+            _spec_from_moments(n, moments.sums[k], _bin_edges(raw[:, k], n_bins) if n_bins
+                               else [])
+            for k, n in enumerate(names)
+        ]
+        return pre
+
+    @classmethod
+    def moments(cls, table: PartyTable, config: PreprocessConfig | None = None) -> Moments:
+        """This party's share of a federated fit: sums over its training rows."""
+        pre = cls._structure(table, config or PreprocessConfig())
+        names, raw = pre._raw_numeric(table)
+        pre._check_federated(table, names, None)
+        return Moments(pre.layout_digest(names), pre._checked_sums(names, raw))
+
+    def _checked_sums(self, names: list[str], raw: np.ndarray) -> np.ndarray:
+        sums = _power_sums(raw)
+        bad = ~np.isfinite(sums).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"preprocessing: column {names[int(np.argmax(bad))]!r} has values too large "
+                "to take their third power (beyond about 1e100)"
+            )
+        return sums
+
+    def _check_federated(self, table: PartyTable, names: list[str],
+                         moments: Moments | None) -> None:
+        """Refuse what would make banks' inputs differ under one federated model."""
+        s = self._s
+        where = str(table.schema.source) if table.schema.source else "<schema>"
+        for name in s.categorical_features:
+            if table.schema.feature(name).values is None:
+                raise ValueError(
+                    f"{where}: features.{name}: a categorical feature without declared "
+                    "values; a federation needs the same codes at every bank: declare "
+                    "`values = [...]`"
+                )
+        if s.config.n_bins:
+            raise ValueError(
+                f"preprocessing: n_bins = {s.config.n_bins}; quantile bins cannot be fitted "
+                "from summed statistics (a quantile is not a sum): use n_bins = 0"
+            )
+        if moments is not None and moments.layout != self.layout_digest(names):
+            raise ValueError(
+                "preprocessing: the federation's statistics are for another column layout "
+                f"({moments.layout[:12]}, this bank's is {self.layout_digest(names)[:12]}): "
+                "the banks' schemas or preprocessing configs differ"
+            )
+
+    def layout_digest(self, names: list[str]) -> str:
+        """SHA-256 of what the moments' rows mean: columns, codes and config."""
+        s = self._s
+        blob = json.dumps(
+            {"format": FORMAT_VERSION, "config": asdict(s.config), "columns": names,
+             "numeric_features": s.numeric_features,
+             "categorical_features": s.categorical_features,
+             "missing_features": s.missing_features, "vocabularies": s.vocabularies},
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def _structure(cls, table: PartyTable, config: PreprocessConfig) -> Preprocessor:
+        """Columns, codes and derived groups; the numeric transforms still unfitted."""
         if len(table.ids) == 0:
             raise ValueError("Preprocessor.fit: the table has no rows")
         feats = table.schema.features
@@ -202,8 +318,9 @@ class Preprocessor:
         _check_columns(table, [f.name for f in feats])
 
         vocabularies: dict[str, list[str]] = {}
+        vocab_declared = {n: table.schema.feature(n).values for n in categorical_features}
         for name in categorical_features:
-            declared = table.schema.feature(name).values
+            declared = vocab_declared[name]
             if declared is not None:  # the federation's codes, whatever these rows hold
                 vocabularies[name] = list(declared)
                 continue
@@ -217,7 +334,10 @@ class Preprocessor:
         if config.derive_groups:
             by_prefix: dict[str, list[tuple[int, str]]] = {}
             for name in numeric_features + [
-                c for c in categorical_features if _all_numbers(table.features[c])
+                c for c in categorical_features if _all_numbers(
+                    table.features[c] if vocab_declared[c] is None
+                    else pd.Series(list(vocab_declared[c] or ()), dtype=object)
+                )
             ]:
                 m = _GROUP_RE.match(name)
                 if m:
@@ -240,12 +360,7 @@ class Preprocessor:
             groups=groups,
             ratio_pairs=ratio_pairs,
         )
-        pre = cls(state)
-        names, raw = pre._raw_numeric(table)
-        state.numeric = [
-            _fit_numeric(n, raw[:, k], config.n_bins) for k, n in enumerate(names)
-        ]
-        return pre
+        return cls(state)
 
     # ---------------------------------------------------------- transforming
     def _raw_numeric(self, table: PartyTable) -> tuple[list[str], np.ndarray]:

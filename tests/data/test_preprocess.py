@@ -137,3 +137,73 @@ def test_bad_state_and_missing_column_are_named() -> None:
     object.__setattr__(t, "features", t.features.drop(columns=["BILL2"]))
     with pytest.raises(ValueError, match="BILL2"):
         pre.transform(t)
+
+
+# ---------------------------------------------------------------- federated statistics
+
+FED_SCHEMA = Schema(
+    "user_id",
+    tuple(
+        Feature("STATUS", "categorical", values=("-1", "0", "1", "2")) if f.name == "STATUS"
+        else f
+        for f in SCHEMA.features
+    ),
+    "default",
+    source=Path("bank.schema.toml"),
+)
+
+
+def fed_table(n: int, seed: int, shift: float = 0.0) -> PartyTable:
+    t = make_table(n, seed)
+    t.features["INCOME"] *= np.exp(shift)  # banks with different customers
+    t.features["BILL1"] += 2000 * shift
+    return PartyTable(FED_SCHEMA, Path(f"bank{seed}.csv"), t.ids, t.features, t.labels)
+
+
+def concat(tables: list[PartyTable]) -> PartyTable:
+    return PartyTable(
+        FED_SCHEMA, Path("pooled.csv"), np.concatenate([t.ids for t in tables]),
+        pd.concat([t.features for t in tables], ignore_index=True),
+        np.concatenate([np.asarray(t.labels) for t in tables]),
+    )
+
+
+def test_summed_moments_fit_what_the_pooled_rows_fit() -> None:
+    banks = [fed_table(700, 0, 0.0), fed_table(300, 1, 1.5), fed_table(200, 2, -1.0)]
+    local = [Preprocessor.fit(t).to_dict()["numeric"] for t in banks]
+    pooled = Preprocessor.fit(concat(banks)).to_dict()["numeric"]
+    moments = Preprocessor.moments(banks[0])
+    for t in banks[1:]:
+        moments = moments + Preprocessor.moments(t)
+    fed = [Preprocessor.fit(t, moments=moments) for t in banks]
+    # every bank ends with the same transforms, those of the pooled fit
+    assert len({p.fingerprint() for p in fed}) == 1
+    for got, want in zip(fed[0].to_dict()["numeric"], pooled, strict=True):
+        assert got["log"] == want["log"], got["name"]
+        assert got["mean"] == pytest.approx(want["mean"], rel=1e-9, abs=1e-12), got["name"]
+        assert got["std"] == pytest.approx(want["std"], rel=1e-9), got["name"]
+    # and they are not what each bank fits alone
+    income = [n["name"] for n in pooled].index("INCOME")
+    assert len({round(spec[income]["mean"], 6) for spec in local}) == 3
+
+
+def test_moments_match_numpy_on_one_party() -> None:
+    t = fed_table(500, 0)
+    spec = {n["name"]: n for n in Preprocessor.fit(t).to_dict()["numeric"]}
+    bill = t.features["BILL1"].to_numpy()
+    assert spec["BILL1"]["mean"] == pytest.approx(bill.mean(), rel=1e-12)
+    assert spec["BILL1"]["std"] == pytest.approx(bill.std(), rel=1e-9)
+    age = t.features["AGE"].to_numpy()
+    assert spec["AGE"]["mean"] == pytest.approx(np.nanmean(age), rel=1e-12)  # finite only
+
+
+def test_federated_fit_refusals_are_named() -> None:
+    with pytest.raises(ValueError, match=r"features\.STATUS.*declare"):
+        Preprocessor.moments(make_table(50, 0))  # codes learnt from each bank's rows
+    with pytest.raises(ValueError, match="n_bins = 16"):
+        Preprocessor.moments(fed_table(50, 0), BINNED)
+    other = Preprocessor.moments(fed_table(50, 0), PreprocessConfig(derive_groups=False))
+    with pytest.raises(ValueError, match="another column layout"):
+        Preprocessor.fit(fed_table(50, 1), moments=other)
+    with pytest.raises(ValueError, match="two different column layouts"):
+        _ = other + Preprocessor.moments(fed_table(50, 0))
