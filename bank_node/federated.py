@@ -8,8 +8,14 @@ version to evaluate with) from the coordinator's instructions. A SuperNode start
 new process per message, so the PSI result (the session id and which rows it aligned,
 never an id) and the session's round counter live in the bank-local state folder.
 
+Before the first round, the bank sends the power sums of its training columns (inside
+SecAgg+, fixed-point encoded; see :mod:`coordinator.statistics`); every round's
+instructions carry all banks' sums back, and the bank fits its transforms on those, so
+every bank feeds the one model the same way.
+
 What leaves the bank: blinded ids (PSI, once per run), sealed gradients to the platform,
-the model update (only inside SecAgg+), and evaluation metrics: AUC, KS, loss, counts,
+its preprocessing sums and the model update (only inside SecAgg+), and evaluation
+metrics: AUC, KS, loss, counts,
 the preprocessing fingerprint and a 1000-bin histogram of test PDs per class (so the
 coordinator can draw pooled ROC and KS curves without a single row).
 """
@@ -34,12 +40,21 @@ from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
 from fedscore.atomic import atomic_write
-from fedscore.data.preprocess import Encoded, Preprocessor
+from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.metrics import auc, ks, log_loss
 from fedscore.model import BankModel, SplitArchitecture, load_arrays, to_arrays
 from fedscore.provision import load_kit
 from fedscore.psi import PsiResult
-from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
+from fedscore.runconfig import (
+    LAYOUT_KEY,
+    SECAGG_CLIP,
+    STATISTICS_TASK,
+    SUMS_KEY,
+    TASK_KEY,
+    ConfigError,
+    RunSettings,
+)
+from fedscore.secure_sum import SECAGG_MAX_WEIGHT, encode
 from fedscore.training import BankData, TrainConfig, predict, train_round
 from fedscore.transport import secure_channel
 
@@ -61,10 +76,16 @@ class _Prepared:
 
 
 @lru_cache(maxsize=4)
-def _prepare(data_dir: Path) -> _Prepared:
-    """Load and encode the bank's tables (preprocessing fitted on its training rows only)."""
+def _prepare(data_dir: Path, pooled: tuple[str, bytes] | None = None) -> _Prepared:
+    """Load and encode the bank's tables, the transforms fitted on the federation's
+    pooled sums (layout, float64 bytes; ``None``: on the bank's own training rows, which
+    is enough for the model's shapes)."""
     tables = BankTables.load(data_dir)
-    pre = Preprocessor.fit(tables.train)
+    moments = None
+    if pooled is not None:
+        flat = np.frombuffer(pooled[1], "<f8")
+        moments = Moments(pooled[0], flat.reshape(-1, len(MOMENTS)).copy())
+    pre = Preprocessor.fit(tables.train, moments=moments)
     assert tables.train.labels is not None and tables.test.labels is not None
     return _Prepared(
         n_train=len(tables.train),
@@ -131,21 +152,26 @@ class BankClient(NumPyClient):
 
     def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
         """The initial global model: every bank builds the same one from the run's seed."""
-        return to_arrays(self._model(None, self.seed))
+        return to_arrays(self._model(_prepare(self.node.data_dir), None, self.seed))
 
     def fit(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
     ) -> tuple[list[np.ndarray], int, dict[str, bool | bytes | float | int | str]]:
+        if config.get(TASK_KEY) == STATISTICS_TASK:
+            moments = Preprocessor.moments(BankTables.load(self.node.data_dir).train)
+            vector = encode(moments.sums.ravel(), bytes.fromhex(moments.layout))
+            return [vector], int(SECAGG_MAX_WEIGHT), {}  # weight 1: summed, not averaged
         settings, round_ = _settings(config), _int(config, "round")
-        data = _prepare(self.node.data_dir)
+        data = _prepare(self.node.data_dir, _pooled(config))
         if data.n_train > settings.max_weight:
             raise ConfigError(
                 f"run config max-weight = {settings.max_weight:g} is below this bank's "
                 f"{data.n_train} training rows; SecAgg+ would overflow: raise max-weight"
             )
-        model = self._model(parameters, settings.seed)
+        model = self._model(data, parameters, settings.seed)
         cfg = settings.train_config()
-        with self._session(settings.run_id, cfg, federation_round=round_) as (link, handles):
+        with self._session(data, settings.run_id, cfg,
+                           federation_round=round_) as (link, handles):
             train = BankData(data.train, data.y_train, handles[: data.n_train])
             result = train_round(train, link, model, cfg, epochs=settings.local_epochs,
                                  round_=round_, proximal_mu=settings.proximal_mu)
@@ -167,10 +193,10 @@ class BankClient(NumPyClient):
         version = str(config.get("platform-version", ""))
         if not version:
             raise ConfigError("evaluate instructions: platform-version is missing")
-        data = _prepare(self.node.data_dir)
-        model = self._model(parameters, settings.seed)
+        data = _prepare(self.node.data_dir, _pooled(config))
+        model = self._model(data, parameters, settings.seed)
         cfg = settings.train_config()
-        with self._session(settings.run_id, cfg, base_version=version,
+        with self._session(data, settings.run_id, cfg, base_version=version,
                            close=bool(config.get("final", False))) as (link, handles):
             test = BankData(data.test, data.y_test, handles[data.n_train :])
             pd = predict(model, test, link, cfg.eval_batch_size)
@@ -192,8 +218,8 @@ class BankClient(NumPyClient):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _model(self, parameters: list[np.ndarray] | None, seed: int) -> BankModel:
-        data = _prepare(self.node.data_dir)
+    def _model(self, data: _Prepared, parameters: list[np.ndarray] | None, seed: int
+               ) -> BankModel:
         bank_cfg = self.arch.bank_bottom(data.n_numeric, data.cat_cardinalities)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -204,12 +230,11 @@ class BankClient(NumPyClient):
 
     @contextmanager
     def _session(
-        self, run_id: str, cfg: TrainConfig, *, federation_round: int = 0,
+        self, data: _Prepared, run_id: str, cfg: TrainConfig, *, federation_round: int = 0,
         base_version: str = "", close: bool = False,
     ) -> Iterator[tuple[GrpcPlatformLink, np.ndarray]]:
         """A link on the next round of the run's platform session; PSI first when the
         platform does not know the session (a new run, or the platform restarted)."""
-        data = _prepare(self.node.data_dir)
         kit = load_kit(self.node.kit_dir)
         state = _RunState(self.node.state_dir / run_id)
         with secure_channel(self.node.platform_address, kit, "platform") as channel:
@@ -239,6 +264,19 @@ class BankClient(NumPyClient):
                 yield link, psi.handles_for_rows(data.ids.size)
             finally:
                 link.close() if close else link.detach()
+
+
+def _pooled(config: Mapping[str, object]) -> tuple[str, bytes]:
+    layout, sums = config.get(LAYOUT_KEY), config.get(SUMS_KEY)
+    if not isinstance(layout, str) or not isinstance(sums, bytes):
+        raise ConfigError(
+            f"coordinator instructions: {LAYOUT_KEY} and {SUMS_KEY} (the federation's "
+            "preprocessing statistics) are missing or malformed"
+        )
+    if len(sums) % (8 * len(MOMENTS)):
+        raise ConfigError(f"coordinator instructions: {SUMS_KEY} holds {len(sums)} bytes, "
+                          f"not whole rows of {len(MOMENTS)} float64 values")
+    return layout, sums
 
 
 def _settings(config: Mapping[str, object]) -> RunSettings:

@@ -22,7 +22,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
 from coordinator.release import write_release
-from coordinator.strategy import CoordinatorError, CoordinatorStrategy
+from coordinator.statistics import pooled_statistics
+from coordinator.strategy import CoordinatorError, CoordinatorStrategy, instructions
 from fedscore.provision import load_kit
 from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
 from fedscore.transport import secure_channel
@@ -60,8 +61,10 @@ def run_rounds(
         else:
             checkpoints.log("started", rounds=settings.num_rounds,
                             settings=settings.to_run_config())
+        statistics = pooled_statistics(grid, context, settings, instructions(settings),
+                                       secure_aggregation=secure_aggregation)
         strategy = CoordinatorStrategy(
-            settings, platform, checkpoints, rounds_done=done,
+            settings, platform, checkpoints, statistics, rounds_done=done,
             initial=latest.arrays if latest is not None else None,
             platform_version=latest.platform_version if latest is not None else "",
         )
@@ -88,7 +91,7 @@ def run_rounds(
         signer=kit.signing_key, signer_name=kit.party, run_id=settings.run_id,
         round_=final.round, platform_version=final.platform_version,
         fingerprints={b["bank"]: b["fingerprint"] for b in evaluation.get("banks", [])},
-        metrics=evaluation, config=settings.to_run_config(),
+        metrics=evaluation, config=settings.to_run_config(), statistics=statistics,
     )
     checkpoints.log("released", version=manifest["version"],
                     path=str(settings.run_dir / RELEASE_DIR))

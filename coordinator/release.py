@@ -1,6 +1,8 @@
 """Model releases: the bundle a bank's scoring server loads, signed by the coordinator.
 
 A release folder holds ``bank_model.npz`` (the global bank-side weights),
+``preprocessing.json`` (the banks' pooled preprocessing statistics: with its own
+schema, a bank rebuilds the transforms the weights were trained on),
 ``manifest.json`` (release version, run, round, the platform bottom-model version the
 weights pair with, each bank's preprocessing fingerprint, metrics, the run's settings,
 and the SHA-256 of every file) and ``manifest.sig`` (Ed25519 over the manifest bytes,
@@ -19,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from coordinator.checkpoint import _npz, read_arrays
+from coordinator.statistics import PooledStatistics
 from fedscore.atomic import atomic_write
 from fedscore.crypto import SignatureError, SigningPrivateKey, VerifyKey
 
 FORMAT = "fedscore-release/1"
 MODEL_FILE = "bank_model.npz"
+PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 
@@ -48,12 +52,14 @@ def write_release(
     fingerprints: dict[str, str],
     metrics: dict[str, Any],
     config: dict[str, Any],
+    statistics: PooledStatistics,
 ) -> dict[str, Any]:
     """Write and sign a release into ``folder`` (replaced if it exists); return the manifest."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     atomic_write(folder / MODEL_FILE, _npz(arrays))
+    atomic_write(folder / PREPROCESSING_FILE, json.dumps(statistics.to_json()).encode())
     manifest = {
         "format": FORMAT,
         "version": f"{run_id}-r{round_:04d}",
@@ -64,7 +70,8 @@ def write_release(
         "metrics": metrics,
         "config": config,
         "signed_by": signer_name,
-        "files": {MODEL_FILE: _sha256(folder / MODEL_FILE)},
+        "preprocessing_layout": statistics.layout,
+        "files": {name: _sha256(folder / name) for name in (MODEL_FILE, PREPROCESSING_FILE)},
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     atomic_write(folder / MANIFEST, body)

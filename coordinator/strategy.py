@@ -36,6 +36,7 @@ from flwr.server.strategy import FedAvg
 
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
+from coordinator.statistics import PooledStatistics
 from fedscore.metrics import auc_from_histograms, ks_from_histograms
 from fedscore.runconfig import RunSettings
 
@@ -64,12 +65,19 @@ def pooled_metrics(bank_metrics: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def instructions(settings: RunSettings) -> dict[str, Scalar]:
+    """The run settings every bank needs (not the coordinator's own paths and kit)."""
+    return {k: v for k, v in settings.to_run_config().items()
+            if k not in ("state-dir", "coordinator-kit", "platform-address")}
+
+
 class CoordinatorStrategy(FedAvg):
     def __init__(
         self,
         settings: RunSettings,
         platform: PlatformControl,
         checkpoints: Checkpoints,
+        statistics: PooledStatistics,
         *,
         rounds_done: int = 0,
         initial: list[np.ndarray] | None = None,
@@ -87,6 +95,7 @@ class CoordinatorStrategy(FedAvg):
         self.settings = settings
         self.platform = platform
         self.checkpoints = checkpoints
+        self.statistics = statistics
         self.rounds_done = rounds_done
         self.platform_version = platform_version
         self._t_fit = 0.0
@@ -97,11 +106,7 @@ class CoordinatorStrategy(FedAvg):
         return self.rounds_done + server_round
 
     def _config(self, round_: int) -> dict[str, Scalar]:
-        cfg: dict[str, Scalar] = {k: v for k, v in self.settings.to_run_config().items()
-                                  if k not in ("state-dir", "coordinator-kit",
-                                               "platform-address")}
-        cfg["round"] = round_
-        return cfg
+        return {**instructions(self.settings), **self.statistics.to_config(), "round": round_}
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

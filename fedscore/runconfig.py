@@ -20,6 +20,13 @@ SECAGG_CLIP = 8.0
 """SecAgg+ clipping range: a bank's weights times rows / max-weight must stay inside it."""
 
 
+# Keys of the coordinator's per-message instructions besides the run settings.
+TASK_KEY = "task"
+STATISTICS_TASK = "preprocessing-statistics"  # round 0: send the preprocessing sums
+LAYOUT_KEY = "preprocessing-layout"  # the pooled statistics, with every later message
+SUMS_KEY = "preprocessing-sums"
+
+
 class ConfigError(ValueError):
     """A run or node config value is missing or of the wrong kind; names the key."""
 

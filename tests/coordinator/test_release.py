@@ -13,11 +13,13 @@ from coordinator.release import (
     FORMAT,
     MANIFEST,
     MODEL_FILE,
+    PREPROCESSING_FILE,
     SIGNATURE,
     ReleaseError,
     verify_release,
     write_release,
 )
+from coordinator.statistics import PooledStatistics
 from fedscore.crypto import SigningPrivateKey
 
 KEY = SigningPrivateKey.generate()
@@ -35,6 +37,7 @@ def _write(folder: Path, key: SigningPrivateKey = KEY) -> dict:
         fingerprints={"bank-2": "f2" * 32, "bank-1": "f1" * 32},
         metrics={"pooled_auc": 0.78, "n_test": 6000},
         config={"num-rounds": 3, "local-epochs": 2},
+        statistics=PooledStatistics("ab" * 32, np.arange(14.0), 2),
     )
 
 
@@ -49,7 +52,8 @@ def test_round_trip(tmp_path: Path) -> None:
     manifest, arrays = verify_release(tmp_path / "release", KEY.verify_key())
     assert manifest == written
     assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [
-        MODEL_FILE, MANIFEST, SIGNATURE]
+        MODEL_FILE, MANIFEST, SIGNATURE, PREPROCESSING_FILE]
+    assert manifest["preprocessing_layout"] == "ab" * 32
     assert manifest["format"] == FORMAT
     assert manifest["version"] == "run-7-r0003"
     assert manifest["run_id"] == "run-7" and manifest["round"] == 3
@@ -78,10 +82,11 @@ def _flip(path: Path, at: int) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("name", [MODEL_FILE, PREPROCESSING_FILE])
 @pytest.mark.parametrize("at", [0, 100, -1])
-def test_weights_byte_flip_is_refused(release: Path, at: int) -> None:
-    _flip(release / MODEL_FILE, at)
-    with pytest.raises(ReleaseError, match=MODEL_FILE):
+def test_file_byte_flip_is_refused(release: Path, name: str, at: int) -> None:
+    _flip(release / name, at)
+    with pytest.raises(ReleaseError, match=name):
         verify_release(release, KEY.verify_key())
 
 
@@ -132,7 +137,7 @@ def test_truncated_signature_is_refused(release: Path) -> None:
         verify_release(release, KEY.verify_key())
 
 
-@pytest.mark.parametrize("name", [MODEL_FILE, MANIFEST, SIGNATURE])
+@pytest.mark.parametrize("name", [MODEL_FILE, PREPROCESSING_FILE, MANIFEST, SIGNATURE])
 def test_missing_file_is_refused(release: Path, name: str) -> None:
     (release / name).unlink()
     with pytest.raises(ReleaseError, match=r"missing|incomplete"):

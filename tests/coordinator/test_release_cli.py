@@ -8,8 +8,11 @@ import numpy as np
 from typer.testing import CliRunner
 
 from coordinator.release import MODEL_FILE, write_release
+from coordinator.statistics import PooledStatistics
 from fedscore.cli import app
 from fedscore.provision import load_kit, provision
+
+STATS = PooledStatistics("ab" * 32, np.arange(7.0), 2)
 
 
 def _flat(output: str) -> str:
@@ -25,6 +28,7 @@ def test_release_verify_command(tmp_path: Path) -> None:
         release, [np.ones((2, 3), np.float32)], signer=coordinator.signing_key,
         signer_name="coordinator", run_id="q4", round_=2, platform_version="r2-0123456789ab",
         fingerprints={"bank-1": "ab" * 32}, metrics={"pooled_auc": 0.7712}, config={},
+        statistics=STATS,
     )
     runner = CliRunner()
     ok = runner.invoke(app, ["release", "verify", str(release), "--kit", str(kits / "bank-1")])
@@ -37,7 +41,7 @@ def test_release_verify_command(tmp_path: Path) -> None:
     write_release(
         release, [np.ones((2, 3), np.float32)], signer=platform.signing_key,
         signer_name="coordinator", run_id="q4", round_=2, platform_version="r2-0123456789ab",
-        fingerprints={}, metrics={}, config={},
+        fingerprints={}, metrics={}, config={}, statistics=STATS,
     )
     bad = runner.invoke(app, ["release", "verify", str(release), "--kit", str(kits / "bank-1")])
     assert bad.exit_code == 1
@@ -47,7 +51,7 @@ def test_release_verify_command(tmp_path: Path) -> None:
     write_release(
         release, [np.ones((2, 3), np.float32)], signer=coordinator.signing_key,
         signer_name="coordinator", run_id="q4", round_=2, platform_version="r2-0123456789ab",
-        fingerprints={}, metrics={}, config={},
+        fingerprints={}, metrics={}, config={}, statistics=STATS,
     )
     data = bytearray((release / MODEL_FILE).read_bytes())
     data[-5] ^= 1

@@ -32,14 +32,15 @@ from bank_node.trainer import BankTables
 from coordinator.app import RELEASE_DIR, run_rounds
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
-from coordinator.release import verify_release
-from fedscore.data.preprocess import Preprocessor
+from coordinator.release import PREPROCESSING_FILE, verify_release
+from fedscore.data.preprocess import MOMENTS, Moments, Preprocessor
 from fedscore.data.scenarios import ScenarioManifest
 from fedscore.data.synth import synth_population
 from fedscore.local import platform_process
 from fedscore.metrics import auc
 from fedscore.provision import load_kit, provision
 from fedscore.runconfig import RunSettings
+from fedscore.secure_sum import encoded_size
 from fedscore.transport import secure_channel
 
 PEOPLE = 9000
@@ -246,11 +247,18 @@ def test_release_verifies_and_pairs_with_the_platform(world: World, full: FullRu
         np.testing.assert_array_equal(a, b)
     assert manifest["metrics"] == last.info["evaluation"]
     assert manifest["config"] == full.settings.to_run_config()
-    # every bank's preprocessing fingerprint, as the bank computes it from its own data
-    assert set(manifest["preprocessing_fingerprints"]) == set(world.banks)
-    for bank in world.banks:
-        want = Preprocessor.fit(BankTables.load(world.data.bank_dirs[bank]).train).fingerprint()
-        assert manifest["preprocessing_fingerprints"][bank] == want
+    # the preprocessing: every bank's moments summed under SecAgg+ (exactly), and every
+    # bank's transforms fitted on that sum, the same at every bank
+    trains = [BankTables.load(world.data.bank_dirs[bank]).train for bank in world.banks]
+    summed = sum((Preprocessor.moments(t) for t in trains[1:]), Preprocessor.moments(trains[0]))
+    pooled = json.loads((full.settings.run_dir / RELEASE_DIR / PREPROCESSING_FILE).read_text())
+    assert pooled["layout"] == summed.layout == manifest["preprocessing_layout"]
+    assert pooled["banks"] == 3
+    np.testing.assert_allclose(pooled["sums"], summed.sums.ravel(), rtol=1e-13, atol=1e-15)
+    rows = np.asarray(pooled["sums"]).reshape(-1, len(MOMENTS))
+    want = Preprocessor.fit(trains[0], moments=Moments(pooled["layout"], rows)).fingerprint()
+    assert want != Preprocessor.fit(trains[0]).fingerprint()  # not the bank's own fit
+    assert manifest["preprocessing_fingerprints"] == {bank: want for bank in world.banks}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,20 +319,24 @@ def test_the_coordinator_receives_aggregates_only(world: World, full: FullRun) -
     seeded = BankClient(world.nodes(world.address)[0], 0).get_parameters({"seed": 0})
     for a, b in zip(model, seeded, strict=True):  # the seeded initial model: no data in it
         np.testing.assert_array_equal(a, b)
-    masked_replies = 0
+    masked_sizes: list[int] = []
     for m in (m for m in replies if m.metadata.message_type == "train"):
         for arrays in m.content.array_records.values():
             assert len(arrays) == 0, "a bank's model update reached the coordinator in clear"
         configs = m.content.config_records["secaggplus_configs"]
         if "masked_params" in configs:
-            masked_replies += 1
             masked = configs["masked_params"]
             assert isinstance(masked, list)
             vectors = [bytes_to_ndarray(blob) for blob in masked if isinstance(blob, bytes)]
             assert len(vectors) == len(masked)
             assert all(v.dtype.kind in "iu" for v in vectors)
-            assert sum(v.size for v in vectors) == n_params + 1  # + the weight factor
-    assert masked_replies == 3 * 2
+            masked_sizes.append(sum(v.size for v in vectors))
+    # 3 banks x 2 rounds of model updates, + the weight factor; and round 0, every bank's
+    # preprocessing sums (masked the same way)
+    columns = len(Preprocessor.moments(BankTables.load(world.data.bank_dirs["bank-1"]).train)
+                  .sums)
+    assert sorted(masked_sizes) == sorted(
+        [n_params + 1] * 6 + [encoded_size(columns * len(MOMENTS)) + 1] * 3)
 
     # no row-level data: no bank's labels or scores, in any common encoding
     payload = b"".join(raw for m in replies for _, v in _blobs(m) for raw in _raw_bytes(v))
@@ -389,8 +401,8 @@ def test_resumed_run_matches_the_uninterrupted_one(world: World, full: FullRun,
 def _local_models(world: World, settings: RunSettings) -> tuple[list[list[np.ndarray]],
                                                                  list[int]]:
     """Each bank's round-1 model, trained here in process from the run's seeded start
-    (the bank's own preprocessing, the platform's bottom through LocalPlatformLink,
-    the customers aligned by a plaintext join of ids instead of PSI)."""
+    (preprocessing from the run's pooled statistics, the platform's bottom through
+    LocalPlatformLink, the customers aligned by a plaintext join of ids instead of PSI)."""
     from bank_node.federated import BankClient
     from fedscore.baselines import PlatformSide, align
     from fedscore.data.table import load_table
@@ -404,11 +416,13 @@ def _local_models(world: World, settings: RunSettings) -> tuple[list[list[np.nda
     platform_cfg = arch.platform_bottom(platform.pre.n_numeric, platform.pre.cat_cardinalities)
     start = BankClient(world.nodes("unused")[0], settings.seed).get_parameters(
         {"seed": settings.seed})
+    pooled = json.loads((settings.run_dir / "preprocessing.json").read_text())
+    moments = Moments(pooled["layout"], np.asarray(pooled["sums"]).reshape(-1, len(MOMENTS)))
     models, rows = [], []
     for bank in world.banks:
         tables = BankTables.load(world.data.bank_dirs[bank])
         assert tables.train.labels is not None
-        pre = Preprocessor.fit(tables.train)
+        pre = Preprocessor.fit(tables.train, moments=moments)
         platform_rows = align(platform.ids, tables.train.ids)
         aligned = platform_rows[platform_rows >= 0]
         handles = np.full(platform_rows.size, -1, np.int64)

@@ -24,6 +24,7 @@ from flwr.server.client_proxy import ClientProxy
 from bank_node.federated import HIST_BINS, _histogram
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import FinishedRound
+from coordinator.statistics import PooledStatistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, pooled_metrics
 from fedscore import metrics
 from fedscore.runconfig import RunSettings
@@ -132,7 +133,11 @@ def _strategy(tmp_path: Path, **kw: Any) -> tuple[CoordinatorStrategy, FakePlatf
                            platform_address="127.0.0.1:1", min_banks=2)
     platform = FakePlatform()
     cps = Checkpoints(settings.run_dir)
-    return CoordinatorStrategy(settings, platform, cps, **kw), platform, cps, settings  # type: ignore[arg-type]
+    return (CoordinatorStrategy(settings, platform, cps, STATS, **kw),  # type: ignore[arg-type]
+            platform, cps, settings)
+
+
+STATS = PooledStatistics("cd" * 32, np.linspace(-1.0, 1.0, 14), 3)
 
 
 def _manager(n: int) -> tuple[SimpleClientManager, list[Proxy]]:
@@ -160,6 +165,9 @@ def test_configure_fit_opens_the_round_and_sends_the_run_settings(tmp_path: Path
         assert ins.config["run-id"] == "run-x"
         assert ins.config["local-epochs"] == 2
         assert ins.config["proximal-mu"] == 0.01
+        # the pooled preprocessing statistics go with every instruction
+        assert ins.config["preprocessing-layout"] == STATS.layout
+        assert ins.config["preprocessing-sums"] == STATS.sums.astype("<f8").tobytes()
         # the coordinator's own paths and address are none of the banks' business
         assert not {"state-dir", "coordinator-kit", "platform-address"} & set(ins.config)
 
