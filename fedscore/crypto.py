@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -460,6 +461,7 @@ SESSION_ID_MIN = 16
 SESSION_ID_MAX = 64
 _SEAL_INFO = b"fedscore/v1/seal"
 _ROUND_INFO = b"fedscore/v1/seal/round"
+_SCORING_INFO = b"fedscore/v1/seal/scoring"
 _AAD_TAG = b"fedscore/v1/aad\x00"
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -518,6 +520,12 @@ class SessionKey:
             self._raw
         ))
 
+    def for_scoring(self) -> SessionKey:
+        """The key of a session's online scoring, apart from every round key, so
+        scoring's sequence numbers never share a nonce space with training's."""
+        return SessionKey(HKDFExpand(algorithm=hashes.SHA256(), length=32,
+                                     info=_SCORING_INFO).derive(self._raw))
+
     def __repr__(self) -> str:
         return "SessionKey(<secret>)"
 
@@ -575,13 +583,14 @@ class Sealer:
     reused as long as one Sealer exists per (key, direction).
     """
 
-    __slots__ = ("_direction", "_encrypt", "_seq", "session_id")
+    __slots__ = ("_direction", "_encrypt", "_lock", "_seq", "session_id")
 
     def __init__(self, key: SessionKey, session_id: bytes, direction: Direction) -> None:
         self.session_id = _check_session_id(session_id)
         self._direction = _as_direction(direction)
         self._encrypt = key._aead.encrypt
         self._seq = 0
+        self._lock = threading.Lock()  # two threads must never take one seq
 
     @property
     def direction(self) -> Direction:
@@ -596,13 +605,14 @@ class Sealer:
             raise SealError(f"round must fit uint32, got {round}")
         if not 0 <= batch <= _U64:
             raise SealError(f"batch must fit uint64, got {batch}")
-        seq = self._seq
-        if seq > _U64:
-            raise SealError("sequence space exhausted; start a new session")
+        with self._lock:
+            seq = self._seq
+            if seq > _U64:
+                raise SealError("sequence space exhausted; start a new session")
+            self._seq = seq + 1
         d = self._direction
         nonce = struct.pack(">IQ", d, seq)
         ct = self._encrypt(nonce, plaintext, _aad(self.session_id, round, batch, d, seq))
-        self._seq = seq + 1
         return SealedBox(self.session_id, round, batch, d, seq, ct)
 
 
@@ -657,6 +667,71 @@ class Opener:
             ) from None
         self._expected = box.seq + 1
         return pt
+
+
+class WindowOpener:
+    """Opens one direction of one session whose boxes may arrive out of order (concurrent
+    scoring calls): each seq is accepted once, and only within ``window`` of the highest
+    seq opened so far (the anti-replay window of IPsec, RFC 4303 section 3.4.3).
+    Thread-safe."""
+
+    __slots__ = ("_decrypt", "_direction", "_highest", "_lock", "_seen", "_window",
+                 "session_id")
+
+    def __init__(self, key: SessionKey, session_id: bytes, direction: Direction,
+                 window: int = 4096) -> None:
+        if window < 1:
+            raise CryptoError(f"window must be >= 1, got {window}")
+        self.session_id = _check_session_id(session_id)
+        self._direction = _as_direction(direction)
+        self._decrypt = key._aead.decrypt
+        self._window = window
+        self._highest = -1
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def open(self, box: SealedBox, *, round: int, batch: int | None = None) -> bytes:
+        """Authenticate, decrypt and mark ``box.seq`` used; insist on ``round`` (and
+        ``batch``, when given: a reply must carry its request's number)."""
+        if box.session_id != self.session_id:
+            raise SealError(f"sealed box is for session {bytes(box.session_id).hex()}, "
+                            f"this opener is for session {self.session_id.hex()}")
+        if box.direction != self._direction:
+            raise SealError(f"sealed box direction is {_dir_name(box.direction)}, "
+                            f"expected {self._direction.name}")
+        if box.round != round:
+            raise SealError(f"sealed box is for round {box.round}, expected round {round}")
+        if batch is not None and box.batch != batch:
+            raise SealError(f"sealed box is for batch {box.batch}, expected batch {batch}")
+        if not (0 <= box.round <= _U32 and 0 <= box.batch <= _U64 and 0 <= box.seq <= _U64):
+            raise SealError("sealed box round/batch/seq out of range")
+        with self._lock:
+            self._check_fresh(box.seq)
+        nonce = struct.pack(">IQ", self._direction, box.seq)
+        aad = _aad(self.session_id, box.round, box.batch, self._direction, box.seq)
+        try:
+            pt = self._decrypt(nonce, bytes(box.ciphertext), aad)
+        except InvalidTag:
+            raise SealError(
+                f"sealed box seq {box.seq} failed authentication: ciphertext, round or batch "
+                "was altered, or it was sealed under another key"
+            ) from None
+        with self._lock:  # only an authentic box may use up its seq
+            self._check_fresh(box.seq)
+            self._seen.add(box.seq)
+            if box.seq > self._highest:
+                self._highest = box.seq
+                floor = self._highest - self._window
+                if len(self._seen) > 2 * self._window:
+                    self._seen = {s for s in self._seen if s > floor}
+        return pt
+
+    def _check_fresh(self, seq: int) -> None:
+        if seq <= self._highest - self._window:
+            raise SealError(f"sealed box seq {seq} is older than the replay window "
+                            f"({self._window} below seq {self._highest})")
+        if seq in self._seen:
+            raise SealError(f"sealed box seq {seq} replayed")
 
 
 def _dir_name(direction: int) -> str:

@@ -24,6 +24,7 @@ from fedscore.crypto import (
     SignatureError,
     SigningPrivateKey,
     VerifyKey,
+    WindowOpener,
     derive_session_key,
     hash_ids_to_points,
     new_session_id,
@@ -379,3 +380,67 @@ def test_session_id_and_fields_validated() -> None:
     with pytest.raises(SealError, match="batch must fit uint64"):
         s.seal(b"", round=0, batch=1 << 64)
     assert isinstance(s.seal(b"", round=0, batch=0), SealedBox)
+
+
+# ------------------------------------------------------------------------------------------
+# out-of-order sealing for concurrent scoring calls
+# ------------------------------------------------------------------------------------------
+
+
+def _scoring_pair(window: int = 8) -> tuple[Sealer, WindowOpener]:
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = new_session_id()
+    k_bank = derive_session_key(bank, platform.public_key(), sid).for_scoring()
+    k_plat = derive_session_key(platform, bank.public_key(), sid).for_scoring()
+    return Sealer(k_bank, sid, B2P), WindowOpener(k_plat, sid, B2P, window=window)
+
+
+def test_window_opener_takes_any_order_but_each_seq_once() -> None:
+    sealer, opener = _scoring_pair()
+    boxes = [sealer.seal(f"q{i}".encode(), round=0, batch=i) for i in range(6)]
+    for i in (3, 0, 5, 1, 4, 2):
+        assert opener.open(boxes[i], round=0, batch=i) == f"q{i}".encode()
+    with pytest.raises(SealError, match="seq 4 replayed"):
+        opener.open(boxes[4], round=0)
+    with pytest.raises(SealError, match="expected batch 9"):
+        opener.open(sealer.seal(b"r", round=0, batch=6), round=0, batch=9)
+
+
+def test_window_opener_refuses_what_fell_out_of_the_window() -> None:
+    sealer, opener = _scoring_pair(window=8)
+    boxes = [sealer.seal(b"x", round=0, batch=i) for i in range(20)]
+    opener.open(boxes[19], round=0)
+    with pytest.raises(SealError, match="older than the replay window"):
+        opener.open(boxes[11], round=0)
+    assert opener.open(boxes[12], round=0) == b"x"
+
+
+def test_a_forged_box_does_not_use_up_its_seq() -> None:
+    sealer, opener = _scoring_pair()
+    box = sealer.seal(b"embedding", round=0, batch=0)
+    forged = dataclasses.replace(box, ciphertext=bytes([box.ciphertext[0] ^ 1])
+                                 + box.ciphertext[1:])
+    with pytest.raises(SealError, match="failed authentication"):
+        opener.open(forged, round=0)
+    assert opener.open(box, round=0) == b"embedding"
+
+
+def test_scoring_key_differs_from_every_round_key() -> None:
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = new_session_id()
+    key = derive_session_key(bank, platform.public_key(), sid)
+    box = Sealer(key.for_scoring(), sid, B2P).seal(b"m", round=0, batch=0)
+    for k in (key, key.for_round(0), key.for_round(1)):
+        with pytest.raises(SealError, match="failed authentication"):
+            WindowOpener(k, sid, B2P).open(box, round=0)
+
+
+def test_concurrent_sealing_never_reuses_a_seq() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sealer, opener = _scoring_pair(window=10_000)
+    with ThreadPoolExecutor(8) as pool:
+        boxes = list(pool.map(lambda i: sealer.seal(b"p", round=0, batch=i), range(4000)))
+    assert sorted(b.seq for b in boxes) == list(range(4000))
+    for b in reversed(boxes):
+        opener.open(b, round=0)
