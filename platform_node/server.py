@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedscore.api.v1 import (
+    embedding_pb2_grpc,
     federation_pb2_grpc,
     psi_pb2_grpc,
     round_control_pb2_grpc,
@@ -29,6 +30,7 @@ from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
 from fedscore.training import PlatformBottom, TrainConfig
 from fedscore.transport import GRPC_OPTIONS, add_secure_port
+from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
 from platform_node.federation import Federation
 from platform_node.federation_service import FederationServicer
 from platform_node.model_store import ModelStore, StateDict
@@ -64,6 +66,9 @@ class PlatformNode:
         self.sessions = SessionRegistry(kit)
         self.state_dir = state_dir
         self.federation = Federation(ModelStore(state_dir), self.initial_weights)
+        self.embeddings = EmbeddingTable(self.encoded, self.bottom_config,
+                                         self.federation.by_version)
+        self.user_rows = {str(u): i for i, u in enumerate(table.ids)}
 
     def initial_weights(self, seed: int) -> StateDict:
         """A run's round-0 platform bottom: what a fresh session with ``seed`` starts from."""
@@ -101,6 +106,12 @@ def create_server(
     )
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
         FederationServicer(node.kit, node.federation), server
+    )
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingServicer(node.sessions, node.embeddings, node.user_rows,
+                          issuer=node.kit.party, verify_key=node.kit.signing_key.verify_key(),
+                          state_dir=node.state_dir),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

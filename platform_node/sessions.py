@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedscore.crypto import Direction, Opener, Sealer, SessionKey, derive_session_key
 from fedscore.provision import StartupKit
@@ -38,6 +39,9 @@ class Session:
     run_id: str = ""
     federation_round: int = 0
     train_rows: int = 0
+    # Online scoring (a WindowOpener, a Sealer) under the session's scoring key, made on
+    # the first scoring call.
+    scoring: tuple[Any, Any] | None = None
     # One step stream at a time: the bottom model is not safe for concurrent updates.
     stream_lock: threading.Lock = field(default_factory=threading.Lock)
 

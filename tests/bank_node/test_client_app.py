@@ -36,11 +36,18 @@ def test_a_bank_larger_than_max_weight_refuses_before_training(
     import pytest
 
     from bank_node.federated import BankClient
+    from bank_node.trainer import BankTables
+    from fedscore.data.preprocess import Preprocessor
     from fedscore.runconfig import ConfigError
 
     node = module.BankNode("bank-1", federation.data.bank_dirs["bank-1"],
                            federation.kits / "bank-1", "127.0.0.1:1", tmp_path)
     client = BankClient(node)
     init = client.get_parameters({})
+    with pytest.raises(ConfigError, match="preprocessing-layout and preprocessing-sums"):
+        client.fit(init, {"round": 1, "run-id": "r"})  # no pooled statistics: refused
+    moments = Preprocessor.moments(BankTables.load(node.data_dir).train)
+    pooled = {"preprocessing-layout": moments.layout,
+              "preprocessing-sums": moments.sums.astype("<f8").tobytes()}
     with pytest.raises(ConfigError, match=r"max-weight = 10 is below this bank's \d+ training"):
-        client.fit(init, {"round": 1, "max-weight": 10.0, "run-id": "r"})
+        client.fit(init, {"round": 1, "max-weight": 10.0, "run-id": "r", **pooled})

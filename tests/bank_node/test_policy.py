@@ -6,21 +6,28 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bank_node.policy import (
     DEFAULT_POLICY_FILE,
+    OUTCOMES,
+    PD_EPS,
     AprBand,
     Decision,
+    Decisions,
     Outcome,
     Policy,
     PolicyError,
     Reason,
+    _round_column,
     decide,
+    decide_many,
     derived_code,
     fallback_decision,
 )
@@ -439,3 +446,303 @@ def test_policy_built_in_code_is_checked_too() -> None:
         Policy(grades=())
     with pytest.raises(PolicyError, match=r"^<policy>: reasons\.max = 0"):
         Policy.from_dict({"reasons": {"max": 0}})
+
+
+# -- decide_many: the column-wise path --------------------------------------------------
+
+# A policy unlike the default in every part decide_many reads: another scale (reaching
+# down to score 0), grades with fractional boundaries and limits too large for the fast
+# rounding path, no refer band, a fine limit step, and an APR band over all PDs.
+CUSTOM = Policy.from_dict({
+    "score": {"base_points": 660, "base_odds": 72, "points_to_double_odds": 40,
+              "min": 0, "max": 1000},
+    "grades": [
+        {"name": "P", "min_score": 812.5, "max_limit": 5e7},
+        {"name": "Q", "min_score": 700, "max_limit": 250000.5},
+        {"name": "R", "min_score": 600.25, "max_limit": 1234.56},
+        {"name": "S", "min_score": 0, "max_limit": 0},
+    ],
+    "decision": {"approve_min_score": 650, "decline_below_score": 650},
+    "limit": {"step": 0.1},
+    "apr": {"min": 0.0599, "max": 0.3333, "pd_at_min": 0.0, "pd_at_max": 1.0},
+})
+MANY_POLICIES = [pytest.param(DEFAULT, id="default"), pytest.param(CUSTOM, id="custom")]
+N_MANY = 200_000
+
+
+def ulps_around(values: Any, reach: int) -> np.ndarray:
+    """Every float within ``reach`` ulps of each value."""
+    bits = np.asarray(values, dtype=np.float64).reshape(-1, 1).view(np.int64)
+    return (bits + np.arange(-reach, reach + 1)).ravel().view(np.float64)
+
+
+def edge_pds(policy: Policy) -> np.ndarray:
+    """PDs on and next to every place a decision can change: each whole and half score
+    (where rounding turns), grade boundaries and cut-offs, the APR band's ends and every
+    APR rounding tie, the PD clamp, 0 and 1."""
+    s, a = policy.score, policy.apr
+    scores = [float(k) + h for k in range(s.min - 1, s.max + 2) for h in (0.0, 0.5)]
+    scores += [g.min_score + h for g in policy.grades for h in (-0.5, 0.0, 0.5)]
+    scores += [c + h for c in (policy.decision.approve_min_score,
+                               policy.decision.decline_below_score) for h in (-0.5, 0.0, 0.5)]
+    slope = (a.max - a.min) / (a.pd_at_max - a.pd_at_min)
+    ties = (np.arange(round(a.min * 1e4) - 1, round(a.max * 1e4) + 1) + 0.5) / 1e4
+    pds = np.concatenate([
+        ulps_around([pd_for_score(x, policy) for x in scores], 3),
+        ulps_around(a.pd_at_min + (ties - a.min) / slope, 2),
+        ulps_around([a.pd_at_min, a.pd_at_max, PD_EPS, 1 - PD_EPS, 0.5], 2),
+        [0.0, -0.0, 1.0, 5e-324, 1e-300, 1e-12, 1e-9, np.nextafter(1.0, 0.0)],
+    ])
+    return pds[(pds >= 0.0) & (pds <= 1.0)]
+
+
+def many_pds(policy: Policy, n: int = N_MANY, seed: int = 7) -> np.ndarray:
+    """``n`` PDs covering [0, 1] densely: the edges, then uniform, log-uniform down to
+    1e-9 at both ends, shuffled."""
+    rng = np.random.default_rng(seed)
+    edges = edge_pds(policy)
+    rest = n - len(edges)
+    third = rest // 3
+    pds = np.concatenate([
+        edges,
+        rng.uniform(0.0, 1.0, rest - 2 * third),
+        10.0 ** rng.uniform(-9.0, 0.0, third),
+        1.0 - 10.0 ** rng.uniform(-9.0, 0.0, third),
+    ])
+    assert len(pds) == n
+    return rng.permutation(pds)
+
+
+def many_amounts(policy: Policy, n: int = N_MANY, seed: int = 8) -> np.ndarray:
+    """Requested amounts: none (NaN), 0, below one step, exact multiples of the step and
+    their neighbours (in ulps, and within the 1e-9 steps limit_for forgives), each
+    grade's limit and its neighbours, and random amounts up to twice the largest limit."""
+    rng = np.random.default_rng(seed)
+    step = policy.limit.step
+    top = max(g.max_limit for g in policy.grades)
+    k = rng.integers(1, int(top / step) + 2, n).astype(np.float64)
+    limits = [float(g.max_limit) for g in policy.grades]
+    kinds = [
+        np.full(n, np.nan),
+        np.zeros(n),
+        np.full(n, -0.0),
+        rng.uniform(0.0, step, n),
+        k * step,
+        np.nextafter(k * step, 0.0),
+        np.nextafter(k * step, np.inf),
+        (k - 5e-10) * step,
+        (k - 2e-9) * step,
+        rng.choice(ulps_around(limits, 2), n),
+        rng.uniform(0.0, 2 * top + step, n),
+        np.full(n, 1e15),
+    ]
+    return np.stack(kinds)[rng.integers(0, len(kinds), n), np.arange(n)]
+
+
+def reference_columns(pds: np.ndarray, policy: Policy,
+                      amounts: np.ndarray | None) -> tuple[list[Decision], dict[str, np.ndarray]]:
+    """decide() row by row, and its answers as Decisions' columns."""
+    asked = [None] * len(pds) if amounts is None else [
+        None if math.isnan(x) else x for x in amounts.tolist()]
+    made = [decide(p, policy, requested_amount=r) for p, r in zip(pds.tolist(), asked,
+                                                                    strict=True)]
+    grade_index = {g.name: i for i, g in enumerate(policy.grades)}
+    outcome_index = {o: i for i, o in enumerate(OUTCOMES)}
+    columns: dict[str, np.ndarray] = {
+        "pd": np.array([d.pd for d in made], dtype=np.float64),
+        "score": np.array([d.score for d in made], dtype=np.int32),
+        "grade": np.array([grade_index[d.grade] for d in made], dtype=np.int32),  # type: ignore[index]
+        "outcome": np.array([outcome_index[d.outcome] for d in made], dtype=np.int8),
+        "limit": np.array([d.limit for d in made], dtype=np.float64),
+        "apr": np.array([math.nan if d.apr is None else d.apr for d in made],
+                        dtype=np.float64),
+    }
+    return made, columns
+
+
+def assert_same_columns(got: Decisions, want: dict[str, np.ndarray]) -> None:
+    """Equal column by column, floats to the bit (NaN where NaN)."""
+    for name, expected in want.items():
+        column = getattr(got, name)
+        assert column.dtype == expected.dtype, name
+        assert column.shape == expected.shape, name
+        if column.dtype.kind == "f":
+            assert np.array_equal(np.isnan(column), np.isnan(expected)), name
+            live = ~np.isnan(expected)
+            bad = np.flatnonzero(column[live].view(np.int64) != expected[live].view(np.int64))
+            assert bad.size == 0, (name, column[live][bad[:5]], expected[live][bad[:5]])
+        else:
+            bad = np.flatnonzero(column != expected)
+            assert bad.size == 0, (name, bad[:5], column[bad[:5]], expected[bad[:5]])
+
+
+@pytest.mark.parametrize("policy", MANY_POLICIES)
+@pytest.mark.parametrize("with_amounts", [False, True], ids=["no-request", "requested"])
+def test_decide_many_equals_decide_row_by_row(policy: Policy, with_amounts: bool) -> None:
+    pds = many_pds(policy)
+    amounts = many_amounts(policy) if with_amounts else None
+    made, want = reference_columns(pds, policy, amounts)
+    got = decide_many(pds, policy, requested_amount=amounts)
+
+    assert len(got) == N_MANY
+    assert_same_columns(got, want)
+    rng = np.random.default_rng(9)
+    for i in rng.choice(N_MANY, 3000, replace=False).tolist():
+        assert got.row(i, policy) == made[i], i
+    # The data reach every grade and outcome, and the limit caps bite.
+    assert set(np.unique(got.grade).tolist()) == set(range(len(policy.grades)))
+    expected_outcomes = {0, 2} if policy is CUSTOM else {0, 1, 2}
+    assert set(np.unique(got.outcome).tolist()) == expected_outcomes
+    if with_amounts:
+        approved = got.outcome == 0
+        assert len(np.unique(got.limit[approved])) > 100
+
+
+def test_the_data_would_catch_np_round() -> None:
+    """np.round(apr, 4) is not Python's round(apr, 4); the test data includes rows where
+    they differ, so the equality test above would catch a decide_many that used it."""
+    pds = many_pds(DEFAULT)
+    got = decide_many(pds, DEFAULT)
+    approved = np.flatnonzero(got.outcome == 0)
+    a = DEFAULT.apr
+    slope = (a.max - a.min) / (a.pd_at_max - a.pd_at_min)
+    raw = np.clip(a.min + slope * (pds[approved] - a.pd_at_min), a.min, a.max)
+    assert np.count_nonzero(np.round(raw, 4) != got.apr[approved]) > 10
+    # ... and the scores include rows whose points sit on a half, where an ulp decides.
+    s = DEFAULT.score
+    points = np.array([s.points(p) for p in pds.tolist()])
+    assert np.count_nonzero(points == np.floor(points) + 0.5) > 100
+
+
+@pytest.mark.parametrize("policy", MANY_POLICIES)
+@pytest.mark.parametrize("ulps", [-2, -1, 1, 2])
+def test_decide_many_scores_survive_an_inexact_log(policy: Policy, ulps: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """np.log and math.log may differ by an ulp, which moves a score sitting on a half;
+    decide_many must still give decide's scores with a log a few ulps off."""
+    pds = edge_pds(policy)
+    _, want = reference_columns(pds, policy, None)
+    real_log = np.log
+    direction = math.inf if ulps > 0 else -math.inf
+
+    def inexact_log(x: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real_log(x, *args, **kwargs)
+        for _ in range(abs(ulps)):
+            out = np.nextafter(out, direction)
+        return out
+
+    monkeypatch.setattr(np, "log", inexact_log)
+    s = policy.score
+    naive = np.floor(np.clip(s.offset + s.factor * np.log((1 - np.clip(pds, PD_EPS, 1 - PD_EPS))
+                                                        / np.clip(pds, PD_EPS, 1 - PD_EPS)),
+                             s.min, s.max) + 0.5)
+    assert np.count_nonzero(naive != want["score"]) > 0  # so the log's error does bite
+    assert_same_columns(decide_many(pds, policy), want)
+
+
+def test_decide_many_columns_types_and_row() -> None:
+    pds = np.array([0.0, pd_for_score(650), pd_for_score(505), 0.9, 1.0])
+    got = decide_many(pds, DEFAULT, requested_amount=np.array([1.0, 12345.0, 5.0, 7.0, np.nan]))
+    assert (got.pd.dtype, got.score.dtype, got.grade.dtype, got.outcome.dtype, got.limit.dtype,
+            got.apr.dtype) == (np.float64, np.int32, np.int32, np.int8, np.float64, np.float64)
+    assert got.score.tolist() == [900, 650, 505, 424, 300]
+    assert [DEFAULT.grades[g].name for g in got.grade] == ["A", "A", "E", "E", "E"]
+    assert [OUTCOMES[o] for o in got.outcome] == [Outcome.APPROVE, Outcome.APPROVE,
+                                                  Outcome.REFER, Outcome.DECLINE,
+                                                  Outcome.DECLINE]
+    assert got.limit.tolist() == [0.0, 12300.0, 0.0, 0.0, 0.0]
+    assert np.isnan(got.apr[2:]).all() and got.apr[1] == decide(pds[1], DEFAULT).apr
+    assert got.row(1, DEFAULT) == decide(pds[1], DEFAULT, requested_amount=12345.0)
+    assert got.row(2, DEFAULT).apr is None and got.row(2, DEFAULT).limit == 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        got.score[0] = 1
+    assert pds[0] == 0.0  # the caller's array is copied, not frozen
+    pds[0] = 0.5
+    assert len(decide_many(np.array([]), DEFAULT)) == 0
+    # Lists and integer arrays are numbers too; a float32 PD is decided as its float64 value.
+    assert decide_many([0, 1], DEFAULT).score.tolist() == [900, 300]
+    half = np.float32(0.1)
+    assert decide_many(np.array([half]), DEFAULT).row(0, DEFAULT) == decide(float(half),
+                                                                            DEFAULT)
+
+
+@pytest.mark.parametrize(("pds", "row", "value"), [
+    ([0.1, 0.2, 0.3, math.nan, -1.0], 3, "nan"),
+    ([0.1, -0.01], 1, "-0.01"),
+    ([1.0, 1.5, math.nan], 1, "1.5"),
+    ([math.inf], 0, "inf"),
+    ([2], 0, "2"),
+])
+def test_decide_many_names_the_first_bad_pd(pds: list[float], row: int, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"^pd\[{row}\] = {re.escape(value)}; expected a "
+                                         r"probability of default in \[0, 1\]$"):
+        decide_many(np.array(pds), DEFAULT)
+
+
+def test_decide_many_names_a_bad_row_deep_in_a_large_array() -> None:
+    pds = np.full(150_001, 0.05)
+    pds[150_000] = 1.0000001
+    with pytest.raises(ValueError, match=r"^pd\[150000\] = 1\.0000001;"):
+        decide_many(pds, DEFAULT)
+
+
+@pytest.mark.parametrize(("amounts", "row", "value"), [
+    ([1.0, -1.0, math.nan], 1, "-1.0"),
+    ([math.nan, 5.0, math.inf], 2, "inf"),
+    ([-math.inf, -1.0, 0.0], 0, "-inf"),
+])
+def test_decide_many_names_the_first_bad_amount(amounts: list[float], row: int,
+                                                value: str) -> None:
+    with pytest.raises(ValueError, match=rf"^requested_amount\[{row}\] = {re.escape(value)}; "
+                                         "expected a finite amount >= 0, or NaN"):
+        decide_many(np.array([0.01, 0.02, 0.03]), DEFAULT, requested_amount=np.array(amounts))
+
+
+@pytest.mark.parametrize(("pds", "amounts", "match"), [
+    (np.array([True, False]), None, r"^pd: an array of bool"),
+    (np.array(["0.5"]), None, r"^pd: an array of <U3"),
+    (np.array([[0.1, 0.2]]), None, r"^pd: an array of shape \(1, 2\)"),
+    (np.float64(0.1), None, r"^pd: an array of shape \(\)"),
+    (np.array([0.1, 0.2]), np.array([1.0]), r"^requested_amount: an array of shape \(1,\); "
+                                            r"expected \(2,\)"),
+    (np.array([0.1]), np.array([True]), r"^requested_amount: an array of bool"),
+])
+def test_decide_many_refuses_what_is_not_a_column_of_numbers(pds: Any, amounts: Any,
+                                                             match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        decide_many(pds, DEFAULT, requested_amount=amounts)
+
+
+@pytest.mark.parametrize("ndigits", [4, 9])
+def test_round_column_is_pythons_round(ndigits: int) -> None:
+    rng = np.random.default_rng(11)
+    tenth = 10.0 ** -ndigits
+    ties = (np.arange(-2000, 200_000) + 0.5) * tenth
+    values = np.concatenate([
+        ulps_around(ties, 2),
+        ulps_around(rng.integers(0, 10**6, 2000) * tenth, 1),
+        rng.uniform(-1.0, 1.0, 20_000),
+        10.0 ** rng.uniform(-12.0, 18.0, 20_000),
+        -(10.0 ** rng.uniform(-12.0, 18.0, 2000)),
+        [0.0, -0.0, 1.0, 2.0**52 + 1, 2.0**53, 1e300, 5e-324, math.inf, -math.inf, math.nan],
+    ])
+    got = _round_column(values, ndigits)
+    want = np.array([round(v, ndigits) for v in values.tolist()])
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    live = ~np.isnan(want)
+    bad = np.flatnonzero(got[live].view(np.int64) != want[live].view(np.int64))
+    assert bad.size == 0, (values[live][bad[:5]], got[live][bad[:5]], want[live][bad[:5]])
+    with np.errstate(over="ignore"):  # np.round(1e300, 9) overflows on the way
+        assert np.count_nonzero(np.round(values[live], ndigits) != want[live]) > 100
+
+
+def test_decide_many_runs_on_a_hundred_thousand_rows() -> None:
+    rng = np.random.default_rng(12)
+    pds = rng.uniform(0.0, 1.0, 100_000)
+    amounts = np.where(rng.uniform(size=100_000) < 0.5, np.nan,
+                       rng.uniform(0.0, 60_000.0, 100_000))
+    got = decide_many(pds, DEFAULT, requested_amount=amounts)
+    assert len(got) == 100_000
+    assert set(np.unique(got.outcome).tolist()) == {0, 1, 2}
+    assert ((got.limit == 0) | (got.outcome == 0)).all()
+    assert (np.isnan(got.apr) == (got.outcome != 0)).all()

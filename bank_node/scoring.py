@@ -1,0 +1,407 @@
+"""The bank's real-time joint scoring: release in, decisions out.
+
+A :class:`ScoringModel` is one signed release made ready to score: its bank-side
+weights, the transforms they were trained with (the federation's pooled statistics and
+the bank's own schema) and the bank's customer store encoded with them. A
+:class:`Scorer` holds the current one (swapped whole by :meth:`Scorer.load_release`,
+so a request in flight finishes on the model it started with), the bank's policy and
+its link to the platform, and turns an applicant into a :class:`Scored`:
+
+1. the bank's features: from the request, or from the store by id;
+2. the platform's part: an embedding for a customer in the bank's intersection (by PSI
+   handle) or for an applicant with a consent token, within the policy's deadline;
+   else the model's "platform absent" path; on a timeout or a platform failure, the
+   policy's fallback (the same model's absent path, i.e. bank-only, or "refer");
+3. PD, then the policy's score, grade, decision, limit and APR;
+4. reason codes from the bank's own features only: each encoded bank column set to
+   its reference (a numeric column to the pooled mean, a categorical one to its
+   best value), the PD's drop credited to the feature behind the column. The
+   platform's embedding is held fixed, so no reason ever points at platform data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+import torch
+
+from bank_node.policy import (
+    OUTCOMES,
+    Decision,
+    Decisions,
+    Outcome,
+    Policy,
+    decide,
+    decide_many,
+    fallback_decision,
+)
+from coordinator.release import PREPROCESSING_FILE, verify_release
+from coordinator.statistics import PooledStatistics
+from fedscore import serde
+from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
+from fedscore.crypto import Direction, Sealer, VerifyKey, WindowOpener, derive_session_key
+from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
+from fedscore.data.table import PartyTable
+from fedscore.model import BankModel, SplitArchitecture, load_arrays
+from fedscore.provision import StartupKit
+from fedscore.psi import PsiResult
+
+SCORING_ROUND = 0
+BATCH_TIMEOUT_S = 10.0  # a portfolio chunk's platform call: longer than one applicant's
+
+
+class ScoringError(Exception):
+    """A request the server cannot score; ``code`` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PlatformPart(IntEnum):
+    """What the platform contributed; values equal the proto enum fedscore.v1.PlatformPart."""
+
+    JOINED = 1
+    ABSENT = 2
+    TIMED_OUT = 3
+    UNAVAILABLE = 4
+
+
+# ------------------------------------------------------------------------------------------
+# the customer store and one release
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomerStore:
+    """The bank's customers (its own table) and their PSI handles for scoring."""
+
+    table: PartyTable
+    row_of: dict[str, int]
+    handles: np.ndarray  # int64 [rows], -1 outside the intersection
+
+    @classmethod
+    def of(cls, table: PartyTable, handles: np.ndarray | None = None) -> CustomerStore:
+        ids = [str(i) for i in table.ids]
+        h = np.full(len(ids), -1, np.int64) if handles is None else np.asarray(handles)
+        return cls(table, {u: i for i, u in enumerate(ids)}, h)
+
+    @staticmethod
+    def load_table(data_dir: Path) -> PartyTable:
+        """Every customer of a bank data folder (its train and test tables)."""
+        from bank_node.trainer import BankTables
+
+        t = BankTables.load(data_dir)
+        return PartyTable(
+            t.train.schema, data_dir, np.concatenate([t.train.ids, t.test.ids]),
+            pd.concat([t.train.features, t.test.features], ignore_index=True), None)
+
+    def row(self, applicant_id: str) -> int:
+        try:
+            return self.row_of[applicant_id]
+        except KeyError:
+            raise ScoringError(
+                grpc.StatusCode.NOT_FOUND,
+                f"applicant {applicant_id!r} is not in the bank's store; send the bank's "
+                "features inline",
+            ) from None
+
+
+def _source(column: str) -> str:
+    """The bank feature (or feature group) behind an encoded column's name."""
+    return column.split(":", 1)[0].split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    version: str
+    platform_version: str
+    preprocessor: Preprocessor
+    model: BankModel
+    store: Encoded  # the store's rows, encoded with this release's transforms
+
+    @classmethod
+    def load(cls, release: Path, coordinator_key: VerifyKey, store: CustomerStore
+             ) -> ScoringModel:
+        """Verify a release (signature and files) and build it against the bank's store."""
+        manifest, arrays = verify_release(release, coordinator_key)
+        stats = PooledStatistics.from_json(json.loads((release / PREPROCESSING_FILE).read_text()))
+        moments = Moments(stats.layout, stats.sums.reshape(-1, len(MOMENTS)))
+        try:
+            pre = Preprocessor.fit(store.table, moments=moments)
+        except ValueError as exc:
+            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{release}: does not fit this bank: {exc}") from None
+        arch = SplitArchitecture()
+        model = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
+        try:
+            load_arrays(model, arrays)
+        except (ValueError, RuntimeError) as exc:
+            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{release}: weights do not fit this bank's model: {exc}"
+                               ) from None
+        model.eval()
+        return cls(str(manifest["version"]), str(manifest["platform_model_version"]), pre,
+                   model, pre.transform(store.table))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.top.cfg.platform_dim
+
+    def pd(self, enc: Encoded, emb: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """[n] probabilities of default; ``emb`` [n, dp] is ignored where not ``present``."""
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
+                                torch.from_numpy(np.array(emb, np.float32)),  # writable copy
+                                torch.from_numpy(np.asarray(present, bool)))
+            return torch.sigmoid(logits).double().numpy()
+
+    def contributions(self, enc: Encoded, emb: np.ndarray, present: np.ndarray
+                      ) -> dict[str, float]:
+        """How much each bank feature raised one applicant's PD (see the module doc)."""
+        pre = self.preprocessor
+        num, cat = enc.numeric[:1], enc.categorical[:1]
+        variants_num, variants_cat, owners = [num], [cat], [-1]
+        for j in range(num.shape[1]):
+            x = num.copy()
+            x[0, j] = 0.0
+            variants_num.append(x)
+            variants_cat.append(cat)
+            owners.append(j)
+        cards = pre.cat_cardinalities
+        for k, card in enumerate(cards):
+            for code in range(1, card):
+                c = cat.copy()
+                c[0, k] = code
+                variants_num.append(num)
+                variants_cat.append(c)
+                owners.append(num.shape[1] + k)
+        n = len(owners)
+        pds = self.pd(Encoded(np.concatenate(variants_num), np.concatenate(variants_cat)),
+                      np.repeat(emb[:1], n, axis=0), np.repeat(present[:1], n))
+        base, owner = pds[0], np.asarray(owners)
+        names = list(pre.numeric_names) + list(pre.categorical_names)
+        out: dict[str, float] = {}
+        for col, name in enumerate(names):
+            alt = pds[owner == col]
+            if alt.size:
+                source = _source(name)
+                out[source] = out.get(source, 0.0) + float(base - alt.min())
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# the platform's embeddings
+# ------------------------------------------------------------------------------------------
+
+
+class PlatformEmbeddings:
+    """The bank's end of EmbeddingService: one scoring session, queries sealed both ways."""
+
+    def __init__(self, channel: grpc.Channel, kit: StartupKit, psi: PsiResult,
+                 platform_party: str = "platform") -> None:
+        key = derive_session_key(kit.sealing_key, kit.peers[platform_party].sealing_public,
+                                 psi.session_id).for_scoring()
+        self._sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
+        self._opener = WindowOpener(key, psi.session_id, Direction.PLATFORM_TO_BANK)
+        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+
+    def get(
+        self, version: str, handles: np.ndarray, consented: Sequence[tuple[str, str]],
+        *, purpose: int, timeout: float, dim: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings [n, dim], present [n]) for ``handles`` then ``consented``
+        (applicant id, consent token) pairs; raises grpc.RpcError as the platform does."""
+        with self._lock:
+            number = next(self._numbers)
+        query = embedding_pb2.EmbeddingQuery(
+            platform_model_version=version, handles=serde.handles_to_bytes(handles),
+            consented=[embedding_pb2.ConsentedApplicant(applicant_id=a, consent_token=t)
+                       for a, t in consented],
+            purpose=embedding_pb2.ScoringPurpose.ValueType(purpose),
+        )
+        box = self._sealer.seal(query.SerializeToString(), round=SCORING_ROUND, batch=number)
+        reply = self._stub.GetEmbeddings(
+            embedding_pb2.GetEmbeddingsRequest(sealed=serde.sealed_to_pb(box)), timeout=timeout)
+        answer = embedding_pb2.EmbeddingAnswer.FromString(self._opener.open(
+            serde.sealed_from_pb(reply.sealed), round=SCORING_ROUND, batch=number))
+        n = handles.size + len(consented)
+        emb = serde.tensor_from_pb(answer.embeddings, rows=n) if n else np.zeros((0, dim))
+        present = np.frombuffer(answer.present, np.uint8).astype(bool)
+        if emb.shape != (n, dim) or present.size != n:
+            raise serde.WireError(f"platform answered {emb.shape} embeddings for {n} rows")
+        return emb, present
+
+
+def _platform_failure(exc: grpc.RpcError) -> PlatformPart:
+    """A refusal is the request's error; anything else is the platform's: fallback."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+        raise ScoringError(code, f"the platform refused: {details}") from None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PlatformPart.TIMED_OUT
+    return PlatformPart.UNAVAILABLE
+
+
+# ------------------------------------------------------------------------------------------
+# the scorer
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scored:
+    decision: Decision
+    model_version: str
+    platform_version: str
+    platform: PlatformPart
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    ids: list[str]
+    decisions: Decisions
+    platform: np.ndarray  # int8 [n] PlatformPart
+    model_version: str
+    platform_version: str
+
+
+class Scorer:
+    def __init__(self, model: ScoringModel, policy: Policy, store: CustomerStore,
+                 platform: PlatformEmbeddings | None, coordinator_key: VerifyKey) -> None:
+        self._model = model
+        self.policy = policy
+        self.store = store
+        self.platform = platform
+        self._coordinator_key = coordinator_key
+        self._swap = threading.Lock()
+
+    @property
+    def model(self) -> ScoringModel:
+        return self._model
+
+    def load_release(self, release: Path) -> tuple[str, str]:
+        """Switch to another release; requests already running finish on the old one.
+        Returns (new version, previous version)."""
+        new = ScoringModel.load(release, self._coordinator_key, self.store)
+        with self._swap:
+            old, self._model = self._model, new
+        return new.version, old.version
+
+    # -- one applicant ---------------------------------------------------------------------
+
+    def score(self, applicant_id: str, features: Mapping[str, str] | None = None,
+              consent_token: str = "", requested_amount: float | None = None) -> Scored:
+        m = self._model  # one model for the whole request
+        row = self.store.row_of.get(applicant_id)
+        if features:
+            enc = m.preprocessor.transform(self._inline(applicant_id, features))
+        else:
+            enc = m.store.take(np.array([self.store.row(applicant_id)]))
+        handle = int(self.store.handles[row]) if row is not None else -1
+        emb = np.zeros((1, m.embedding_dim), np.float32)
+        present = np.zeros(1, bool)
+        part = PlatformPart.ABSENT
+        if self.platform is not None and (handle >= 0 or consent_token):
+            try:
+                emb, present = self.platform.get(
+                    m.platform_version,
+                    np.array([handle] if handle >= 0 else [], np.int64),
+                    [] if handle >= 0 else [(applicant_id, consent_token)],
+                    purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
+                    timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim,
+                )
+                part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
+            except grpc.RpcError as exc:
+                part = _platform_failure(exc)
+        pd_ = float(m.pd(enc, emb, present)[0])
+        reasons = m.contributions(enc, emb, present)
+        if part in (PlatformPart.TIMED_OUT, PlatformPart.UNAVAILABLE):
+            decision = fallback_decision(self.policy, bank_only_pd=pd_, contributions=reasons,
+                                         requested_amount=requested_amount)
+        else:
+            decision = decide(pd_, self.policy, contributions=reasons,
+                              requested_amount=requested_amount)
+        return Scored(decision, m.version, m.platform_version, part)
+
+    def _inline(self, applicant_id: str, features: Mapping[str, str]) -> PartyTable:
+        """A one-row table of the bank's schema from a request's features; names the
+        field and what was expected on any problem."""
+        schema = self.store.table.schema
+        known = {f.name for f in schema.features}
+        extra = sorted(set(features) - known)
+        if extra:
+            raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"features.{extra[0]}: not a feature of the bank's schema "
+                               f"(expected some of {', '.join(sorted(known))})")
+        values: dict[str, list[object]] = {}
+        for f in schema.features:
+            raw = features.get(f.name, "")
+            if raw == "":
+                if not f.allow_missing:
+                    raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"features.{f.name}: missing; the schema requires it")
+                values[f.name] = [np.nan if f.kind == "numeric" else None]
+            elif f.kind == "numeric":
+                try:
+                    x = float(raw)
+                except ValueError:
+                    x = float("nan")
+                if not np.isfinite(x):
+                    raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"features.{f.name} = {raw!r}: expected a finite number")
+                values[f.name] = [x]
+            else:
+                values[f.name] = [raw]
+        frame = pd.DataFrame(values)
+        return PartyTable(schema, Path("<request>"), np.array([applicant_id], dtype=object),
+                          frame, None)
+
+    # -- a portfolio chunk -----------------------------------------------------------------
+
+    def score_batch(self, ids: Sequence[str]) -> ScoredBatch:
+        m = self._model
+        rows = np.array([self.store.row(i) for i in ids], np.int64)
+        enc = m.store.take(rows)
+        handles = self.store.handles[rows]
+        joined = handles >= 0
+        emb = np.zeros((rows.size, m.embedding_dim), np.float32)
+        part = np.full(rows.size, PlatformPart.ABSENT, np.int8)
+        failed: PlatformPart | None = None
+        if self.platform is not None and joined.any():
+            try:
+                got, _ = self.platform.get(
+                    m.platform_version, handles[joined], [],
+                    purpose=embedding_pb2.SCORING_PURPOSE_PORTFOLIO_REVIEW,
+                    timeout=BATCH_TIMEOUT_S, dim=m.embedding_dim,
+                )
+                emb[joined] = got
+                part[joined] = PlatformPart.JOINED
+            except grpc.RpcError as exc:
+                failed = _platform_failure(exc)
+                part[joined] = failed
+                joined[:] = False
+        pds = m.pd(enc, emb, joined)
+        decisions = decide_many(pds, self.policy)
+        if failed is not None and self.policy.fallback.mode == "refer":
+            hit = part != PlatformPart.ABSENT  # the platform's rows: refer, not decide
+            decisions = dataclasses.replace(
+                decisions,
+                outcome=np.where(hit, OUTCOMES.index(Outcome.REFER), decisions.outcome
+                                 ).astype(decisions.outcome.dtype),
+                limit=np.where(hit, 0.0, decisions.limit),
+                apr=np.where(hit, np.nan, decisions.apr),
+            )
+        return ScoredBatch(list(ids), decisions, part, m.version, m.platform_version)

@@ -1,0 +1,176 @@
+"""Online scoring, the platform's side: embeddings on demand, for the bank that may have them.
+
+A bank's scoring server opens a scoring session with PSI over its customer store; the
+platform then answers ``GetEmbeddings`` for handles of that session (customers in the
+intersection) and for applicants whose consent token it signed for that bank and
+applicant and that is still valid. One bad handle, one refused token, a sealed query
+that does not open: the whole call is refused with PERMISSION_DENIED (or
+INVALID_ARGUMENT for a malformed one) and the refusal is recorded (log, and a JSON
+line in ``scoring-refusals.jsonl`` under the state folder) without the applicant's id.
+
+Embeddings come from a committed bottom-model version; the platform computes the whole
+table's once per version (a few MB) and then serves rows from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+import numpy as np
+import torch
+
+from fedscore import serde
+from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
+from fedscore.consent import ConsentError, verify_consent
+from fedscore.crypto import Direction, Sealer, SealError, VerifyKey, WindowOpener
+from fedscore.data.preprocess import Encoded
+from fedscore.model import BottomConfig, BottomModel
+from fedscore.transport import peer_party
+from platform_node.federation import FederationError
+from platform_node.model_store import StateDict
+from platform_node.sessions import Session, SessionError, SessionRegistry
+
+log = logging.getLogger(__name__)
+
+SCORING_ROUND = 0
+REFUSALS_FILE = "scoring-refusals.jsonl"
+
+
+class EmbeddingTable:
+    """Every platform user's embedding under one committed bottom model, per version."""
+
+    def __init__(self, encoded: Encoded, config: BottomConfig,
+                 weights: Callable[[str], StateDict], keep: int = 4) -> None:
+        self._encoded, self._config, self._weights = encoded, config, weights
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def rows(self, version: str, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), dim] float32 embeddings of platform table rows ``rows``."""
+        with self._lock:
+            table = self._cache.get(version)
+            if table is None:
+                table = self._compute(version)
+                self._cache[version] = table
+                while len(self._cache) > self._keep:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(version)
+        return table[rows]
+
+    def _compute(self, version: str) -> np.ndarray:
+        model = BottomModel(self._config)
+        model.load_state_dict(self._weights(version))
+        model.eval()
+        num = torch.from_numpy(self._encoded.numeric)
+        cat = torch.from_numpy(self._encoded.categorical)
+        out = np.empty((len(self._encoded), self._config.out_dim), np.float32)
+        with torch.no_grad():
+            for start in range(0, len(self._encoded), 65536):
+                stop = start + 65536
+                out[start:stop] = model(num[start:stop], cat[start:stop]).numpy()
+        return out
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        table: EmbeddingTable,
+        user_rows: dict[str, int],
+        *,
+        issuer: str,
+        verify_key: VerifyKey,
+        state_dir: Path | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._table = table
+        self._user_rows = user_rows
+        self._issuer, self._verify_key = issuer, verify_key
+        self._refusals = state_dir / REFUSALS_FILE if state_dir is not None else None
+        self._now = now
+        self._lock = threading.Lock()
+
+    def GetEmbeddings(
+        self, request: embedding_pb2.GetEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingsResponse:
+        peer = peer_party(context)
+        try:
+            box = serde.sealed_from_pb(request.sealed)
+        except serde.WireError as exc:
+            self._refuse(context, peer, grpc.StatusCode.INVALID_ARGUMENT, f"malformed: {exc}")
+        try:
+            session = self._registry.get(box.session_id, peer)
+        except SessionError as exc:
+            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        opener, sealer = self._scoring_pair(session)
+        try:
+            query = embedding_pb2.EmbeddingQuery.FromString(
+                opener.open(box, round=SCORING_ROUND))
+        except SealError as exc:
+            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED,
+                         f"sealed query refused: {exc}")
+        try:
+            handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
+        except serde.WireError as exc:
+            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED,
+                         f"not in this bank's intersection: {exc}")
+        rows = [session.psi.rows[handles]]
+        present = [np.ones(handles.size, np.uint8)]
+        for applicant in query.consented:
+            try:
+                token = verify_consent(applicant.consent_token, self._verify_key, bank=peer,
+                                       applicant_id=applicant.applicant_id,
+                                       issuer=self._issuer, now=self._now)
+            except ConsentError as exc:
+                self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED, str(exc),
+                             reason=str(exc.reason), token_id=exc.token_id)
+            row = self._user_rows.get(applicant.applicant_id, -1)
+            rows.append(np.array([max(row, 0)], np.int64))
+            present.append(np.array([row >= 0], np.uint8))
+            log.info("scoring: consented applicant served to %s (token %s)", peer,
+                     token.token_id)
+        all_rows, mask = np.concatenate(rows), np.concatenate(present)
+        try:
+            emb = self._table.rows(query.platform_model_version, all_rows)
+        except FederationError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        emb[mask == 0] = 0.0
+        answer = embedding_pb2.EmbeddingAnswer(embeddings=serde.tensor_to_pb(emb),
+                                               present=mask.tobytes())
+        sealed = sealer.seal(answer.SerializeToString(), round=SCORING_ROUND, batch=box.batch)
+        return embedding_pb2.GetEmbeddingsResponse(sealed=serde.sealed_to_pb(sealed))
+
+    def _scoring_pair(self, session: Session) -> tuple[WindowOpener, Sealer]:
+        with self._lock:
+            if session.scoring is None:
+                key = session.key.for_scoring()
+                session.scoring = (
+                    WindowOpener(key, session.session_id, Direction.BANK_TO_PLATFORM),
+                    Sealer(key, session.session_id, Direction.PLATFORM_TO_BANK),
+                )
+            return session.scoring
+
+    def _refuse(self, context: grpc.ServicerContext, peer: str, code: grpc.StatusCode,
+                message: str, *, reason: str = "", token_id: str | None = None) -> NoReturn:
+        """Record the refusal (no applicant id in it) and abort the call."""
+        entry = {"time": self._now(), "peer": peer, "status": code.name,
+                 "reason": reason or message, "token_id": token_id}
+        log.warning("scoring: refused %s: %s", peer, message)
+        if self._refusals is not None:
+            with self._lock, self._refusals.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
