@@ -25,6 +25,7 @@ what :func:`decide` gives.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -162,14 +163,19 @@ class ReasonRules:
     def code_for(self, feature: str) -> tuple[str, str]:
         """(code, text) for a feature: an exact key wins, then the longest matching prefix;
         a feature the policy does not map gets a code made from its own name."""
-        for rc in self.codes:
-            if not rc.is_prefix and rc.matches(feature):
-                return rc.code, rc.text
-        prefixes = [rc for rc in self.codes if rc.is_prefix and rc.matches(feature)]
-        if prefixes:
-            best = max(prefixes, key=lambda rc: len(rc.key))
-            return best.code, best.text
-        return derived_code(feature), feature
+        return _code_for(self, feature)  # the same few features on every decision
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_for(rules: ReasonRules, feature: str) -> tuple[str, str]:
+    for rc in rules.codes:
+        if not rc.is_prefix and rc.matches(feature):
+            return rc.code, rc.text
+    prefixes = [rc for rc in rules.codes if rc.is_prefix and rc.matches(feature)]
+    if prefixes:
+        best = max(prefixes, key=lambda rc: len(rc.key))
+        return best.code, best.text
+    return derived_code(feature), feature
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ import dataclasses
 import itertools
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -57,6 +59,8 @@ from fedscore.provision import StartupKit
 from fedscore.psi import PsiResult
 
 SCORING_ROUND = 0
+T = TypeVar("T")
+R = TypeVar("R")
 BATCH_TIMEOUT_S = 10.0  # a portfolio chunk's platform call: longer than one applicant's
 
 
@@ -166,38 +170,71 @@ class ScoringModel:
                                 torch.from_numpy(np.asarray(present, bool)))
             return torch.sigmoid(logits).double().numpy()
 
-    def contributions(self, enc: Encoded, emb: np.ndarray, present: np.ndarray
-                      ) -> dict[str, float]:
-        """How much each bank feature raised one applicant's PD (see the module doc)."""
+    def explain(self, enc: Encoded, emb: np.ndarray, present: np.ndarray
+                ) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """PDs [n] and, per applicant, how much each bank feature raised it (see the
+        module doc), all from one forward pass over every applicant's variants."""
         pre = self.preprocessor
-        num, cat = enc.numeric[:1], enc.categorical[:1]
-        variants_num, variants_cat, owners = [num], [cat], [-1]
-        for j in range(num.shape[1]):
-            x = num.copy()
-            x[0, j] = 0.0
-            variants_num.append(x)
-            variants_cat.append(cat)
-            owners.append(j)
+        n, d = enc.numeric.shape
         cards = pre.cat_cardinalities
-        for k, card in enumerate(cards):
-            for code in range(1, card):
-                c = cat.copy()
-                c[0, k] = code
-                variants_num.append(num)
-                variants_cat.append(c)
-                owners.append(num.shape[1] + k)
-        n = len(owners)
-        pds = self.pd(Encoded(np.concatenate(variants_num), np.concatenate(variants_cat)),
-                      np.repeat(emb[:1], n, axis=0), np.repeat(present[:1], n))
-        base, owner = pds[0], np.asarray(owners)
+        owners = [-1] + list(range(d)) + [d + k for k, c in enumerate(cards)
+                                          for _ in range(1, c)]
+        codes = [0] * (1 + d) + [code for c in cards for code in range(1, c)]
+        v = len(owners)  # variants per applicant: as is, each column at its reference
+        num = np.repeat(enc.numeric, v, axis=0).reshape(n, v, d)  # [n, v, d]
+        cat = np.repeat(enc.categorical, v, axis=0).reshape(n, v, len(cards))
+        for i in range(1, 1 + d):
+            num[:, i, i - 1] = 0.0  # the pooled mean
+        for i in range(1 + d, v):
+            cat[:, i, owners[i] - d] = codes[i]
+        pds = self.pd(Encoded(num.reshape(n * v, d), cat.reshape(n * v, len(cards))),
+                      np.repeat(emb, v, axis=0), np.repeat(present, v)).reshape(n, v)
         names = list(pre.numeric_names) + list(pre.categorical_names)
-        out: dict[str, float] = {}
-        for col, name in enumerate(names):
-            alt = pds[owner == col]
-            if alt.size:
+        owner = np.asarray(owners)
+        # per column, the PD at its best reference: the drop is what the column cost
+        drops = np.stack([pds[:, 0] - pds[:, owner == col].min(axis=1)
+                          for col in range(len(names))], axis=1)  # [n, columns]
+        out: list[dict[str, float]] = []
+        for row in drops.tolist():
+            feats: dict[str, float] = {}
+            for name, drop in zip(names, row, strict=True):
                 source = _source(name)
-                out[source] = out.get(source, 0.0) + float(base - alt.min())
-        return out
+                feats[source] = feats.get(source, 0.0) + drop
+            out.append(feats)
+        return pds[:, 0], out
+
+
+class Batched(Generic[T, R]):
+    """Concurrent callers share one run of ``fn``: the first becomes the leader and runs
+    ``fn`` on everything waiting (itself included) until nothing is left; the others
+    wait for their result. One applicant alone pays no hand-off; many pay one model
+    pass or one platform call between them."""
+
+    def __init__(self, fn: Callable[[list[T]], list[R]], max_items: int = 256) -> None:
+        self._fn, self._max = fn, max_items
+        self._pending: list[tuple[T, Future[R]]] = []
+        self._running = False
+        self._lock = threading.Lock()
+
+    def __call__(self, item: T) -> R:
+        future: Future[R] = Future()
+        with self._lock:
+            self._pending.append((item, future))
+            leader, self._running = not self._running, True
+        while leader:
+            with self._lock:
+                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                if not batch:
+                    self._running = False
+                    break
+            try:
+                results = self._fn([x for x, _ in batch])
+                for (_, f), r in zip(batch, results, strict=True):
+                    f.set_result(r)
+            except BaseException as exc:
+                for _, f in batch:
+                    f.set_exception(exc)
+        return future.result()
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,12 +318,31 @@ class ScoredBatch:
 class Scorer:
     def __init__(self, model: ScoringModel, policy: Policy, store: CustomerStore,
                  platform: PlatformEmbeddings | None, coordinator_key: VerifyKey) -> None:
-        self._model = model
         self.policy = policy
         self.store = store
         self.platform = platform
         self._coordinator_key = coordinator_key
         self._swap = threading.Lock()
+        self._warm(model)
+        self._model = model
+        self._explain = Batched(self._explain_many)
+        self._joined = Batched(self._embed_many)
+
+    def _warm(self, model: ScoringModel) -> None:
+        """Have the platform load the release's bottom model before the first applicant
+        waits on it (its first query computes the version's embeddings); a platform
+        without that version is refused here, not at the first request."""
+        if self.platform is None:
+            return
+        try:
+            self.platform.get(model.platform_version, np.zeros(0, np.int64), [],
+                              purpose=embedding_pb2.SCORING_PURPOSE_UNSPECIFIED,
+                              timeout=BATCH_TIMEOUT_S * 6, dim=model.embedding_dim)
+        except grpc.RpcError as exc:
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"release {model.version}: the platform cannot serve its "
+                               f"bottom model {model.platform_version}: {details}") from None
 
     @property
     def model(self) -> ScoringModel:
@@ -296,6 +352,7 @@ class Scorer:
         """Switch to another release; requests already running finish on the old one.
         Returns (new version, previous version)."""
         new = ScoringModel.load(release, self._coordinator_key, self.store)
+        self._warm(new)
         with self._swap:
             old, self._model = self._model, new
         return new.version, old.version
@@ -316,18 +373,20 @@ class Scorer:
         part = PlatformPart.ABSENT
         if self.platform is not None and (handle >= 0 or consent_token):
             try:
-                emb, present = self.platform.get(
-                    m.platform_version,
-                    np.array([handle] if handle >= 0 else [], np.int64),
-                    [] if handle >= 0 else [(applicant_id, consent_token)],
-                    purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
-                    timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim,
-                )
+                if handle >= 0:  # intersection customers share platform calls
+                    got = self._joined((m, handle))
+                    emb, present = got[None, :], np.ones(1, bool)
+                else:  # a consent is checked alone: one refusal must not fail others
+                    emb, present = self.platform.get(
+                        m.platform_version, np.zeros(0, np.int64),
+                        [(applicant_id, consent_token)],
+                        purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
+                        timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim,
+                    )
                 part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = _platform_failure(exc)
-        pd_ = float(m.pd(enc, emb, present)[0])
-        reasons = m.contributions(enc, emb, present)
+        pd_, reasons = self._explain((m, enc, emb, present))
         if part in (PlatformPart.TIMED_OUT, PlatformPart.UNAVAILABLE):
             decision = fallback_decision(self.policy, bank_only_pd=pd_, contributions=reasons,
                                          requested_amount=requested_amount)
@@ -335,6 +394,35 @@ class Scorer:
             decision = decide(pd_, self.policy, contributions=reasons,
                               requested_amount=requested_amount)
         return Scored(decision, m.version, m.platform_version, part)
+
+    def _embed_many(self, items: list[tuple[ScoringModel, int]]) -> list[np.ndarray]:
+        """One platform call for every waiting intersection customer (per model)."""
+        assert self.platform is not None
+        out: list[np.ndarray] = [np.empty(0)] * len(items)
+        for m in {id(m): m for m, _ in items}.values():
+            idx = [i for i, (mi, _) in enumerate(items) if mi is m]
+            emb, _ = self.platform.get(
+                m.platform_version, np.array([items[i][1] for i in idx], np.int64), [],
+                purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
+                timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim)
+            for k, i in enumerate(idx):
+                out[i] = emb[k]
+        return out
+
+    @staticmethod
+    def _explain_many(items: list[tuple[ScoringModel, Encoded, np.ndarray, np.ndarray]]
+                      ) -> list[tuple[float, dict[str, float]]]:
+        """One model pass for every waiting applicant (per model)."""
+        out: list[tuple[float, dict[str, float]]] = [(0.0, {})] * len(items)
+        for m in {id(it[0]): it[0] for it in items}.values():
+            idx = [i for i, it in enumerate(items) if it[0] is m]
+            enc = Encoded(np.concatenate([items[i][1].numeric for i in idx]),
+                          np.concatenate([items[i][1].categorical for i in idx]))
+            pds, reasons = m.explain(enc, np.concatenate([items[i][2] for i in idx]),
+                                     np.concatenate([items[i][3] for i in idx]))
+            for k, i in enumerate(idx):
+                out[i] = (float(pds[k]), reasons[k])
+        return out
 
     def _inline(self, applicant_id: str, features: Mapping[str, str]) -> PartyTable:
         """A one-row table of the bank's schema from a request's features; names the

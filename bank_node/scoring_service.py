@@ -131,7 +131,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
 
-def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 32
+def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 16
                   ) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          options=GRPC_OPTIONS)

@@ -85,6 +85,97 @@ def bank_train(
     console.print_json(json.dumps(result.summary()))
 
 
+@bank_app.command("score-server")
+def bank_score_server(
+    kit: Path = typer.Option(..., help="This bank's startup kit folder."),
+    data: Path = typer.Option(..., help="The bank's customer store: a folder with train.*, "
+                              "test.* and schema.toml."),
+    release: Path = typer.Option(..., help="A release folder signed by the coordinator; "
+                                 "SIGHUP reloads it (put a newer one in its place)."),
+    platform: str = typer.Option(..., help="The platform node's host:port."),
+    address: str = typer.Option("127.0.0.1:50061", help="host:port to bind (port 0: any)."),
+    policy: Path | None = typer.Option(None, help="The bank's policy TOML (default: "
+                                       "bank_node/default_policy.toml)."),
+) -> None:
+    """Serve real-time joint scoring and decisions to this bank's decision engine."""
+    import grpc
+
+    from bank_node.policy import PolicyError
+    from bank_node.scoring import ScoringError
+    from bank_node.scoring_service import serve
+    from coordinator.release import ReleaseError
+    from fedscore.data.table import DataError
+    from fedscore.provision import KitError
+    from fedscore.psi import PsiError
+
+    try:
+        serve(kit, data, release, platform, address, policy)
+    except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
+            ValueError) as exc:
+        raise _fail(str(exc)) from None
+    except grpc.RpcError as exc:
+        raise _fail(f"the platform at {platform}: {exc.details()}") from None
+
+
+@app.command("score")
+def score(
+    applicant: Path = typer.Argument(..., help="The applicant as JSON: {\"applicant_id\": "
+                                     "..., \"features\": {...}, \"consent_token\": ..., "
+                                     "\"requested_amount\": ...}; only applicant_id is "
+                                     "required (features: else the bank's store)."),
+    server: str = typer.Option("127.0.0.1:50061", help="The bank's scoring server."),
+    kit: Path = typer.Option(..., help="The bank's startup kit (only the bank itself may "
+                             "call its scoring server)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+) -> None:
+    """Score one applicant and print the decision."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+    from fedscore.provision import KitError, load_kit
+    from fedscore.transport import secure_channel
+
+    try:
+        doc = json.loads(applicant.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("applicant_id"), str):
+            raise ValueError("expected an object with a string applicant_id")
+        request = scoring_pb2.ScoreRequest(
+            applicant_id=doc["applicant_id"],
+            features={str(k): "" if v is None else str(v)
+                      for k, v in (doc.get("features") or {}).items()},
+            consent_token=str(doc.get("consent_token") or ""),
+            requested_amount=float(doc.get("requested_amount") or 0.0),
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        raise _fail(f"{applicant}: {exc}") from None
+    try:
+        bank = load_kit(kit)
+        with secure_channel(server, bank, bank.party) as channel:
+            reply = scoring_pb2_grpc.ScoringServiceStub(channel).Score(request, timeout=10)
+    except KitError as exc:
+        raise _fail(str(exc)) from None
+    except grpc.RpcError as exc:
+        raise _fail(f"{exc.code().name}: {exc.details()}") from None
+    if as_json:
+        console.print_json(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        return
+    outcome = scoring_pb2.Outcome.Name(reply.outcome).removeprefix("OUTCOME_")
+    part = scoring_pb2.PlatformPart.Name(reply.platform).removeprefix("PLATFORM_PART_")
+    color = {"APPROVE": "green", "REFER": "yellow", "DECLINE": "red"}.get(outcome, "white")
+    lines = [f"[bold {color}]{outcome}[/]  applicant {request.applicant_id}"]
+    if reply.scored:
+        lines.append(f"  PD {reply.pd:.4f}   score {reply.score}   grade {reply.grade}")
+    if outcome == "APPROVE":
+        lines.append(f"  credit limit {reply.credit_limit:,.0f}   APR {reply.apr:.2%}")
+    for r in reply.reasons:
+        lines.append(f"  reason {r.code}: {r.text} ({', '.join(r.features)})")
+    fallback = f", fallback {reply.fallback}" if reply.fallback else ""
+    lines.append(f"  model {reply.model_version} with platform {reply.platform_model_version}"
+                 f"; platform part: {part.lower()}{fallback}")
+    console.print("\n".join(lines), highlight=False)
+
+
 @app.command("vertical")
 def vertical(
     scenario: str = typer.Option("default-credit", help="default-credit, or a prepared folder."),

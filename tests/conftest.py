@@ -53,3 +53,36 @@ def live_platform(federation: Federation) -> Iterator[LivePlatform]:
         yield LivePlatform(f"127.0.0.1:{port}", node, server)
     finally:
         server.stop(grace=None)
+
+
+def seeded_release(federation: Federation, bank_dir: Path, folder: Path,
+                   platform_version: str, seed: int) -> Path:
+    """A release as the coordinator writes one (pooled statistics, here the bank's own;
+    signed by the coordinator), around seeded, untrained weights: serving must reproduce
+    whatever model it is given."""
+    import torch
+
+    from bank_node.scoring import CustomerStore
+    from coordinator.release import write_release
+    from coordinator.statistics import PooledStatistics
+    from fedscore.data.preprocess import Preprocessor
+    from fedscore.model import BankModel, SplitArchitecture, to_arrays
+
+    store = CustomerStore.load_table(bank_dir)
+    moments = Preprocessor.moments(store)
+    pre = Preprocessor.fit(store, moments=moments)
+    arch = SplitArchitecture()
+    torch.manual_seed(seed)
+    model = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
+    with torch.no_grad():  # a visible "platform present" effect and spread-out PDs
+        model.top.out.bias.fill_(-1.0)
+        model.top.out.weight.mul_(8.0)
+        model.top.default_platform.normal_(0, 1.0)
+    write_release(
+        folder, to_arrays(model), signer=federation.kit("coordinator").signing_key,
+        signer_name="coordinator", run_id=f"scoring-{seed}", round_=1,
+        platform_version=platform_version, fingerprints={"bank": pre.fingerprint()},
+        metrics={}, config={},
+        statistics=PooledStatistics(moments.layout, moments.sums.ravel(), 1),
+    )
+    return folder

@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from fedscore.data.table import PartyTable, write_table
 from fedscore.interceptors import Flow, MessageTap
 from fedscore.training import TrainConfig
 from platform_node.server import PlatformNode, create_server
-from tests.conftest import Federation
+from tests.conftest import Federation, seeded_release
 
 N_CANARIES = 40
 SPEND_CANARY = 7_654_321.125  # monthly_spend of canary row i is SPEND_CANARY + i
@@ -123,18 +124,48 @@ def audited_run(federation: Federation, tmp_path_factory: pytest.TempPathFactory
     try:
         result = run_bank(federation.kit("bank-1"), bank_copy, f"127.0.0.1:{port}",
                           TrainConfig(epochs=2, seed=1))
+        _score_everyone(federation, node, bank_copy, f"127.0.0.1:{port}", tmp,
+                        [canary_id(i) for i in range(shared.size, N_CANARIES)])
     finally:
         server.stop(grace=None)
         mp.undo()
     assert result.aligned_train >= shared.size
-    assert len(sessions) == 1
+    assert len(sessions) == 2  # training, then online scoring
     return captured, platform, sessions[0]
+
+
+def _score_everyone(federation: Federation, node: PlatformNode, bank_dir: Path,
+                    address: str, tmp: Path, strangers: list[str]) -> None:
+    """Online scoring of every bank customer (one by one and in a batch), and of the
+    platform-only canaries with consent tokens: the platform's embedding replies."""
+    from bank_node.policy import Policy
+    from bank_node.scoring import CustomerStore
+    from bank_node.scoring_service import build_scorer
+    from fedscore.consent import issue_consent
+
+    version = node.federation.store.save("privacy", 1, node.initial_weights(seed=1))
+    release = seeded_release(federation, bank_dir, tmp / "release", version, seed=1)
+    scorer = build_scorer(federation.kit("bank-1"), bank_dir, release, address,
+                          Policy.default())
+    store = CustomerStore.load_table(bank_dir)
+    ids = [str(i) for i in store.ids]
+    for i in ids[:300]:
+        scorer.score(i)
+    scorer.score_batch(ids)
+    features = {f.name: "1" if f.kind == "numeric" else (f.values or ("",))[0]
+                for f in store.schema.features}
+    key = federation.kit("platform").signing_key
+    for applicant in strangers:
+        token = issue_consent(key, issuer="platform", bank="bank-1", applicant_id=applicant,
+                              ttl_s=600).encode()
+        assert scorer.score(applicant, features, token).platform.name == "JOINED"
 
 
 def test_traffic_was_captured(audited_run: tuple[Captured, PartyTable, bytes]) -> None:
     captured, _, _ = audited_run
     methods = {m.rsplit("/", 1)[-1] for m, _ in captured.sent}
-    assert {"Intersect", "OpenSession", "Step", "EndEpoch", "CommitRound"} <= methods
+    assert {"Intersect", "OpenSession", "Step", "EndEpoch", "CommitRound",
+            "GetEmbeddings"} <= methods
     assert sum(len(d) for _, d in captured.sent) > 100_000
     assert len(captured.sealed_plaintexts) > 10
 

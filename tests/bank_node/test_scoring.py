@@ -23,40 +23,16 @@ import torch
 from bank_node.policy import Policy
 from bank_node.scoring import CustomerStore, ScoringModel
 from bank_node.scoring_service import build_scorer, create_server
-from coordinator.release import write_release
-from coordinator.statistics import PooledStatistics
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from fedscore.consent import issue_consent
-from fedscore.data.preprocess import Preprocessor
-from fedscore.model import BankModel, BottomModel, SplitArchitecture, to_arrays
+from fedscore.model import BottomModel
 from fedscore.transport import add_secure_port, secure_channel
 from platform_node.embedding_service import REFUSALS_FILE
 from platform_node.server import PlatformNode
 from platform_node.server import create_server as create_platform_server
-from tests.conftest import Federation
+from tests.conftest import Federation, seeded_release
 
 BANK = "bank-1"
-
-
-def _release(federation: Federation, folder: Path, platform_version: str, seed: int) -> Path:
-    store = CustomerStore.load_table(federation.data.bank_dirs[BANK])
-    moments = Preprocessor.moments(store)
-    pre = Preprocessor.fit(store, moments=moments)
-    arch = SplitArchitecture()
-    torch.manual_seed(seed)
-    model = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
-    with torch.no_grad():  # a visible "platform present" effect and spread-out PDs
-        model.top.out.bias.fill_(-1.0)
-        model.top.out.weight.mul_(8.0)
-        model.top.default_platform.normal_(0, 1.0)
-    coordinator = federation.kit("coordinator")
-    write_release(
-        folder, to_arrays(model), signer=coordinator.signing_key, signer_name="coordinator",
-        run_id=f"scoring-{seed}", round_=1, platform_version=platform_version,
-        fingerprints={BANK: pre.fingerprint()}, metrics={}, config={},
-        statistics=PooledStatistics(moments.layout, moments.sums.ravel(), 1),
-    )
-    return folder
 
 
 @dataclass
@@ -80,7 +56,8 @@ def live(federation: Federation, tmp_path: Path) -> Iterator[Live]:
                 for r in (1, 2)]
     platform, pport = create_platform_server("127.0.0.1:0", node)
     platform.start()
-    releases = [_release(federation, tmp_path / f"release-{i}", v, seed=i)
+    releases = [seeded_release(federation, federation.data.bank_dirs[BANK],
+                               tmp_path / f"release-{i}", v, seed=i)
                 for i, v in enumerate(versions)]
     kit = federation.kit(BANK)
     scorer = build_scorer(kit, federation.data.bank_dirs[BANK], releases[0],

@@ -1,0 +1,226 @@
+"""Real-time joint scoring under closed-loop load, the platform call included.
+
+Three processes on loopback, every channel mutual TLS: the platform node, the bank's
+scoring server (``fedscore bank score-server``) and this load generator, playing the
+bank's decision engine. The release is a real one: a one-round federation of the
+default-credit banks (Flower Simulation Engine, SecAgg+) trains it first.
+
+* ``Score`` at concurrency 1, 8 and 32 (closed loop: each client sends its next request
+  when the last one answered), applicants drawn from bank-1's customers inside its
+  intersection with the platform, so every score waits for the platform's embedding:
+  ``p50_ms``, ``p99_ms`` and ``scores_per_s`` per level.
+* ``ScoreBatch``: bank-1's whole store streamed in chunks of ``--chunk`` ids
+  (``batch_rows_per_s``).
+* ``joint_over_local``: the joint ``Score``'s p50 over the p50 of a bank-only local
+  model call in the same run (the release's model on one applicant, in process, the
+  "platform absent" path, with reasons and the policy's decision: what a bank would
+  pay without the platform and without a server). ``joint_over_absent_rpc``: over the
+  p50 of ``Score`` for applicants outside the intersection (the server, no platform).
+
+    python benchmarks/scoring.py [--seconds 5] [--chunk 2000]
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from bank_node.client_app import BankNode
+from bank_node.policy import Policy
+from bank_node.scoring import CustomerStore, Scorer, ScoringModel
+from coordinator.simulation import simulate
+from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+from fedscore.data.scenarios import prepare_default_credit
+from fedscore.data.table import find_table, load_table
+from fedscore.local import platform_process
+from fedscore.provision import StartupKit, load_kit, provision
+from fedscore.runconfig import RunSettings
+from fedscore.transport import channel_credentials, channel_options, secure_channel
+
+BANK = "bank-1"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
+                 ) -> Iterator[str]:
+    """``fedscore bank score-server`` on a free port; yields its address."""
+    cmd = [sys.executable, "-m", "fedscore.cli", "bank", "score-server", "--kit", str(kit),
+           "--data", str(data), "--release", str(release), "--platform", platform,
+           "--address", "127.0.0.1:0"]
+    out = log.open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"scoring server on (\S+?:\d+):", line)
+        if found is None:
+            proc.wait(10)
+            raise RuntimeError(f"scoring server did not start: {line!r}; see {log}")
+        _say(f"  {line.strip()}")
+        yield found.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        out.close()
+
+
+def closed_loop(address: str, kit: StartupKit, ids: list[str], concurrency: int,
+                seconds: float, *, joined: bool) -> dict[str, float]:
+    """``concurrency`` clients (asyncio, one event loop: the load generator should not
+    be what limits the server) sending ``Score`` back to back for ``seconds``."""
+
+    async def run() -> tuple[list[float], float]:
+        channels = [grpc.aio.secure_channel(address, channel_credentials(kit),
+                                            options=channel_options(kit, BANK))
+                    for _ in range(min(concurrency, 8))]
+        stubs = [scoring_pb2_grpc.ScoringServiceStub(c) for c in channels]
+        stop = time.perf_counter() + seconds
+        latencies: list[float] = []
+
+        async def client(w: int) -> None:
+            stub, k = stubs[w % len(stubs)], w
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await stub.Score(scoring_pb2.ScoreRequest(applicant_id=ids[k % len(ids)]),
+                                     timeout=5)
+                latencies.append(time.perf_counter() - t0)
+                want = scoring_pb2.PLATFORM_PART_JOINED if joined else \
+                    scoring_pb2.PLATFORM_PART_ABSENT
+                if r.platform != want:
+                    raise RuntimeError(f"applicant {ids[k % len(ids)]}: {r}")
+                k += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(w) for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+        for c in channels:
+            await c.close()
+        return latencies, wall
+
+    latencies, wall = asyncio.run(run())
+    lat_ms = np.asarray(latencies) * 1000
+    return {"concurrency": concurrency, "requests": int(lat_ms.size),
+            "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+            "scores_per_s": round(lat_ms.size / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
+    parser.add_argument("--chunk", type=int, default=2000, help="ids per ScoreBatch message")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        manifest = prepare_default_credit(root / "data", seed=args.seed)
+        banks = list(manifest.bank_dirs)
+        provision(root / "kits", parties=("platform", *banks, "coordinator"), force=True)
+        with platform_process(
+            root / "kits" / "platform", find_table(manifest.platform_dir, "features"),
+            manifest.platform_schema, log=root / "platform.log",
+            state_dir=root / "platform-state",
+        ) as platform:
+            _say("training the release: 1 round x 1 epoch, 3 banks, SecAgg+")
+            settings = RunSettings(run_id="scoring-bench", num_rounds=1, local_epochs=1,
+                                   seed=args.seed, state_dir=str(root / "coordinator"),
+                                   coordinator_kit=str(root / "kits" / "coordinator"),
+                                   platform_address=platform)
+            simulate(settings, [BankNode(b, manifest.bank_dirs[b], root / "kits" / b,
+                                         platform, root / "bank-state" / b) for b in banks])
+            release = settings.run_dir / "release"
+            kit_dir = root / "kits" / BANK
+            data = manifest.bank_dirs[BANK]
+            table = CustomerStore.load_table(data)
+            users = set(load_table(manifest.platform_features, manifest.platform_schema,
+                                   require_label=False).ids)
+            inside = [str(i) for i in table.ids if i in users]
+            outside = [str(i) for i in table.ids if i not in users]
+            everyone = [str(i) for i in table.ids]
+            kit = load_kit(kit_dir)
+
+            # the bank-only local call: the release's model in process, no platform
+            local_model = ScoringModel.load(release, kit.peer("coordinator").verify_key,
+                                            CustomerStore.of(table))
+            local = Scorer(local_model, Policy.default(), CustomerStore.of(table), None,
+                           kit.peer("coordinator").verify_key)
+            local_ms = []
+            for k in range(2000):
+                t0 = time.perf_counter()
+                local.score(inside[k % len(inside)])
+                local_ms.append((time.perf_counter() - t0) * 1000)
+            local_p50 = float(np.percentile(local_ms[200:], 50))
+
+            with score_server(kit_dir, data, release, platform, root / "score.log") as addr:
+                closed_loop(addr, kit, inside, 8, 1.0, joined=True)  # warm-up
+                levels = {}
+                for c in (1, 8, 32):
+                    levels[str(c)] = closed_loop(addr, kit, inside, c, args.seconds,
+                                                 joined=True)
+                    _say(f"  Score, concurrency {c}: {levels[str(c)]}")
+                absent_level = closed_loop(addr, kit, outside, 1, args.seconds, joined=False)
+                _say(f"  Score outside the intersection: {absent_level}")
+                channel = secure_channel(addr, kit, BANK)
+                batch_stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+
+                chunks = [everyone[i:i + args.chunk]
+                          for i in range(0, len(everyone), args.chunk)]
+                rows, t0 = 0, time.perf_counter()
+                passes = 0
+                while time.perf_counter() - t0 < args.seconds or passes == 0:
+                    for reply in batch_stub.ScoreBatch(iter(
+                            scoring_pb2.ScoreBatchRequest(applicant_ids=c) for c in chunks)):
+                        rows += len(reply.pd)
+                    passes += 1
+                batch_s = time.perf_counter() - t0
+                channel.close()
+
+    one = levels["1"]
+    result: dict[str, Any] = {
+        "scenario": "default-credit", "bank": BANK, "release": "1 round x 1 epoch",
+        "store_rows": len(everyone), "intersection_rows": len(inside),
+        "levels": levels,
+        "p50_ms": one["p50_ms"], "p99_ms": one["p99_ms"], "scores_per_s": one["scores_per_s"],
+        "p99_ms_at_8": levels["8"]["p99_ms"],
+        "scores_per_s_max": max(v["scores_per_s"] for v in levels.values()),
+        "batch_rows_per_s": round(rows / batch_s, 1),
+        "batch_chunk": args.chunk,
+        "local_p50_ms": round(local_p50, 3),
+        "absent_rpc_p50_ms": absent_level["p50_ms"],
+        "joint_over_local": round(one["p50_ms"] / local_p50, 2),
+        "joint_over_absent_rpc": round(one["p50_ms"] / absent_level["p50_ms"], 2),
+    }
+    result["targets"] = {
+        "p99_le_10ms_at_8": result["p99_ms_at_8"] <= 10.0,
+        "scores_per_s_ge_1000": result["scores_per_s_max"] >= 1000.0,
+        "batch_rows_per_s_ge_50000": result["batch_rows_per_s"] >= 50_000,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
