@@ -156,6 +156,9 @@ def score(
     except KitError as exc:
         raise _fail(str(exc)) from None
     except grpc.RpcError as exc:
+        if "Hostname Verification" in (exc.details() or ""):
+            raise _fail(f"the server at {server} is not {bank.party}'s scoring server (only a "
+                        "bank's own kit may call its scoring server)") from None
         raise _fail(f"{exc.code().name}: {exc.details()}") from None
     if as_json:
         console.print_json(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))

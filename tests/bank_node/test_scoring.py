@@ -321,3 +321,33 @@ def test_switching_releases_under_load_loses_no_request(live: Live) -> None:
         live.stub.LoadRelease(scoring_pb2.LoadReleaseRequest(path=str(live.state)))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert live.stub.Score(scoring_pb2.ScoreRequest(applicant_id=ids[0])).model_version
+
+
+def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedscore.cli import app
+
+    inside, _ = _ids(live)
+    applicant = tmp_path / "applicant.json"
+    applicant.write_text(json.dumps({"applicant_id": inside[0], "requested_amount": 1000}))
+    kit = str(live.federation.kits / BANK)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["score", str(applicant), "--server", live.address, "--kit", kit])
+    assert ok.exit_code == 0, ok.output
+    want = live.stub.Score(scoring_pb2.ScoreRequest(applicant_id=inside[0],
+                                                    requested_amount=1000))
+    outcome = scoring_pb2.Outcome.Name(want.outcome).removeprefix("OUTCOME_")
+    assert f"{outcome}  applicant {inside[0]}" in ok.output
+    assert f"score {want.score}   grade {want.grade}" in ok.output
+    assert "platform part: joined" in ok.output
+    as_json = runner.invoke(app, ["score", str(applicant), "--server", live.address,
+                                  "--kit", kit, "--json"])
+    assert json.loads(as_json.output)["pd"] == pytest.approx(want.pd)
+    applicant.write_text('{"features": {}}')
+    bad = runner.invoke(app, ["score", str(applicant), "--server", live.address, "--kit", kit])
+    assert bad.exit_code == 1
+    assert "applicant.json: expected an object with a string applicant_id" in bad.output.replace(
+        "\n", "")
