@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -57,6 +58,8 @@ from fedscore.data.table import PartyTable
 from fedscore.model import BankModel, SplitArchitecture, load_arrays
 from fedscore.provision import StartupKit
 from fedscore.psi import PsiResult
+
+log = logging.getLogger(__name__)
 
 SCORING_ROUND = 0
 T = TypeVar("T")
@@ -282,15 +285,8 @@ class PlatformEmbeddings:
         return emb, present
 
 
-def _platform_failure(exc: grpc.RpcError) -> PlatformPart:
-    """A refusal is the request's error; anything else is the platform's: fallback."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
-        raise ScoringError(code, f"the platform refused: {details}") from None
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return PlatformPart.TIMED_OUT
-    return PlatformPart.UNAVAILABLE
+Link = tuple[PlatformEmbeddings | None, CustomerStore]
+"""A platform scoring session and the store's handles in it: always used together."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,25 +313,71 @@ class ScoredBatch:
 
 class Scorer:
     def __init__(self, model: ScoringModel, policy: Policy, store: CustomerStore,
-                 platform: PlatformEmbeddings | None, coordinator_key: VerifyKey) -> None:
+                 platform: PlatformEmbeddings | None, coordinator_key: VerifyKey,
+                 reconnect: Callable[[], Link] | None = None) -> None:
+        """``reconnect`` opens a new scoring session (PSI again) when the platform has
+        lost this one (it restarted); scores fall back until it is back."""
         self.policy = policy
-        self.store = store
-        self.platform = platform
+        self.link: Link = (platform, store)
         self._coordinator_key = coordinator_key
+        self._reconnect = reconnect
+        self._reconnecting = threading.Lock()
         self._swap = threading.Lock()
         self._warm(model)
         self._model = model
         self._explain = Batched(self._explain_many)
         self._joined = Batched(self._embed_many)
 
-    def _warm(self, model: ScoringModel) -> None:
+    @property
+    def platform(self) -> PlatformEmbeddings | None:
+        return self.link[0]
+
+    @property
+    def store(self) -> CustomerStore:
+        return self.link[1]
+
+    def _platform_failure(self, exc: grpc.RpcError) -> PlatformPart:
+        """A refusal is the request's error; anything else is the platform's: fallback.
+        A platform that no longer knows the session restarted: fall back and reconnect."""
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+        if code == grpc.StatusCode.PERMISSION_DENIED and "unknown session" in details:
+            self._start_reconnect()
+            return PlatformPart.UNAVAILABLE
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            raise ScoringError(code, f"the platform refused: {details}") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return PlatformPart.TIMED_OUT
+        return PlatformPart.UNAVAILABLE
+
+    def _start_reconnect(self) -> None:
+        if self._reconnect is None or not self._reconnecting.acquire(blocking=False):
+            return  # no way to, or one is under way
+
+        def run() -> None:
+            try:
+                assert self._reconnect is not None
+                link = self._reconnect()
+                self._warm(self._model, link[0])
+                self.link = link
+                log.info("scoring: new platform session (%d customers in the intersection)",
+                         int((link[1].handles >= 0).sum()))
+            except Exception as exc:  # the platform may still be down: next failure retries
+                log.warning("scoring: reconnecting to the platform failed: %s", exc)
+            finally:
+                self._reconnecting.release()
+
+        threading.Thread(target=run, name="scoring-reconnect", daemon=True).start()
+
+    def _warm(self, model: ScoringModel, platform: PlatformEmbeddings | None = None) -> None:
         """Have the platform load the release's bottom model before the first applicant
         waits on it (its first query computes the version's embeddings); a platform
         without that version is refused here, not at the first request."""
-        if self.platform is None:
+        platform = platform or self.platform
+        if platform is None:
             return
         try:
-            self.platform.get(model.platform_version, np.zeros(0, np.int64), [],
+            platform.get(model.platform_version, np.zeros(0, np.int64), [],
                               purpose=embedding_pb2.SCORING_PURPOSE_UNSPECIFIED,
                               timeout=BATCH_TIMEOUT_S * 6, dim=model.embedding_dim)
         except grpc.RpcError as exc:
@@ -361,23 +403,24 @@ class Scorer:
 
     def score(self, applicant_id: str, features: Mapping[str, str] | None = None,
               consent_token: str = "", requested_amount: float | None = None) -> Scored:
-        m = self._model  # one model for the whole request
-        row = self.store.row_of.get(applicant_id)
+        m = self._model  # one model and one platform session for the whole request
+        platform, store = self.link
+        row = store.row_of.get(applicant_id)
         if features:
             enc = m.preprocessor.transform(self._inline(applicant_id, features))
         else:
-            enc = m.store.take(np.array([self.store.row(applicant_id)]))
-        handle = int(self.store.handles[row]) if row is not None else -1
+            enc = m.store.take(np.array([store.row(applicant_id)]))
+        handle = int(store.handles[row]) if row is not None else -1
         emb = np.zeros((1, m.embedding_dim), np.float32)
         present = np.zeros(1, bool)
         part = PlatformPart.ABSENT
-        if self.platform is not None and (handle >= 0 or consent_token):
+        if platform is not None and (handle >= 0 or consent_token):
             try:
                 if handle >= 0:  # intersection customers share platform calls
-                    got = self._joined((m, handle))
+                    got = self._joined((m, platform, handle))
                     emb, present = got[None, :], np.ones(1, bool)
                 else:  # a consent is checked alone: one refusal must not fail others
-                    emb, present = self.platform.get(
+                    emb, present = platform.get(
                         m.platform_version, np.zeros(0, np.int64),
                         [(applicant_id, consent_token)],
                         purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
@@ -385,7 +428,7 @@ class Scorer:
                     )
                 part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
             except grpc.RpcError as exc:
-                part = _platform_failure(exc)
+                part = self._platform_failure(exc)
         pd_, reasons = self._explain((m, enc, emb, present))
         if part in (PlatformPart.TIMED_OUT, PlatformPart.UNAVAILABLE):
             decision = fallback_decision(self.policy, bank_only_pd=pd_, contributions=reasons,
@@ -395,14 +438,16 @@ class Scorer:
                               requested_amount=requested_amount)
         return Scored(decision, m.version, m.platform_version, part)
 
-    def _embed_many(self, items: list[tuple[ScoringModel, int]]) -> list[np.ndarray]:
-        """One platform call for every waiting intersection customer (per model)."""
-        assert self.platform is not None
+    def _embed_many(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
+                    ) -> list[np.ndarray]:
+        """One platform call for every waiting intersection customer (per model and
+        session)."""
         out: list[np.ndarray] = [np.empty(0)] * len(items)
-        for m in {id(m): m for m, _ in items}.values():
-            idx = [i for i, (mi, _) in enumerate(items) if mi is m]
-            emb, _ = self.platform.get(
-                m.platform_version, np.array([items[i][1] for i in idx], np.int64), [],
+        groups = {(id(m), id(p)): (m, p) for m, p, _ in items}
+        for m, platform in groups.values():
+            idx = [i for i, (mi, pi, _) in enumerate(items) if mi is m and pi is platform]
+            emb, _ = platform.get(
+                m.platform_version, np.array([items[i][2] for i in idx], np.int64), [],
                 purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
                 timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim)
             for k, i in enumerate(idx):
@@ -461,16 +506,17 @@ class Scorer:
 
     def score_batch(self, ids: Sequence[str]) -> ScoredBatch:
         m = self._model
-        rows = np.array([self.store.row(i) for i in ids], np.int64)
+        platform, store = self.link
+        rows = np.array([store.row(i) for i in ids], np.int64)
         enc = m.store.take(rows)
-        handles = self.store.handles[rows]
+        handles = store.handles[rows]
         joined = handles >= 0
         emb = np.zeros((rows.size, m.embedding_dim), np.float32)
         part = np.full(rows.size, PlatformPart.ABSENT, np.int8)
         failed: PlatformPart | None = None
-        if self.platform is not None and joined.any():
+        if platform is not None and joined.any():
             try:
-                got, _ = self.platform.get(
+                got, _ = platform.get(
                     m.platform_version, handles[joined], [],
                     purpose=embedding_pb2.SCORING_PURPOSE_PORTFOLIO_REVIEW,
                     timeout=BATCH_TIMEOUT_S, dim=m.embedding_dim,
@@ -478,7 +524,7 @@ class Scorer:
                 emb[joined] = got
                 part[joined] = PlatformPart.JOINED
             except grpc.RpcError as exc:
-                failed = _platform_failure(exc)
+                failed = self._platform_failure(exc)
                 part[joined] = failed
                 joined[:] = False
         pds = m.pd(enc, emb, joined)

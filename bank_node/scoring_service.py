@@ -150,12 +150,17 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
     from fedscore.transport import secure_channel
 
     table = CustomerStore.load_table(data_dir)
-    channel = channel or secure_channel(platform_address, kit, "platform")
-    psi = run_psi(channel, table.ids, party=kit.party)
-    store = CustomerStore.of(table, psi.handles_for_rows(len(table.ids)))
+    link = channel or secure_channel(platform_address, kit, "platform")
+
+    def connect() -> tuple[PlatformEmbeddings, CustomerStore]:
+        psi = run_psi(link, table.ids, party=kit.party)
+        return (PlatformEmbeddings(link, kit, psi),
+                CustomerStore.of(table, psi.handles_for_rows(len(table.ids))))
+
+    platform, store = connect()
     key = kit.peer("coordinator").verify_key
     model = ScoringModel.load(release, key, store)
-    return Scorer(model, policy, store, PlatformEmbeddings(channel, kit, psi), key)
+    return Scorer(model, policy, store, platform, key, reconnect=connect)
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,

@@ -260,8 +260,8 @@ def test_a_slow_platform_times_out_to_the_fallback(live: Live, federation: Feder
     kit = federation.kit(BANK)
     scorer = build_scorer(kit, federation.data.bank_dirs[BANK], live.releases[0],
                           live.platform_address, Policy.default())
-    scorer.platform = PlatformEmbeddings(secure_channel(f"127.0.0.1:{port}", kit, "platform"),
-                                         kit, _session_of(scorer))
+    scorer.link = (PlatformEmbeddings(secure_channel(f"127.0.0.1:{port}", kit, "platform"),
+                                      kit, _session_of(scorer)), scorer.store)
     inside, _ = _ids(live)
     t0 = time.perf_counter()
     scored = scorer.score(inside[0])
@@ -351,3 +351,27 @@ def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> No
     assert bad.exit_code == 1
     assert "applicant.json: expected an object with a string applicant_id" in bad.output.replace(
         "\n", "")
+
+
+def test_a_restarted_platform_costs_a_fallback_then_a_new_session(live: Live) -> None:
+    inside, _ = _ids(live)
+    live.platform.stop(grace=None).wait()
+    node = PlatformNode(live.federation.kit("platform"), live.federation.platform_table(),
+                        state_dir=live.state)  # the same committed models, no sessions
+    port = int(live.platform_address.rsplit(":", 1)[1])
+    server, _ = create_platform_server(f"127.0.0.1:{port}", node)
+    server.start()
+    try:
+        first = live.stub.Score(scoring_pb2.ScoreRequest(applicant_id=inside[0]))
+        assert first.platform == scoring_pb2.PLATFORM_PART_UNAVAILABLE  # session lost
+        assert first.fallback == "bank-only"
+        deadline = time.monotonic() + 20
+        while True:  # the server runs PSI again in the background
+            r = live.stub.Score(scoring_pb2.ScoreRequest(applicant_id=inside[0]))
+            if r.platform == scoring_pb2.PLATFORM_PART_JOINED or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.platform == scoring_pb2.PLATFORM_PART_JOINED
+        assert r.pd == pytest.approx(float(_offline_pd(live, 0, inside[:1])[0]), abs=1e-6)
+    finally:
+        server.stop(grace=None)
