@@ -656,15 +656,7 @@ class Opener:
             raise SealError(f"sealed box is for batch {box.batch}, expected batch {batch}")
         if not (0 <= box.round <= _U32 and 0 <= box.batch <= _U64):
             raise SealError(f"sealed box round/batch out of range: {box.round}/{box.batch}")
-        nonce = struct.pack(">IQ", self._direction, box.seq)
-        aad = _aad(self.session_id, box.round, box.batch, self._direction, box.seq)
-        try:
-            pt = self._decrypt(nonce, bytes(box.ciphertext), aad)
-        except InvalidTag:
-            raise SealError(
-                f"sealed box seq {box.seq} failed authentication: ciphertext, round or batch "
-                "was altered, or it was sealed under another key"
-            ) from None
+        pt = _decrypt(self._decrypt, self.session_id, self._direction, box)
         self._expected = box.seq + 1
         return pt
 
@@ -707,15 +699,7 @@ class WindowOpener:
             raise SealError("sealed box round/batch/seq out of range")
         with self._lock:
             self._check_fresh(box.seq)
-        nonce = struct.pack(">IQ", self._direction, box.seq)
-        aad = _aad(self.session_id, box.round, box.batch, self._direction, box.seq)
-        try:
-            pt = self._decrypt(nonce, bytes(box.ciphertext), aad)
-        except InvalidTag:
-            raise SealError(
-                f"sealed box seq {box.seq} failed authentication: ciphertext, round or batch "
-                "was altered, or it was sealed under another key"
-            ) from None
+        pt = _decrypt(self._decrypt, self.session_id, self._direction, box)
         with self._lock:  # only an authentic box may use up its seq
             self._check_fresh(box.seq)
             self._seen.add(box.seq)
@@ -732,6 +716,20 @@ class WindowOpener:
                             f"({self._window} below seq {self._highest})")
         if seq in self._seen:
             raise SealError(f"sealed box seq {seq} replayed")
+
+
+def _decrypt(decrypt: Any, session_id: bytes, direction: Direction, box: SealedBox) -> bytes:
+    """AES-GCM open of a box whose header the caller has checked; the header is the AAD."""
+    nonce = struct.pack(">IQ", direction, box.seq)
+    aad = _aad(session_id, box.round, box.batch, direction, box.seq)
+    try:
+        plaintext: bytes = decrypt(nonce, bytes(box.ciphertext), aad)
+    except InvalidTag:
+        raise SealError(
+            f"sealed box seq {box.seq} failed authentication: ciphertext, round or batch "
+            "was altered, or it was sealed under another key"
+        ) from None
+    return plaintext
 
 
 def _dir_name(direction: int) -> str:
