@@ -15,6 +15,8 @@ from flwr.app import Context
 from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 
+from bank_node.dp_mod import update_clipping_mod
+from bank_node.ledger_mod import Mod, ledger_mod
 from fedscore.runconfig import require
 
 
@@ -49,16 +51,25 @@ def client_app(
     only for the federation benchmark's SecAgg+ cost measurement, paired with the
     coordinator's ``secure_aggregation=False``; a deployed bank always insists on SecAgg+."""
 
-    def client_fn(context: Context) -> Client:
-        node = nodes(context) if nodes is not None else BankNode.from_node_config(
+    def bank(context: Context) -> BankNode:
+        return nodes(context) if nodes is not None else BankNode.from_node_config(
             context.node_config
         )
+
+    def client_fn(context: Context) -> Client:
+        node = bank(context)
         run_seed = context.run_config.get("seed", 0) if seed is None else seed
         from bank_node.federated import BankClient
 
         return BankClient(node, int(run_seed) if isinstance(run_seed, int) else 0).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure_aggregation else [])
+    # The ledger outermost: it records what arrives and what leaves (masked, with SecAgg+).
+    mods: list[Mod] = [ledger_mod(bank)]
+    if secure_aggregation:
+        mods.append(secaggplus_mod)
+    # Update DP: clip nearest the client, so SecAgg+ masks the clipped update.
+    mods.append(update_clipping_mod)
+    return ClientApp(client_fn=client_fn, mods=mods)
 
 
 app = client_app()

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
+from bank_node import ledger_mod
 from bank_node.client_app import BankNode
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
@@ -176,15 +177,19 @@ class BankClient(NumPyClient):
             result = train_round(train, link, model, cfg, epochs=settings.local_epochs,
                                  round_=round_, proximal_mu=settings.proximal_mu)
         arrays = to_arrays(result.model)
+        # Update DP: every bank weighs the same, so the coordinator's mean is unweighted
+        # and one bank moves it by at most clip / n, the sensitivity its noise is for.
+        equal = max(1, int(settings.max_weight))
+        weight = result.rows if settings.dp_update_noise == 0 else equal
         # SecAgg+ clips weights x rows / max-weight to +-SECAGG_CLIP; refuse, never clip.
-        peak = max(float(np.abs(a).max()) for a in arrays) * result.rows / settings.max_weight
+        peak = max(float(np.abs(a).max()) for a in arrays) * weight / settings.max_weight
         if peak > SECAGG_CLIP:
             raise ConfigError(
                 f"a weight of {peak:.3g} (scaled by rows / max-weight) exceeds SecAgg+'s "
                 f"clipping range {SECAGG_CLIP}; raise max-weight"
             )
         # Fit metrics do not survive SecAgg+; the evaluation reports what matters.
-        return arrays, result.rows, {}
+        return arrays, weight, {}
 
     def evaluate(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
@@ -237,7 +242,8 @@ class BankClient(NumPyClient):
         platform does not know the session (a new run, or the platform restarted)."""
         kit = load_kit(self.node.kit_dir)
         state = _RunState(self.node.state_dir / run_id)
-        with secure_channel(self.node.platform_address, kit, "platform") as channel:
+        with secure_channel(self.node.platform_address, kit, "platform",
+                            ledger=ledger_mod.CURRENT.get()) as channel:
             saved = state.load()
             for attempt in range(2):
                 if saved is None:

@@ -164,16 +164,24 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,
-          policy_file: Path | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads ``release`` (a newer one put in its place)."""
+          policy_file: Path | None, ledger_dir: Path) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads ``release`` (a newer one put in its place).
+
+    Every message to and from the platform is recorded in the ledger at ``ledger_dir``
+    (the decision engine's calls stay inside the bank and are not).
+    """
     import torch
 
+    from fedscore.ledger import Ledger
     from fedscore.provision import load_kit
+    from fedscore.transport import secure_channel
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)
     policy = Policy.load(policy_file) if policy_file else Policy.default()
-    scorer = build_scorer(kit, data_dir, release, platform_address, policy)
+    ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
+    channel = secure_channel(platform_address, kit, "platform", ledger=ledger)
+    scorer = build_scorer(kit, data_dir, release, platform_address, policy, channel=channel)
     server, port = create_server(address, scorer, kit)
     server.start()
     host = address.rsplit(":", 1)[0]
@@ -198,4 +206,6 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     signal.signal(signal.SIGHUP, _reload)
     stop.wait()
     server.stop(grace=2).wait()
+    channel.close()
+    ledger.close()
     print("scoring server stopped", flush=True)

@@ -19,6 +19,7 @@ from bank_node.platform_link import GrpcPlatformLink
 from bank_node.psi_client import run_psi
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable, find_table, load_table
+from fedscore.ledger import Ledger
 from fedscore.metrics import auc, ks
 from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
@@ -71,8 +72,12 @@ def run_bank(
     *,
     arch: SplitArchitecture | None = None,
     out: Path | None = None,
+    ledger: Ledger | None = None,
 ) -> BankRunResult:
-    """PSI with the platform over all the bank's customers, then split training and a test."""
+    """PSI with the platform over all the bank's customers, then split training and a test.
+
+    With ``ledger``, every message to and from the platform is recorded there.
+    """
     tables = BankTables.load(data_dir)
     preprocessor = Preprocessor.fit(tables.train)
     enc_train = preprocessor.transform(tables.train)
@@ -80,7 +85,7 @@ def run_bank(
     assert tables.train.labels is not None and tables.test.labels is not None
     n_train = len(tables.train)
 
-    with secure_channel(platform_address, kit, "platform") as channel:
+    with secure_channel(platform_address, kit, "platform", ledger=ledger) as channel:
         t0 = time.perf_counter()
         ids = np.concatenate([tables.train.ids, tables.test.ids])
         psi = run_psi(channel, ids, party=kit.party)

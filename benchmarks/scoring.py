@@ -67,7 +67,7 @@ def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
     """``fedscore bank score-server`` on a free port; yields its address."""
     cmd = [sys.executable, "-m", "fedscore.cli", "bank", "score-server", "--kit", str(kit),
            "--data", str(data), "--release", str(release), "--platform", platform,
-           "--address", "127.0.0.1:0"]
+           "--address", "127.0.0.1:0", "--ledger-dir", str(log.with_suffix(".ledger"))]
     out = log.open("w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -20,10 +20,13 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from coordinator.checkpoint import Checkpoints
+from coordinator.ledger_grid import LedgeredGrid
 from coordinator.platform_control import PlatformControl
+from coordinator.privacy import PrivacyLog
 from coordinator.release import write_release
 from coordinator.statistics import pooled_statistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, instructions
+from fedscore.ledger import Ledger
 from fedscore.provision import load_kit
 from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
 from fedscore.transport import secure_channel
@@ -31,6 +34,7 @@ from fedscore.transport import secure_channel
 log = logging.getLogger(__name__)
 
 RELEASE_DIR = "release"
+LEDGER_DIR = "ledger"  # under the state dir: one chain for all of the coordinator's runs
 
 
 def run_rounds(
@@ -47,7 +51,10 @@ def run_rounds(
     checkpoints = Checkpoints(settings.run_dir)
     latest = checkpoints.latest()
     done = latest.round if latest is not None else 0
-    with secure_channel(settings.platform_address, kit, "platform") as channel:
+    with (Ledger(Path(settings.state_dir) / LEDGER_DIR, kit.signing_key, kit.party,
+                 lock_timeout_s=60) as ledger,
+          secure_channel(settings.platform_address, kit, "platform", ledger=ledger) as channel):
+        grid = LedgeredGrid(grid, ledger, kit)
         platform = PlatformControl(channel)
         platform_last, _ = platform.run_state(settings.run_id)
         if platform_last < done:
@@ -92,6 +99,7 @@ def run_rounds(
         round_=final.round, platform_version=final.platform_version,
         fingerprints={b["bank"]: b["fingerprint"] for b in evaluation.get("banks", [])},
         metrics=evaluation, config=settings.to_run_config(), statistics=statistics,
+        privacy=PrivacyLog(settings.run_dir).budget(),
     )
     checkpoints.log("released", version=manifest["version"],
                     path=str(settings.run_dir / RELEASE_DIR))

@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
+from fedscore.dp import DpSettings
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -41,13 +42,29 @@ class PlatformControl:
         self._stub = federation_pb2_grpc.FederationServiceStub(channel)
         self._timeout = timeout
 
-    def start_round(self, run_id: str, round_: int, seed: int) -> str:
-        """Open round ``round_`` (1-based); returns the platform model version it starts from."""
+    def start_round(self, run_id: str, round_: int, seed: int,
+                    embedding_dp: DpSettings | None = None) -> str:
+        """Open round ``round_`` (1-based); returns the platform model version it starts from.
+        ``embedding_dp``: the Gaussian mechanism on the run's embeddings (None: off)."""
+        dp = embedding_dp if embedding_dp is not None and embedding_dp.enabled else None
         reply = self._call(
             "StartRound", self._stub.StartRound,
-            federation_pb2.StartRoundRequest(run_id=run_id, round=round_, seed=seed),
+            federation_pb2.StartRoundRequest(
+                run_id=run_id, round=round_, seed=seed,
+                embedding_dp_noise=dp.noise_multiplier if dp else 0.0,
+                embedding_dp_clip=dp.clip if dp else 0.0,
+            ),
         )
         return reply.base_version
+
+    def embedding_releases(self, run_id: str) -> int:
+        """The most noisy embedding releases of one customer since the round's start
+        (its training and the evaluation after it); 0 when embedding DP is off."""
+        reply = self._call(
+            "GetRunState", self._stub.GetRunState,
+            federation_pb2.GetRunStateRequest(run_id=run_id),
+        )
+        return int(reply.embedding_releases)
 
     def finish_round(self, run_id: str, round_: int) -> FinishedRound:
         """Average and store the round's platform model; its version and what went into it."""

@@ -5,8 +5,9 @@ A release folder holds ``bank_model.npz`` (the global bank-side weights),
 schema, a bank rebuilds the transforms the weights were trained on),
 ``manifest.json`` (release version, run, round, the platform bottom-model version the
 weights pair with, each bank's preprocessing fingerprint, metrics, the run's settings,
-and the SHA-256 of every file) and ``manifest.sig`` (Ed25519 over the manifest bytes,
-by the coordinator's signing key from its startup kit). :func:`verify_release` raises
+the differential-privacy budget spent, and the SHA-256 of every file) and
+``manifest.sig`` (Ed25519 over the manifest bytes, by the coordinator's signing key
+from its startup kit). :func:`verify_release` raises
 on any change to any file.
 """
 
@@ -53,8 +54,12 @@ def write_release(
     metrics: dict[str, Any],
     config: dict[str, Any],
     statistics: PooledStatistics,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write and sign a release into ``folder`` (replaced if it exists); return the manifest."""
+    """Write and sign a release into ``folder`` (replaced if it exists); return the manifest.
+
+    ``privacy``: the run's final (ε, δ) per DP mechanism, the last ``privacy.jsonl`` line
+    of each (``{}``: DP was off)."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -71,6 +76,7 @@ def write_release(
         "config": config,
         "signed_by": signer_name,
         "preprocessing_layout": statistics.layout,
+        "privacy": privacy or {},
         "files": {name: _sha256(folder / name) for name in (MODEL_FILE, PREPROCESSING_FILE)},
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()

@@ -33,9 +33,11 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_to_params
 
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
+from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
 from coordinator.statistics import PooledStatistics
 from fedscore.metrics import auc_from_histograms, ks_from_histograms
 from fedscore.runconfig import RunSettings
@@ -101,6 +103,7 @@ class CoordinatorStrategy(FedAvg):
         self._t_fit = 0.0
         self._fit_s = 0.0
         self._trained = rounds_done
+        self.privacy = PrivacyLog(settings.run_dir)
 
     def _round(self, server_round: int) -> int:
         return self.rounds_done + server_round
@@ -118,10 +121,18 @@ class CoordinatorStrategy(FedAvg):
                 "SuperNode logs"
             )
         self._t_fit = time.perf_counter()
-        base = self.platform.start_round(self.settings.run_id, r, self.settings.seed)
+        embedding_dp = self.settings.embedding_dp()
+        base = self.platform.start_round(
+            self.settings.run_id, r, self.settings.seed,
+            **({"embedding_dp": embedding_dp} if embedding_dp.enabled else {}),
+        )
         log.info("round %d: platform starts from %s", r, base)
         pairs = super().configure_fit(server_round, parameters, client_manager)
-        return [(c, FitIns(ins.parameters, {**ins.config, **self._config(r)}))
+        clip: dict[str, Scalar] = (
+            {KEY_CLIPPING_NORM: float(self.settings.dp_update_clip)}
+            if self.settings.update_dp().enabled else {}
+        )  # the banks' update_clipping_mod clips to it before SecAgg+
+        return [(c, FitIns(ins.parameters, {**ins.config, **self._config(r), **clip}))
                 for c, ins in pairs]
 
     def aggregate_fit(
@@ -138,6 +149,16 @@ class CoordinatorStrategy(FedAvg):
         params, _ = super().aggregate_fit(server_round, results, failures)
         if params is None:
             raise CoordinatorError(f"round {r}: no bank-side model came back")
+        update_dp = self.settings.update_dp()
+        if update_dp.enabled:
+            # Here, not in Flower's DifferentialPrivacyClientSideFixedClipping: that
+            # wrapper noises after its inner aggregate_fit, which checkpoints, so the
+            # checkpoint and the release would hold the noiseless model. Flower's own
+            # helper, std z·C / n for the unweighted mean of the n banks' clipped
+            # updates (the banks all weigh the same under update DP); accounted first.
+            params = add_gaussian_noise_to_params(
+                params, update_dp.noise_multiplier, update_dp.clip, len(results))
+            self.privacy.record(r, BANK_UPDATES, update_dp, 1)
         done = self.platform.finish_round(self.settings.run_id, r)
         self.platform_version = done.version
         self._trained = r
@@ -196,6 +217,10 @@ class CoordinatorStrategy(FedAvg):
                              "neg": np.frombuffer(m["hist_neg"], "<u4").tolist()}
                  for m in banks}
         self.checkpoints.update(r, evaluation=summary, histograms=hists)
+        embedding_dp = self.settings.embedding_dp()
+        if embedding_dp.enabled:  # the round's training and evaluation releases
+            self.privacy.record(r, PLATFORM_EMBEDDINGS, embedding_dp,
+                                self.platform.embedding_releases(self.settings.run_id))
         self.checkpoints.log("evaluated", **summary)
         return summary["weighted_loss"], {k: v for k, v in summary.items()
                                           if isinstance(v, int | float)}

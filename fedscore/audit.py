@@ -78,7 +78,8 @@ class AuditReport:
     """What :func:`verify_ledgers` found. ``ok`` only without any problem or unmatched one."""
 
     parties: list[str] = field(default_factory=list)
-    ledgers: dict[str, LedgerSummary] = field(default_factory=dict)
+    ledgers: list[LedgerSummary] = field(default_factory=list)
+    """One per ledger folder; a party may keep several (a bank's training and scoring)."""
     problems: list[str] = field(default_factory=list)
     unmatched: list[Unmatched] = field(default_factory=list)
     traffic: dict[tuple[str, str, str], Traffic] = field(default_factory=dict)
@@ -86,8 +87,11 @@ class AuditReport:
 
     @property
     def entries(self) -> dict[str, int]:
-        """Valid entries per party."""
-        return {p: s.entries for p, s in self.ledgers.items()}
+        """Valid entries per party, over all of its ledgers."""
+        counts: Counter[str] = Counter()
+        for s in self.ledgers:
+            counts[s.party] += s.entries
+        return dict(counts)
 
     @property
     def ok(self) -> bool:
@@ -152,19 +156,18 @@ def verify_ledgers(folders: Sequence[Path], keys: Mapping[str, VerifyKey]) -> Au
                 "verify key in the manifest)"
             )
             continue
-        if party in records:
-            report.problems.append(
-                f"{path}: a second ledger of {party!r} (first: "
-                f"{report.ledgers[party].folder / LEDGER_FILE}); only the first is checked"
-            )
+        if any(s.folder.resolve() == folder.resolve() for s in report.ledgers):
+            report.problems.append(f"{path}: given twice; checked once")
             continue
         found = check_chain(path, keys[party], party)
-        report.parties.append(party)
-        report.ledgers[party] = LedgerSummary(party, folder, len(found.entries),
-                                              len(found.problems))
+        if party not in records:
+            report.parties.append(party)
+        report.ledgers.append(LedgerSummary(party, folder, len(found.entries),
+                                            len(found.problems)))
         report.problems.extend(found.problems)
-        records[party] = [_Rec(path, n, e) for n, e in zip(found.lines, found.entries,
-                                                            strict=True)]
+        records.setdefault(party, []).extend(
+            _Rec(path, n, e) for n, e in zip(found.lines, found.entries, strict=True)
+        )
     _match(report, records)
     return report
 
@@ -203,9 +206,9 @@ def _match(report: AuditReport, records: dict[str, list[_Rec]]) -> None:
         if sender not in given or receiver not in given:
             continue
         waiting: dict[tuple[str, int], deque[_Rec]] = defaultdict(deque)
-        for r in sorted(sent.get((sender, receiver), []), key=lambda r: r.entry.seq):
+        for r in sorted(sent.get((sender, receiver), []), key=_order):
             waiting[(r.entry.payload_sha256, r.entry.bytes)].append(r)
-        for r in sorted(received.get((sender, receiver), []), key=lambda r: r.entry.seq):
+        for r in sorted(received.get((sender, receiver), []), key=_order):
             e = r.entry
             queue = waiting.get((e.payload_sha256, e.bytes))
             if not queue:
@@ -227,6 +230,11 @@ def _match(report: AuditReport, records: dict[str, list[_Rec]]) -> None:
     report.traffic = {k: Traffic(v[0], v[1]) for k, v in sorted(traffic.items())}
 
 
+def _order(r: _Rec) -> tuple[float, int]:
+    """Message order across a party's ledgers (each chain has its own seqs)."""
+    return r.entry.time, r.entry.seq
+
+
 def _unmatched(r: _Rec, sender: str, receiver: str, recorded_by: str) -> Unmatched:
     e = r.entry
     return Unmatched(sender, receiver, recorded_by, e.kind, e.bytes, e.payload_sha256,
@@ -238,14 +246,14 @@ def _unmatched(r: _Rec, sender: str, receiver: str, recorded_by: str) -> Unmatch
 # --------------------------------------------------------------------------------------------
 
 audit_app = typer.Typer(
-    help="Verify the audit ledgers the nodes write.", no_args_is_help=True
+    help="Verify the audit ledgers the nodes write, and report on them.", no_args_is_help=True
 )
 
 
 @audit_app.callback()
 def _audit() -> None:
-    """Verify the audit ledgers the nodes write: chains, signatures, both ends of every
-    message."""
+    """Verify the audit ledgers the nodes write (chains, signatures, both ends of every
+    message) and render what crossed which boundary for a reviewer."""
 
 
 @audit_app.command("verify")
@@ -282,7 +290,7 @@ def verify_command(
     ledgers = Table(title="ledgers")
     for column in ("party", "folder", "entries", "chain"):
         ledgers.add_column(column, justify="right" if column == "entries" else "left")
-    for s in report.ledgers.values():
+    for s in report.ledgers:
         chain = "[green]ok[/green]" if s.chain_ok else f"[red]{s.problems} problem(s)[/red]"
         ledgers.add_row(s.party, escape(str(s.folder)), str(s.entries), chain)
     console.print(ledgers)
@@ -310,5 +318,72 @@ def verify_command(
     console.print(
         f"[red]FAILED[/red]: {len(report.problems)} problem(s), {len(report.unmatched)} "
         "message(s) recorded by one end only"
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("report")
+def report_command(
+    folders: Annotated[
+        list[Path],
+        typer.Argument(help="Ledger folders (each with ledger.jsonl and ledger.head); a "
+                       "party may have several."),
+    ],
+    kit: Annotated[
+        Path,
+        typer.Option(help="Any party's startup kit: its CA-signed manifest supplies the "
+                     "parties, their roles and their verify keys."),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Folder to write report.html and report.md into."),
+    ],
+    platform_state: Annotated[
+        Path | None,
+        typer.Option(help="The platform's state folder, for its scoring-refusals.jsonl.",
+                     exists=True, file_okay=False),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="A run's folder, for its privacy.jsonl (privacy budget per round).",
+                     exists=True, file_okay=False),
+    ] = None,
+    leakage: Annotated[
+        Path | None,
+        typer.Option(help="JSON output of benchmarks/privacy.py (the whole file or its last "
+                     "line): the leakage measurements.", exists=True, dir_okay=False),
+    ] = None,
+) -> None:
+    """Verify the ledgers as `verify` does and write an HTML and a Markdown report for a
+    reviewer: parties, data flow with volumes and protection, intersection sizes, scoring
+    and refusals, privacy budget and leakage.
+
+    The report is written either way; exit code 1 when verification failed.
+    """
+    from fedscore.audit_report import build_report, write_report
+    from fedscore.provision import KitError, load_kit
+
+    try:
+        loaded = load_kit(kit)
+    except KitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    peers = loaded.peers
+    keys = {name: p.verify_key for name, p in peers.items()}
+    report = verify_ledgers(folders, keys)
+    data = build_report(
+        federation=loaded.federation, parties={n: p.role for n, p in peers.items()},
+        keys=keys, folders=folders, audit=report, kit=kit, platform_state=platform_state,
+        run_dir=run_dir, leakage=leakage,
+    )
+    for warning in data.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    html_path, md_path = write_report(data, out)
+    typer.echo(str(html_path))
+    typer.echo(str(md_path))
+    if report.ok:
+        return
+    typer.echo(
+        f"FAILED: {len(report.problems)} problem(s), {len(report.unmatched)} message(s) "
+        "recorded by one end only (see the report)", err=True,
     )
     raise typer.Exit(1)

@@ -43,16 +43,21 @@ def platform_serve(
         None, help="Folder for committed federated models; a restart continues from it "
         "(default: memory only)."
     ),
+    ledger_dir: Path | None = typer.Option(
+        None, help="The audit ledger's folder (default: STATE_DIR/ledger); one of the two "
+        "is required."
+    ),
 ) -> None:
     """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
+    from fedscore.ledger import LedgerError
     from fedscore.provision import KitError
     from platform_node.model_store import StoreError
     from platform_node.server import serve
 
     try:
-        serve(kit, data, schema, address, state_dir)
-    except (KitError, DataError, StoreError, ValueError) as exc:
+        serve(kit, data, schema, address, state_dir, ledger_dir)
+    except (KitError, DataError, StoreError, LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -64,6 +69,8 @@ def bank_train(
     out: Path = typer.Option(Path("out/bank"), help="Where to write the model and metrics."),
     seed: int = typer.Option(0),
     epochs: int = typer.Option(0, help="Maximum epochs (0: the default config)."),
+    ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder (default: "
+                                           "OUT/ledger)."),
 ) -> None:
     """Align customers with the platform (PSI) and train the split model; print test metrics."""
     import dataclasses
@@ -71,6 +78,7 @@ def bank_train(
     from bank_node.platform_link import PlatformError
     from bank_node.trainer import run_bank
     from fedscore.data.table import DataError
+    from fedscore.ledger import Ledger, LedgerError
     from fedscore.provision import KitError, load_kit
     from fedscore.psi import PsiError
     from fedscore.training import TrainConfig
@@ -79,8 +87,11 @@ def bank_train(
     if epochs:
         cfg = dataclasses.replace(cfg, epochs=epochs)
     try:
-        result = run_bank(load_kit(kit), data, platform, cfg, out=out)
-    except (KitError, DataError, PsiError, PlatformError, FileNotFoundError) as exc:
+        bank = load_kit(kit)
+        with Ledger(ledger_dir or out / "ledger", bank.signing_key, bank.party) as ledger:
+            result = run_bank(bank, data, platform, cfg, out=out, ledger=ledger)
+    except (KitError, DataError, PsiError, PlatformError, LedgerError,
+            FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     console.print_json(json.dumps(result.summary()))
 
@@ -96,6 +107,8 @@ def bank_score_server(
     address: str = typer.Option("127.0.0.1:50061", help="host:port to bind (port 0: any)."),
     policy: Path | None = typer.Option(None, help="The bank's policy TOML (default: "
                                        "bank_node/default_policy.toml)."),
+    ledger_dir: Path = typer.Option(..., help="The audit ledger's folder for this server "
+                                    "(its own: not the training one)."),
 ) -> None:
     """Serve real-time joint scoring and decisions to this bank's decision engine."""
     import grpc
@@ -105,13 +118,14 @@ def bank_score_server(
     from bank_node.scoring_service import serve
     from coordinator.release import ReleaseError
     from fedscore.data.table import DataError
+    from fedscore.ledger import LedgerError
     from fedscore.provision import KitError
     from fedscore.psi import PsiError
 
     try:
-        serve(kit, data, release, platform, address, policy)
+        serve(kit, data, release, platform, address, policy, ledger_dir)
     except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
-            ValueError) as exc:
+            LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
     except grpc.RpcError as exc:
         raise _fail(f"the platform at {platform}: {exc.details()}") from None
@@ -271,6 +285,7 @@ def release_verify(
 
 
 def _register() -> None:
+    from fedscore.audit import audit_app
     from fedscore.data.cli import app as data_app
     from fedscore.provision import provision_command
 
@@ -279,6 +294,8 @@ def _register() -> None:
     app.add_typer(bank_app, name="bank")
     app.add_typer(release_app, name="release")
     app.command("provision")(provision_command)
+    app.add_typer(audit_app, name="audit",
+                  help="Verify the nodes' audit ledgers; render a report for a reviewer.")
 
 
 _register()

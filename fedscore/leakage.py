@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedscore import metrics
+from fedscore import dp, metrics
 from fedscore.baselines import PlatformSide, Scenario, align, load_scenario
 from fedscore.data.preprocess import PreprocessConfig, Preprocessor
 from fedscore.data.table import PartyTable
@@ -204,26 +204,14 @@ def label_leakage(gradients: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 # ---------------------------------------------------------------- embedding noise
 def gaussian_mechanism(clip: float, sigma: float, seed: int = 0) -> EmbeddingNoise:
-    """The platform's embedding-side Gaussian mechanism: clip each row's L2 norm to
-    ``clip``, add N(0, (sigma * clip)²) to every coordinate.
+    """The platform's embedding-side Gaussian mechanism, :func:`fedscore.dp.gaussian_mechanism`
+    (the one the live platform uses): clip each row's L2 norm to ``clip``, add
+    N(0, (sigma * clip)²) to every coordinate; seeded (default 0) so measurements repeat.
 
-    Per release of one row this is the Gaussian mechanism with sensitivity ``clip``
-    (the L2 distance between two clipped rows is at most 2 * clip under replacement).
-    No accountant here: the budget over epochs and scoring requests is the caller's.
-    Noise comes from a private generator seeded with ``seed``; differentiable in the
-    input (the clip's Jacobian reaches the platform's backward).
+    Per release of one row this is the Gaussian mechanism with sensitivity 2 * ``clip``
+    under replacement; :func:`fedscore.dp.embedding_epsilon` accounts for it.
     """
-    if clip <= 0 or sigma < 0:
-        raise ValueError(f"gaussian_mechanism: need clip > 0 and sigma >= 0, got {clip}, {sigma}")
-    gen = torch.Generator().manual_seed(seed)
-
-    def noise(emb: torch.Tensor) -> torch.Tensor:
-        norms = emb.norm(dim=1, keepdim=True)  # [B, 1]
-        clipped = emb * torch.clamp(clip / torch.clamp(norms, min=1e-12), max=1.0)
-        eps = torch.randn(emb.shape, generator=gen, dtype=emb.dtype)
-        return clipped + sigma * clip * eps
-
-    return noise
+    return dp.gaussian_mechanism(clip, sigma, seed)
 
 
 # ------------------------------------------------------------------------ links

@@ -540,6 +540,25 @@ def verify_chain(
 # --------------------------------------------------------------------------------------------
 
 
+def _lock(fd: int, path: Path, timeout_s: float) -> None:
+    """Take the writer's lock, waiting up to ``timeout_s`` for another writer to close.
+
+    A SuperNode runs each Flower message in a fresh process, so one may still be closing
+    its ledger when the next opens it; two writers at once would fork the chain.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LedgerError(
+                    f"{path}: in use by another writer; two writers would fork the chain"
+                ) from None
+            time.sleep(0.02)
+
+
 class Ledger:
     """Append-only, signed, hash-chained ledger of one node; thread-safe.
 
@@ -549,7 +568,8 @@ class Ledger:
     (group commit), so no caller waits for the disk; ``sync()`` forces it now; ``close()``
     appends what is queued, syncs and stops the thread. On open, the chain continues from the
     last entry (a torn last line from a crash is dropped with a warning); a damaged chain or
-    a second writer on the same folder (either would fork the chain) is refused.
+    a second writer on the same folder (either would fork the chain) is refused, after
+    waiting up to ``lock_timeout_s`` for it to close.
     """
 
     def __init__(
@@ -561,6 +581,7 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         sync_interval_s: float = 0.05,
         drain_interval_s: float = 0.005,
+        lock_timeout_s: float = 0.0,
     ) -> None:
         if not party:
             raise ValueError("party must be a non-empty string")
@@ -587,12 +608,7 @@ class Ledger:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LedgerError(
-                    f"{self.path}: in use by another writer; two writers would fork the chain"
-                ) from None
+            _lock(self._fd, self.path, lock_timeout_s)
             self._next_seq, self._prev = self._resume()
         except BaseException:
             os.close(self._fd)
@@ -949,6 +965,10 @@ _KINDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+"""Readiness probes: no party's data, asked by anything that watches a node; not recorded."""
+
+
 def _service(method: str) -> str:
     return method.lstrip("/").split("/", 1)[0]
 
@@ -977,14 +997,38 @@ def default_round(message: object) -> int:
     return r if _int(r) else 0
 
 
-def default_rows(message: object) -> int:
-    """Ids in a PSI points message (32 bytes each); 0 for anything else (sealed payloads
-    do not show their row count, and opening them here would defeat end-to-end sealing)."""
+PSI_RESULT_KIND = "psi-result"
+"""Kind of PSI's final ``Done`` message: its rows are the intersection size it announces."""
+
+
+def _psi_step(message: object) -> str | None:
     if type(message).__name__ not in ("IntersectRequest", "IntersectResponse"):
-        return 0
-    step = message.WhichOneof("step")  # type: ignore[attr-defined]
+        return None
+    step: str | None = message.WhichOneof("step")  # type: ignore[attr-defined]
+    return step
+
+
+def message_kind(kind: str, message: object) -> str:
+    """Refine ``kind`` by the message itself: a PSI ``Done`` is "psi-result", not points.
+
+    ``kind_of`` sees only the method and direction; the ``Done`` that closes a PSI stream
+    carries no ids but the intersection size, which an auditor wants to see apart from the
+    points (``fedscore audit report`` reads it from these entries' rows).
+    """
+    if kind == "psi-blinded-ids" and _psi_step(message) == "done":
+        return PSI_RESULT_KIND
+    return kind
+
+
+def default_rows(message: object) -> int:
+    """Ids in a PSI points message (32 bytes each), the intersection size a PSI ``Done``
+    announces; 0 for anything else (sealed payloads do not show their row count, and
+    opening them here would defeat end-to-end sealing)."""
+    step = _psi_step(message)
     if step in ("blinded", "double_blinded"):
         return len(getattr(message, step).points) // POINT_SIZE
+    if step == "done":
+        return int(message.done.intersection_size)  # type: ignore[attr-defined]
     return 0
 
 
@@ -1018,7 +1062,8 @@ class _Describer:
         self, peer: str, method: str, server_flow: Flow, sent: bool, data: bytes, message: object
     ) -> None:
         (self.ledger.record if self.wait else self.ledger.submit)(
-            peer, "sent" if sent else "received", self.kind_of(method, server_flow), data,
+            peer, "sent" if sent else "received",
+            message_kind(self.kind_of(method, server_flow), message), data,
             rows=self.rows_of(message), round=self.round_of(message),
             purpose=self.purpose_of(method),
         )

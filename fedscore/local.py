@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,17 +25,25 @@ class LaunchError(RuntimeError):
 @contextmanager
 def platform_process(
     kit: Path, data: Path, schema: Path, *, host: str = "127.0.0.1", timeout: float = 120.0,
-    log: Path | None = None, state_dir: Path | None = None,
+    log: Path | None = None, state_dir: Path | None = None, ledger_dir: Path | None = None,
 ) -> Iterator[str]:
     """Start ``fedscore platform serve`` on a free port; yield its address; stop it on exit.
 
     ``state_dir``: where the node keeps committed federated models (None: memory only).
+    ``ledger_dir``: its audit ledger (default ``state_dir/ledger``; with neither, a
+    temporary folder removed on exit: for benchmarks and tests that do not audit).
     """
+    scratch = None
+    if ledger_dir is None and state_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="fedscore-ledger-")
+        ledger_dir = Path(scratch.name)
     cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
            "--kit", str(kit), "--data", str(data), "--schema", str(schema),
            "--address", f"{host}:0"]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
+    if ledger_dir is not None:
+        cmd += ["--ledger-dir", str(ledger_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -75,3 +84,5 @@ def platform_process(
                 proc.kill()
                 proc.wait()
         drainer.join(timeout=5)
+        if scratch is not None:
+            scratch.cleanup()

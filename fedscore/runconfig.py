@@ -7,12 +7,14 @@ Keys are kebab-case as Flower's are; every bad value is named with its key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays unimported in the light SuperNode message processes
+    from fedscore.dp import DpSettings
     from fedscore.training import TrainConfig
 
 
@@ -45,6 +47,13 @@ class RunSettings:
     state_dir: str = "fedscore-state"  # the coordinator's checkpoints and releases
     coordinator_kit: str = ""  # the coordinator's startup kit (mTLS to the platform)
     platform_address: str = ""  # host:port of the platform node
+    # Differential privacy (fedscore.dp, docs/security.md): noise multiplier z (0 = off)
+    # and L2 clip norm C of the platform's embeddings and of the banks' model updates.
+    dp_embedding_noise: float = 0.0
+    dp_embedding_clip: float = 1.0
+    dp_update_noise: float = 0.0
+    dp_update_clip: float = 1.0
+    dp_delta: float = 1e-5  # the δ every reported ε is at
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +66,11 @@ class RunSettings:
             "min-banks": self.min_banks >= 2,
             "max-weight": self.max_weight > 0,
             "run-id": bool(self.run_id),
+            "dp-embedding-noise": 0 <= self.dp_embedding_noise < math.inf,
+            "dp-embedding-clip": 0 < self.dp_embedding_clip < math.inf,
+            "dp-update-noise": 0 <= self.dp_update_noise < math.inf,
+            "dp-update-clip": 0 < self.dp_update_clip < math.inf,
+            "dp-delta": 0 < self.dp_delta < 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -89,6 +103,18 @@ class RunSettings:
         return TrainConfig(seed=self.seed, batch_size=self.batch_size, lr=self.lr,
                            epochs=self.local_epochs, refit=False)
 
+    def embedding_dp(self) -> DpSettings:
+        """The platform embeddings' Gaussian mechanism (noise 0: off)."""
+        from fedscore.dp import DpSettings
+
+        return DpSettings(self.dp_embedding_noise, self.dp_embedding_clip, self.dp_delta)
+
+    def update_dp(self) -> DpSettings:
+        """The bank updates' Gaussian mechanism (noise 0: off)."""
+        from fedscore.dp import DpSettings
+
+        return DpSettings(self.dp_update_noise, self.dp_update_clip, self.dp_delta)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.state_dir) / self.run_id
@@ -98,6 +124,9 @@ _RANGES = {
     "num-rounds": ">= 1", "local-epochs": ">= 1", "proximal-mu": ">= 0",
     "seed": "0 <= seed < 2**62", "batch-size": ">= 1", "lr": "> 0",
     "min-banks": ">= 2, SecAgg+ needs two banks", "max-weight": "> 0", "run-id": "non-empty",
+    "dp-embedding-noise": "finite, >= 0; 0 = off", "dp-embedding-clip": "finite, > 0",
+    "dp-update-noise": "finite, >= 0; 0 = off", "dp-update-clip": "finite, > 0",
+    "dp-delta": "0 < delta < 1",
 }
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 
 from fedscore import metrics
 from fedscore.data.preprocess import Encoded
+from fedscore.dp import ReleaseCounter
 from fedscore.model import BankModel, BottomConfig, BottomModel, TopConfig
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
@@ -160,29 +162,41 @@ class PlatformBottom:
         self._ema = _Ema(self.model, train.ema_decay)
         self._out: torch.Tensor | None = None
         self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        # Embedding DP (fedscore.dp), set by the platform node: every embedding forward
+        # returns noise(embedding) and counts its rows in releases.
+        self.noise: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.releases: ReleaseCounter | None = None
 
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
 
     def fresh(self) -> PlatformBottom:
-        """A new bottom on the same table and settings, initialised as this one was."""
-        return PlatformBottom(self._encoded, self.config, self._train)
+        """A new bottom on the same table and settings, initialised as this one was
+        (the same embedding mechanism and release counter)."""
+        out = PlatformBottom(self._encoded, self.config, self._train)
+        out.noise, out.releases = self.noise, self.releases
+        return out
 
     def forward(self, rows: np.ndarray, train: bool) -> torch.Tensor:
         """Embeddings [len(rows), out_dim] of platform table rows ``rows``; detached."""
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.numeric.shape[0]):
             raise IndexError(f"platform rows out of range [0, {self.numeric.shape[0]})")
+        if self.releases is not None:
+            self.releases.record(idx.numpy())
         if train:
             self.model.train()
             out = self.model(self.numeric[idx], self.categorical[idx])  # [b, out_dim]
+            if self.noise is not None:  # additive noise: the gradient flows through the clip
+                out = self.noise(out)
             self._out = out
             return out.detach()
         model = self._ema.model
         model.eval()
         with torch.no_grad():
-            return model(self.numeric[idx], self.categorical[idx])
+            out = model(self.numeric[idx], self.categorical[idx])
+            return out if self.noise is None else self.noise(out)
 
     def backward(self, grad: torch.Tensor) -> None:
         """Apply dL/d(embedding) of the last training forward and step the optimizer."""

@@ -10,11 +10,14 @@ CA. Servicers learn who is calling from the verified client certificate via
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
 from fedscore.provision import KitError, PeerInfo, StartupKit
+
+if TYPE_CHECKING:
+    from fedscore.ledger import Ledger
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -85,14 +88,25 @@ def secure_channel(
     kit: StartupKit,
     server_party: str,
     options: Sequence[tuple[str, Any]] = (),
+    *,
+    ledger: Ledger | None = None,
 ) -> grpc.Channel:
     """A mutual-TLS channel to ``target`` that only accepts ``server_party``'s certificate.
 
     ``target`` is where to dial (host:port); the identity check is against the party name,
-    so dialling 127.0.0.1 still verifies that the far end is, say, ``platform``.
+    so dialling 127.0.0.1 still verifies that the far end is, say, ``platform``. With
+    ``ledger``, every message sent or received on it is recorded there (health probes
+    aside).
     """
-    return grpc.secure_channel(
+    channel = grpc.secure_channel(
         target, channel_credentials(kit), options=channel_options(kit, server_party, options)
+    )
+    if ledger is None:
+        return channel
+    from fedscore.ledger import HEALTH_METHODS, LedgerClientTap
+
+    return grpc.intercept_channel(
+        channel, LedgerClientTap(ledger, server_party, ignore=HEALTH_METHODS)
     )
 
 

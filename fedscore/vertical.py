@@ -36,6 +36,7 @@ def run_vertical(
 
     from bank_node.trainer import run_bank
     from fedscore.data.table import find_table
+    from fedscore.ledger import Ledger
     from fedscore.local import platform_process
     from fedscore.provision import load_kit, provision
 
@@ -49,15 +50,18 @@ def run_vertical(
         provision(kits, parties=("platform", *banks, "coordinator"))
     platform_dir = data / "platform"
     results = []
+    ledgers = out / "ledgers"
     with platform_process(
         kits / "platform", find_table(platform_dir, "features"), platform_dir / "schema.toml",
-        log=out / "platform.log",
+        log=out / "platform.log", ledger_dir=ledgers / "platform",
     ) as address:
         for bank in banks:
             if progress:
                 progress.print(f"[bold]{bank}[/bold]: PSI and split training with the platform...")
-            results.append(run_bank(load_kit(kits / bank), data / bank, address, cfg,
-                                    out=out / "models" / bank))
+            kit = load_kit(kits / bank)
+            with Ledger(ledgers / bank, kit.signing_key, kit.party) as ledger:
+                results.append(run_bank(kit, data / bank, address, cfg,
+                                        out=out / "models" / bank, ledger=ledger))
     labels = np.concatenate([r.test_labels for r in results])
     scores = np.concatenate([r.test_pd for r in results])
     report = {

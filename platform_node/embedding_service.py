@@ -9,7 +9,11 @@ INVALID_ARGUMENT for a malformed one) and the refusal is recorded (log, and a JS
 line in ``scoring-refusals.jsonl`` under the state folder) without the applicant's id.
 
 Embeddings come from a committed bottom-model version; the platform computes the whole
-table's once per version (a few MB) and then serves rows from memory.
+table's once per version (a few MB) and then serves rows from memory. When the run that
+made the version had embedding DP on, the table is clipped and noised once, when it is
+computed: asking again for the same customer returns the same noisy row, so online
+scoring adds one release per customer per version (per platform process), however
+often a bank asks.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
 from fedscore.consent import ConsentError, verify_consent
 from fedscore.crypto import Direction, Sealer, SealError, VerifyKey, WindowOpener
 from fedscore.data.preprocess import Encoded
+from fedscore.dp import DpSettings, gaussian_mechanism
 from fedscore.model import BottomConfig, BottomModel
 from fedscore.transport import peer_party
 from platform_node.federation import FederationError
@@ -49,8 +54,10 @@ class EmbeddingTable:
     """Every platform user's embedding under one committed bottom model, per version."""
 
     def __init__(self, encoded: Encoded, config: BottomConfig,
-                 weights: Callable[[str], StateDict], keep: int = 4) -> None:
+                 weights: Callable[[str], StateDict], keep: int = 4,
+                 privacy: Callable[[str], DpSettings | None] | None = None) -> None:
         self._encoded, self._config, self._weights = encoded, config, weights
+        self._privacy = privacy  # version -> its run's embedding mechanism (None: off)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
@@ -78,6 +85,11 @@ class EmbeddingTable:
             for start in range(0, len(self._encoded), 65536):
                 stop = start + 65536
                 out[start:stop] = model(num[start:stop], cat[start:stop]).numpy()
+        dp = self._privacy(version) if self._privacy is not None else None
+        if dp is not None and dp.enabled:
+            noise = gaussian_mechanism(dp.clip, dp.noise_multiplier)
+            with torch.no_grad():
+                out = noise(torch.from_numpy(out)).numpy()
         return out
 
 

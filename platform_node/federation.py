@@ -10,6 +10,11 @@ result does not depend on the order or timing in which banks finish.
 
 One round per run is open at a time. Starting a round again (a restarted coordinator)
 discards what was collected for it and starts from round r - 1's committed model.
+
+Embedding DP: a round may be started with a Gaussian mechanism (``fedscore.dp``); every
+session of the run opened from then on (training in the round, evaluation with the
+round's model) noises what it sends and counts it per platform row, and the counts
+since the last start are what the coordinator's accountant reads (:meth:`releases`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedscore.dp import DpSettings, ReleaseCounter
 from platform_node.model_store import (
     ModelStore,
     StateDict,
@@ -55,6 +61,14 @@ class _OpenRound:
     contributions: dict[bytes, tuple[StateDict, int]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunPrivacy:
+    """A run's embedding mechanism and the releases counted since its last StartRound."""
+
+    settings: DpSettings
+    releases: ReleaseCounter
+
+
 def weighted_average(parts: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> StateDict:
     """Row-weighted mean of state dicts (float64 accumulation); integer tensors from the first."""
     total = sum(rows for _, rows in parts)
@@ -78,6 +92,8 @@ class Federation:
         self.store = store
         self._make_base = make_base
         self._open: dict[str, _OpenRound] = {}
+        self._privacy: dict[str, RunPrivacy] = {}  # runs with embedding DP on
+        self._version_run: dict[str, str] = {}  # model version -> the run that made it
         self._lock = threading.Lock()
 
     def _run_id(self, run_id: str) -> str:
@@ -91,8 +107,12 @@ class Federation:
         last = self.store.last(self._run_id(run_id))
         return last if last is not None else (0, "")
 
-    def start_round(self, run_id: str, round_: int, seed: int) -> str:
-        """Open round ``round_``; return the version it starts from."""
+    def start_round(
+        self, run_id: str, round_: int, seed: int, embedding_dp: DpSettings | None = None
+    ) -> str:
+        """Open round ``round_``; return the version it starts from. ``embedding_dp``
+        (None or noise 0: off) applies to the run's sessions opened from now on, and the
+        release counts start again from 0."""
         self._run_id(run_id)
         if round_ < 1:
             raise FederationError("INVALID_ARGUMENT", f"rounds are 1-based, got {round_}")
@@ -116,7 +136,25 @@ class Federation:
                 version = self.store.version(run_id, round_ - 1)
             assert version is not None
             self._open[run_id] = _OpenRound(round_, version, base)
+            self._version_run[version] = run_id
+            if embedding_dp is not None and embedding_dp.enabled:
+                self._privacy[run_id] = RunPrivacy(embedding_dp, ReleaseCounter())
+            else:
+                self._privacy.pop(run_id, None)
             return version
+
+    def privacy(self, run_id: str = "", version: str = "") -> RunPrivacy | None:
+        """The embedding mechanism a session must apply: that of the run that made
+        ``version`` when this node knows it, else of ``run_id``; None: DP is off."""
+        with self._lock:
+            run = self._version_run.get(version, run_id) if version else run_id
+            return self._privacy.get(run)
+
+    def releases(self, run_id: str) -> tuple[int, int]:
+        """(most releases of one platform row, rows released) since the run's last
+        StartRound; (0, 0) when its embedding DP is off."""
+        found = self.privacy(run_id)
+        return (found.releases.max(), found.releases.rows()) if found else (0, 0)
 
     def _differs(self, run_id: str, base: StateDict) -> bool:
         stored = self.store.load(run_id, 0)
@@ -176,6 +214,7 @@ class Federation:
                 )
             version = self.store.save(run_id, round_, weighted_average(parts))
             del self._open[run_id]
+            self._version_run[version] = run_id
             return FinishedRound(version, len(parts), rows)
 
     def by_version(self, version: str) -> StateDict:

@@ -12,6 +12,7 @@ from typing import TypeVar
 import grpc
 
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
+from fedscore.dp import DpSettings
 from fedscore.provision import StartupKit
 from fedscore.transport import authorize_peer
 from platform_node.federation import Federation, FederationError
@@ -38,9 +39,11 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def StartRound(
         self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.StartRoundResponse:
+        dp = self._serve(context, lambda: _embedding_dp(request))
         version = self._serve(
             context,
-            lambda: self._federation.start_round(request.run_id, request.round, request.seed),
+            lambda: self._federation.start_round(request.run_id, request.round, request.seed,
+                                                 embedding_dp=dp),
         )
         return federation_pb2.StartRoundResponse(base_version=version)
 
@@ -58,4 +61,18 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, request: federation_pb2.GetRunStateRequest, context: grpc.ServicerContext
     ) -> federation_pb2.GetRunStateResponse:
         last, version = self._serve(context, lambda: self._federation.run_state(request.run_id))
-        return federation_pb2.GetRunStateResponse(last_round=last, platform_model_version=version)
+        most, rows = self._federation.releases(request.run_id)
+        return federation_pb2.GetRunStateResponse(
+            last_round=last, platform_model_version=version, embedding_releases=most,
+            embedding_released_rows=rows,
+        )
+
+
+def _embedding_dp(request: federation_pb2.StartRoundRequest) -> DpSettings | None:
+    """The round's embedding mechanism; None when off; INVALID_ARGUMENT when malformed."""
+    if request.embedding_dp_noise == 0:
+        return None
+    try:
+        return DpSettings(request.embedding_dp_noise, request.embedding_dp_clip)
+    except ValueError as exc:
+        raise FederationError("INVALID_ARGUMENT", f"StartRound: {exc}") from None

@@ -26,6 +26,8 @@ from fedscore.api.v1 import (
 )
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
+from fedscore.dp import DpSettings
+from fedscore.ledger import HEALTH_METHODS, Ledger, LedgerTap
 from fedscore.model import SplitArchitecture
 from fedscore.provision import StartupKit
 from fedscore.training import PlatformBottom, TrainConfig
@@ -67,8 +69,14 @@ class PlatformNode:
         self.state_dir = state_dir
         self.federation = Federation(ModelStore(state_dir), self.initial_weights)
         self.embeddings = EmbeddingTable(self.encoded, self.bottom_config,
-                                         self.federation.by_version)
+                                         self.federation.by_version,
+                                         privacy=self._scoring_dp)
         self.user_rows = {str(u): i for i, u in enumerate(table.ids)}
+
+    def _scoring_dp(self, version: str) -> DpSettings | None:
+        """Online scoring's embedding mechanism: that of the run that made ``version``."""
+        found = self.federation.privacy(version=version)
+        return found.settings if found is not None else None
 
     def initial_weights(self, seed: int) -> StateDict:
         """A run's round-0 platform bottom: what a fresh session with ``seed`` starts from."""
@@ -89,10 +97,14 @@ def create_server(
     *,
     max_workers: int = 16,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ledger: Ledger | None = None,
 ) -> tuple[grpc.Server, int]:
+    """The platform's server on ``address``; with ``ledger``, every message it receives or
+    sends (health probes aside: they carry nothing) is recorded there first."""
+    taps = [LedgerTap(ledger, ignore=HEALTH_METHODS)] if ledger is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=interceptors,
+        interceptors=[*taps, *interceptors],
         options=GRPC_OPTIONS,
     )
     psi_pb2_grpc.add_PsiServiceServicer_to_server(
@@ -121,11 +133,14 @@ def create_server(
 
 
 def serve(
-    kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None
+    kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None,
+    ledger_dir: Path | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table.
 
     ``state_dir`` keeps committed federated models across restarts (None: memory only).
+    The audit ledger goes to ``ledger_dir``, by default ``state_dir/ledger``; a platform
+    with neither does not start, since every message it sends must be on record.
     """
     import torch
 
@@ -133,9 +148,15 @@ def serve(
     from fedscore.provision import load_kit
 
     torch.set_num_threads(1)
+    if ledger_dir is None:
+        if state_dir is None:
+            raise ValueError("the platform needs --ledger-dir or --state-dir for its audit "
+                             "ledger")
+        ledger_dir = state_dir / "ledger"
     kit = load_kit(kit_dir)
     node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
-    server, port = create_server(address, node)
+    ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
+    server, port = create_server(address, node, ledger=ledger)
     server.start()
     host = address.rsplit(":", 1)[0]
     print(f"platform node listening on {host}:{port} ({len(node.table)} users)", flush=True)
@@ -148,4 +169,5 @@ def serve(
     signal.signal(signal.SIGINT, _stop)
     stop.wait()
     server.stop(grace=2).wait()
+    ledger.close()
     print("platform node stopped", flush=True)

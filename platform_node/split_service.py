@@ -21,9 +21,10 @@ from fedscore.api.v1 import (
     split_learning_pb2_grpc,
 )
 from fedscore.crypto import SealedBox, SealError
+from fedscore.dp import gaussian_mechanism
 from fedscore.training import PlatformBottom
 from fedscore.transport import peer_party
-from platform_node.federation import Federation, FederationError
+from platform_node.federation import Federation, FederationError, RunPrivacy
 from platform_node.model_store import StateDict, StoreError, model_version
 from platform_node.sessions import Session, SessionError, SessionRegistry
 
@@ -131,6 +132,11 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             except RuntimeError as exc:  # a stored model of another architecture
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"platform model {base_version} does not fit this node: {exc}")
+        privacy = self._privacy(request)
+        if privacy is not None:  # noise from the OS's CSPRNG-seeded generator, per session
+            bottom.noise = gaussian_mechanism(privacy.settings.clip,
+                                              privacy.settings.noise_multiplier)
+            bottom.releases = privacy.releases
         try:
             session.open_round(
                 request.round, bottom, run_id=request.run_id if request.federation_round else "",
@@ -142,6 +148,15 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             embedding_dim=bottom.out_dim,
             platform_model_version=base_version or session.committed_version or "",
         )
+
+    def _privacy(self, request: round_control_pb2.OpenSessionRequest) -> RunPrivacy | None:
+        """The embedding DP of a session of a federated run: training in one of its
+        rounds, or evaluation with one of its models (a version this node knows the run
+        of takes that run's, whatever run id the bank names); None for other sessions."""
+        if self._federation is None or not (request.federation_round or request.base_version):
+            return None
+        version = "" if request.federation_round else request.base_version
+        return self._federation.privacy(request.run_id, version)
 
     def _base(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext

@@ -103,7 +103,7 @@ def test_matching_ledgers_verify_and_count_each_message_once(kits: Kits, tmp_pat
     assert report.ok, (report.problems, [str(u) for u in report.unmatched])
     assert report.parties == list(PARTIES)
     assert report.entries == {"platform": 12, "bank-1": 11, "coordinator": 1}
-    assert all(s.chain_ok for s in report.ledgers.values())
+    assert all(s.chain_ok for s in report.ledgers)
     t = report.traffic
     assert (t[("bank-1", "platform", "psi-blinded-ids")].messages,
             t[("bank-1", "platform", "psi-blinded-ids")].bytes) == (1, 320)
@@ -135,6 +135,25 @@ def test_a_message_only_one_end_recorded_is_reported(kits: Kits, tmp_path: Path)
     assert f"{tmp_path / 'bank-1' / LEDGER_FILE}:2 seq 1" in text
     assert "recorded by the receiver only" in str(by[("receiver", "gradients")])
     assert by[("sender", "control")].seq == 3
+
+
+def test_a_party_may_keep_several_ledgers(kits: Kits, tmp_path: Path) -> None:
+    """A bank's scoring server keeps its own chain beside the training one."""
+    training = Ledger(tmp_path / "bank-training", kits.by_party["bank-1"].signing_key, "bank-1")
+    scoring = Ledger(tmp_path / "bank-scoring", kits.by_party["bank-1"].signing_key, "bank-1")
+    with kits.ledger(tmp_path, "platform") as platform, training, scoring:
+        exchange(training, platform, "gradients", b"g")
+        exchange(scoring, platform, "embedding-query", b"q")
+        scoring.record("platform", "sent", "embedding-query", b"lost")
+    folders = [tmp_path / "platform", tmp_path / "bank-training", tmp_path / "bank-scoring"]
+    report = verify_ledgers([*folders, tmp_path / "bank-scoring"], kits.keys)
+    assert report.parties == ["platform", "bank-1"]
+    assert [s.folder for s in report.ledgers] == folders
+    assert report.entries == {"platform": 2, "bank-1": 3}
+    assert report.problems == [f"{tmp_path / 'bank-scoring' / LEDGER_FILE}: given twice; "
+                               "checked once"]
+    assert [(u.kind, u.recorded_by) for u in report.unmatched] == [("embedding-query",
+                                                                    "sender")]
 
 
 def test_only_pairs_whose_ledgers_were_both_given_are_matched(kits: Kits, tmp_path: Path
@@ -176,7 +195,8 @@ def test_tampering_and_unknown_parties_are_problems(kits: Kits, tmp_path: Path) 
     assert f"{path}:2 seq 2: seq jumps from 0 to 2: seq 1 missing" in text
     assert "'bank-9', which is not a party of the federation" in text
     assert f"{tmp_path / 'nowhere' / LEDGER_FILE}: no ledger here" in text
-    assert not report.ledgers["bank-1"].chain_ok and report.ledgers["platform"].chain_ok
+    chain_ok = {s.party: s.chain_ok for s in report.ledgers}
+    assert chain_ok == {"bank-1": False, "platform": True}
     # The deleted entry's message is now one-sided as well.
     assert [u.recorded_by for u in report.unmatched] == ["receiver"]
 
@@ -349,8 +369,10 @@ def test_psi_with_a_real_platform_node_is_recorded_by_both_ends(
     expected_rows = len(ids) + len(node.table.ids)
     for party in ("bank-1", "platform"):
         sent = [e for e in read_ledger(tmp_path / party / LEDGER_FILE) if e.direction == "sent"]
-        assert sum(e.rows for e in sent) == expected_rows
-    assert {k for (_, _, k) in report.traffic} == {"psi-blinded-ids"}
+        assert sum(e.rows for e in sent if e.kind == "psi-blinded-ids") == expected_rows
+        # the closing Done is its own kind, its rows the intersection size
+        assert [e.rows for e in sent if e.kind == "psi-result"] == [result.size]
+    assert {k for (_, _, k) in report.traffic} == {"psi-blinded-ids", "psi-result"}
     assert {e.purpose for e in read_ledger(tmp_path / "platform" / LEDGER_FILE)} == {
         "alignment"}
 

@@ -36,6 +36,7 @@ from coordinator.release import PREPROCESSING_FILE, verify_release
 from fedscore.data.preprocess import MOMENTS, Moments, Preprocessor
 from fedscore.data.scenarios import ScenarioManifest
 from fedscore.data.synth import synth_population
+from fedscore.ledger import Ledger
 from fedscore.local import platform_process
 from fedscore.metrics import auc
 from fedscore.provision import load_kit, provision
@@ -113,7 +114,12 @@ class World:
                                 state_dir=self.root / state)
 
     def run_state(self, address: str, run_id: str) -> tuple[int, str]:
-        with secure_channel(address, load_kit(self.kit("coordinator")), "platform") as ch:
+        """Asked as the coordinator, so on a ledger of the coordinator's (the audit test
+        would find the platform's record of the call one-sided otherwise)."""
+        kit = load_kit(self.kit("coordinator"))
+        with (Ledger(self.root / "harness-ledger", kit.signing_key, kit.party,
+                     lock_timeout_s=10) as ledger,
+              secure_channel(address, kit, "platform", ledger=ledger) as ch):
             return PlatformControl(ch).run_state(run_id)
 
 
@@ -293,7 +299,14 @@ def test_the_coordinator_receives_aggregates_only(world: World, full: FullRun) -
     replies = full.replies
     assert replies and not any(m.has_error() for m in replies)
     kinds = {m.metadata.message_type for m in replies}
-    assert kinds == {"get_parameters", "train", "evaluate"}
+    assert kinds == {"query", "get_parameters", "train", "evaluate"}
+
+    # identity: each bank once, its name and a signature, nothing else
+    hellos = [m for m in replies if m.metadata.message_type == "query"]
+    assert len(hellos) == 3
+    for m in hellos:
+        assert set(m.content.keys()) == {"fedscore-hello"}
+        assert set(m.content.config_records["fedscore-hello"].keys()) == {"party", "signature"}
 
     # evaluation: exactly the documented metrics, per bank and round
     evals = [m for m in replies if m.metadata.message_type == "evaluate"]
@@ -353,6 +366,30 @@ def test_the_coordinator_receives_aggregates_only(world: World, full: FullRun) -
         assert pd.tobytes() not in payload and pd.astype(np.float32).tobytes() not in payload
         ids = tables.test.ids[:3]
         assert not any(str(i).encode() in payload for i in ids)
+
+
+def test_every_message_is_on_both_ends_ledgers(world: World, full: FullRun) -> None:
+    """The coordinator's Grid, the banks' ledger mod and the gRPC taps, audited together."""
+    from fedscore.audit import verify_ledgers
+    from fedscore.ledger import read_ledger
+
+    folders = [world.root / "coordinator" / "ledger", world.root / "harness-ledger",
+               *(world.root / "bank-state" / b / "ledger" for b in world.banks),
+               *(p / "ledger" for p in sorted(world.root.glob("platform-*"))
+                 if (p / "ledger").is_dir())]
+    keys = {n: p.verify_key for n, p in load_kit(world.kit("coordinator")).peers.items()}
+    report = verify_ledgers(folders, keys)
+    assert report.ok, (report.problems[:5], [str(u) for u in report.unmatched[:5]])
+    coordinator = [e for e in read_ledger(folders[0] / "ledger.jsonl")]
+    kinds = {(e.direction, e.kind) for e in coordinator if e.peer == "bank-1"}
+    assert {("sent", "identity-challenge"), ("received", "identity"),
+            ("sent", "statistics-request"), ("received", "statistics-sums"),
+            ("sent", "secagg-setup"), ("received", "secagg-public-keys"),
+            ("sent", "model"), ("received", "model-update"), ("received", "metrics")} <= kinds
+    t = report.traffic
+    assert t[("bank-1", "coordinator", "model-update")].messages >= 2  # one per round
+    assert t[("platform", "bank-1", "embeddings")].bytes > 0
+    assert ("coordinator", "platform", "federation-control") in t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,3 +526,54 @@ def test_fedprox_runs_and_stays_nearer_the_global_model(world: World, full: Full
     # the proximal term pulls every bank toward the round's global model (here the start)
     fedavg = Checkpoints(full.settings.run_dir).load(1)
     assert moved(prox.arrays) < 0.8 * moved(fedavg.arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# differential privacy of the bank updates
+# ---------------------------------------------------------------------------------------------
+
+
+def test_update_dp_clips_each_bank_and_noises_the_unweighted_mean(
+        world: World, full: FullRun) -> None:
+    from coordinator.privacy import FILE as PRIVACY_FILE
+    from fedscore.dp import gaussian_epsilon
+
+    models, _ = _local_models(world, full.settings)  # round 1 from the seeded start
+    from bank_node.federated import BankClient
+
+    start = BankClient(world.nodes(world.address)[0], 0).get_parameters({"seed": 0})
+
+    def delta(m: list[np.ndarray]) -> list[np.ndarray]:
+        return [a.astype(np.float64) - s for a, s in zip(m, start, strict=True)]
+
+    norms = [float(np.sqrt(sum((d ** 2).sum() for d in delta(m)))) for m in models]
+    clip, z = 0.5 * min(norms), 0.5  # every bank's update is clipped
+    settings = world.settings("dp", 1, world.address, dp_update_noise=z, dp_update_clip=clip)
+    simulation.simulate(settings, world.nodes(world.address))
+
+    noisy = Checkpoints(settings.run_dir).load(1)
+    # each bank's update scaled to norm clip, then the plain (unweighted) mean
+    clipped = [[d * (clip / n) for d in delta(m)] for m, n in zip(models, norms, strict=True)]
+    want = [s + sum(c[i] for c in clipped) / len(models) for i, s in enumerate(start)]
+    residual = np.concatenate([(a - w).ravel() for a, w in zip(noisy.arrays, want,
+                                                                strict=True)])
+    # what is left is Flower's noise, std z * clip / n (n = 3 banks), nothing systematic
+    assert float(residual.std()) == pytest.approx(z * clip / 3, rel=0.05)
+    assert abs(float(residual.mean())) < 0.1 * z * clip / 3
+    # the noisy model is the one checkpointed and released
+    kit = load_kit(world.kit("coordinator"))
+    manifest, arrays = verify_release(settings.run_dir / RELEASE_DIR,
+                                      kit.signing_key.verify_key())
+    for a, b in zip(arrays, noisy.arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(x) for x in (settings.run_dir / PRIVACY_FILE).read_text().splitlines()]
+    eps = gaussian_epsilon(z, settings.dp_delta, 1)
+    assert lines == [{"round": 1, "mechanism": "bank-updates", "noise_multiplier": z,
+                      "clip": clip, "delta": settings.dp_delta, "releases": 1,
+                      "epsilon": pytest.approx(eps)}]
+    assert manifest["privacy"] == {"bank-updates": lines[0]}
+    # round 0's preprocessing sums stayed exact (not clipped): the same as the full run's
+    assert (settings.run_dir / "preprocessing.json").read_text() == (
+        full.settings.run_dir / "preprocessing.json").read_text()
+    # and the run without DP wrote no privacy lines
+    assert not (full.settings.run_dir / PRIVACY_FILE).exists()

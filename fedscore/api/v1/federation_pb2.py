@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64score/v1/federation.proto\x12\x0b\x66\x65\x64score.v1\"@\n\x11StartRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"*\n\x12StartRoundResponse\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\t\"3\n\x12\x46inishRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"U\n\x13\x46inishRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x13GetRunStateResponse\x12\x12\n\nlast_round\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t2\x86\x02\n\x11\x46\x65\x64\x65rationService\x12M\n\nStartRound\x12\x1e.fedscore.v1.StartRoundRequest\x1a\x1f.fedscore.v1.StartRoundResponse\x12P\n\x0b\x46inishRound\x12\x1f.fedscore.v1.FinishRoundRequest\x1a .fedscore.v1.FinishRoundResponse\x12P\n\x0bGetRunState\x12\x1f.fedscore.v1.GetRunStateRequest\x1a .fedscore.v1.GetRunStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64score/v1/federation.proto\x12\x0b\x66\x65\x64score.v1\"w\n\x11StartRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x1a\n\x12\x65mbedding_dp_noise\x18\x04 \x01(\x01\x12\x19\n\x11\x65mbedding_dp_clip\x18\x05 \x01(\x01\"*\n\x12StartRoundResponse\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\t\"3\n\x12\x46inishRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"U\n\x13\x46inishRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x86\x01\n\x13GetRunStateResponse\x12\x12\n\nlast_round\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t\x12\x1a\n\x12\x65mbedding_releases\x18\x03 \x01(\r\x12\x1f\n\x17\x65mbedding_released_rows\x18\x04 \x01(\x04\x32\x86\x02\n\x11\x46\x65\x64\x65rationService\x12M\n\nStartRound\x12\x1e.fedscore.v1.StartRoundRequest\x1a\x1f.fedscore.v1.StartRoundResponse\x12P\n\x0b\x46inishRound\x12\x1f.fedscore.v1.FinishRoundRequest\x1a .fedscore.v1.FinishRoundResponse\x12P\n\x0bGetRunState\x12\x1f.fedscore.v1.GetRunStateRequest\x1a .fedscore.v1.GetRunStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedscore.v1.federation_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTROUNDREQUEST']._serialized_start=45
-  _globals['_STARTROUNDREQUEST']._serialized_end=109
-  _globals['_STARTROUNDRESPONSE']._serialized_start=111
-  _globals['_STARTROUNDRESPONSE']._serialized_end=153
-  _globals['_FINISHROUNDREQUEST']._serialized_start=155
-  _globals['_FINISHROUNDREQUEST']._serialized_end=206
-  _globals['_FINISHROUNDRESPONSE']._serialized_start=208
-  _globals['_FINISHROUNDRESPONSE']._serialized_end=293
-  _globals['_GETRUNSTATEREQUEST']._serialized_start=295
-  _globals['_GETRUNSTATEREQUEST']._serialized_end=331
-  _globals['_GETRUNSTATERESPONSE']._serialized_start=333
-  _globals['_GETRUNSTATERESPONSE']._serialized_end=406
-  _globals['_FEDERATIONSERVICE']._serialized_start=409
-  _globals['_FEDERATIONSERVICE']._serialized_end=671
+  _globals['_STARTROUNDREQUEST']._serialized_end=164
+  _globals['_STARTROUNDRESPONSE']._serialized_start=166
+  _globals['_STARTROUNDRESPONSE']._serialized_end=208
+  _globals['_FINISHROUNDREQUEST']._serialized_start=210
+  _globals['_FINISHROUNDREQUEST']._serialized_end=261
+  _globals['_FINISHROUNDRESPONSE']._serialized_start=263
+  _globals['_FINISHROUNDRESPONSE']._serialized_end=348
+  _globals['_GETRUNSTATEREQUEST']._serialized_start=350
+  _globals['_GETRUNSTATEREQUEST']._serialized_end=386
+  _globals['_GETRUNSTATERESPONSE']._serialized_start=389
+  _globals['_GETRUNSTATERESPONSE']._serialized_end=523
+  _globals['_FEDERATIONSERVICE']._serialized_start=526
+  _globals['_FEDERATIONSERVICE']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

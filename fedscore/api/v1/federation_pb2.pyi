@@ -24,22 +24,33 @@ class StartRoundRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    EMBEDDING_DP_NOISE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_DP_CLIP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """the coordinator's name for the run; the platform's state is per run"""
     round: _builtins.int
     """1-based; round r starts from the platform model committed in r - 1"""
     seed: _builtins.int
     """initialises the platform bottom model when round is 1"""
+    embedding_dp_noise: _builtins.float
+    """Differential privacy of the run's embeddings from this round on (fedscore.dp): every
+    embedding the platform sends in a session of the run (training and evaluation) is
+    clipped to L2 norm embedding_dp_clip and gets N(0, (noise * clip)^2) per coordinate.
+    embedding_dp_noise 0: off (the clip is then ignored).
+    """
+    embedding_dp_clip: _builtins.float
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         round: _builtins.int = ...,
         seed: _builtins.int = ...,
+        embedding_dp_noise: _builtins.float = ...,
+        embedding_dp_clip: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "run_id", b"run_id", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_dp_clip", b"embedding_dp_clip", "embedding_dp_noise", b"embedding_dp_noise", "round", b"round", "run_id", b"run_id", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,19 +151,29 @@ class GetRunStateResponse(_message.Message):
 
     LAST_ROUND_FIELD_NUMBER: _builtins.int
     PLATFORM_MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    EMBEDDING_RELEASES_FIELD_NUMBER: _builtins.int
+    EMBEDDING_RELEASED_ROWS_FIELD_NUMBER: _builtins.int
     last_round: _builtins.int
     """last finished round, 0 when none"""
     platform_model_version: _builtins.str
     """of that round, empty when none"""
+    embedding_releases: _builtins.int
+    """Noisy embeddings sent in the run's sessions since its last StartRound (the round's
+    training and the evaluation after it): the most releases of any one customer, and
+    how many customers had at least one. 0 when embedding DP is off.
+    """
+    embedding_released_rows: _builtins.int
     def __init__(
         self,
         *,
         last_round: _builtins.int = ...,
         platform_model_version: _builtins.str = ...,
+        embedding_releases: _builtins.int = ...,
+        embedding_released_rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_round", b"last_round", "platform_model_version", b"platform_model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_released_rows", b"embedding_released_rows", "embedding_releases", b"embedding_releases", "last_round", b"last_round", "platform_model_version", b"platform_model_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
