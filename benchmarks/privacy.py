@@ -12,31 +12,41 @@ its split model with a fresh platform bottom exactly as the nodes do (default
   and direction attacks, Li et al. 2021); AUC against the true labels, worst bank;
 * ``auc``: pooled test AUC of the three banks; ``auc_cost`` = no-DP AUC minus this one.
 
-Settings: no DP, then the platform's Gaussian mechanism on every embedding row it releases
-(clip the L2 norm to C, add N(0, (sigma C)²) per coordinate) for each noise multiplier in
-``--sigmas``; C defaults to the median norm of the embeddings the no-DP run released for
-evaluation and scoring, so clipping bites on about half the rows. ``epsilon`` is per
-release of one row, from ``fedscore.dp`` when it offers an accountant (else null); bank
-update DP (``update_noise``, noise on the SecAgg+ sum) is not in these runs (0).
+Settings: no DP, then the platform's Gaussian mechanism (``fedscore.dp``) on every
+embedding row it releases (clip the L2 norm to C, add N(0, (sigma C)²) per coordinate) for
+each noise multiplier in ``--sigmas``; C defaults to the median norm of the embeddings the
+no-DP run released for evaluation and scoring, so clipping bites on about half the rows.
+``epsilon`` (at ``delta``) is the worst customer's over the whole run: one release per
+epoch (training or validation row, refit pass included) plus the final scoring pass,
+``fedscore.dp.embedding_epsilon`` (RDP, replace-one); later scoring requests would add
+to it. Bank-update DP (``update_noise``, noise on the SecAgg+ sum) is not in these runs
+(0); a setting with it can join the same table.
 
 Ledger overhead (two processes, as ``benchmarks/training.py``): one bank trains with the
 platform node in its own process over mutual TLS gRPC, a fixed number of epochs (no early
-stop, no refit), with the audit ledger at both nodes ("on": the platform server's
-``LedgerTap``, the bank channel's ``LedgerClientTap``) or at neither ("off"); runs
-interleaved off, on, off, on, ...; ``ledger_overhead`` = median on / median off - 1 of the
-bank's training wall time. Each "on" run's two ledgers are verified with
-:func:`fedscore.audit.verify_ledgers` (chains, signatures, every message on both ends).
+stop, no refit), with the audit ledger at both nodes ("on": ``create_server(ledger=)``'s
+``LedgerTap`` and ``secure_channel(ledger=)``'s ``LedgerClientTap``, the nodes' own
+wiring) or at neither ("off"; ``fedscore platform serve`` always ledgers, so both arms'
+platforms are this script's child, ``serve`` less the mandatory ledger). Two platform
+processes stay up, one per arm; one warm-up run each is discarded; then repetitions
+alternate off,on / on,off. ``ledger_overhead`` = median on / median off - 1 of the bank's
+training wall time; ``paired_overhead`` the median of the adjacent pairs' ratios and
+``epoch_median_overhead`` that of single epochs, both less sensitive to other load on a
+shared machine. The two ledgers are verified at the end with
+:func:`fedscore.audit.verify_ledgers` (chains, signatures, every message on both ends);
+``us_per_entry`` is the median time added per split-learning entry (both ends counted),
+``microbench`` the in-process cost of one entry on the message path (``submit``) and in
+the ledger's background thread (hash, sign, append).
 
-    python benchmarks/privacy.py [--seed 0] [--sigmas 0.5,1,2] [--reps 4] [--epochs 10]
+    python benchmarks/privacy.py [--seed 0] [--sigmas 0.5,1,2] [--reps 8] [--epochs 10]
 
-About 7 minutes on the 2-core development machine. The last stdout line is one JSON object.
+About 5 minutes on the 2-core development machine. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import signal
@@ -53,7 +63,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import grpc
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
@@ -61,13 +70,13 @@ from threadpoolctl import threadpool_limits
 from bank_node.platform_link import GrpcPlatformLink
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
-from fedscore import leakage
+from fedscore import dp, leakage
 from fedscore.audit import verify_ledgers
 from fedscore.baselines import Scenario, load_scenario
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
-from fedscore.ledger import LEDGER_FILE, Ledger, LedgerClientTap, read_ledger
+from fedscore.ledger import LEDGER_FILE, Ledger, read_ledger
 from fedscore.metrics import auc
 from fedscore.model import SplitArchitecture
 from fedscore.provision import load_kit, provision
@@ -75,7 +84,7 @@ from fedscore.training import BankData, PlatformLink, TrainConfig, predict, trai
 from fedscore.transport import secure_channel
 
 _READY = "platform node listening on "
-DELTA = 1e-5  # δ of the (ε, δ) reported per setting, when an accountant is available
+DELTA = 1e-5  # δ of the (ε, δ) reported per DP setting
 
 
 # ------------------------------------------------------------------------------ leakage
@@ -95,37 +104,17 @@ class Setting:
             return None
         if self.update_noise:
             raise NotImplementedError("bank-update noise is not wired into this benchmark yet")
-        return _gaussian(self.embedding_clip, self.embedding_noise, seed)
+        return dp.gaussian_mechanism(self.embedding_clip, self.embedding_noise, seed=seed)
 
 
-def _dp_module() -> Any | None:
-    """``fedscore.dp`` when it exists (it is being written alongside this script)."""
-    try:
-        return importlib.import_module("fedscore.dp")
-    except ImportError:
+def epsilon(setting: Setting, releases: int) -> float | None:
+    """ε at ``DELTA`` of the customer whose embedding was released most often, under the
+    setting's embedding mechanism (``fedscore.dp``'s RDP accountant, replace-one); None
+    without embedding DP."""
+    if setting.embedding_clip is None or setting.embedding_noise <= 0:
         return None
-
-
-def _gaussian(clip: float, sigma: float, seed: int) -> leakage.EmbeddingNoise:
-    """The embedding Gaussian mechanism: ``fedscore.dp``'s if it has one, else leakage's."""
-    dp = _dp_module()
-    make = getattr(dp, "gaussian_mechanism", None) if dp is not None else None
-    if callable(make):
-        noise: leakage.EmbeddingNoise = make(clip, sigma, seed=seed)
-        return noise
-    return leakage.gaussian_mechanism(clip, sigma, seed=seed)
-
-
-def _epsilon(sigma: float, delta: float = DELTA) -> float | None:
-    """(ε at ``delta``) of one release of one row, if ``fedscore.dp`` has an accountant."""
-    dp = _dp_module()
-    if dp is None or sigma <= 0:
-        return None
-    for name in ("gaussian_epsilon", "epsilon", "epsilon_for"):
-        fn = getattr(dp, name, None)
-        if callable(fn):
-            return float(fn(sigma, delta))
-    return None
+    return dp.embedding_epsilon(
+        dp.DpSettings(setting.embedding_noise, setting.embedding_clip, DELTA), releases)
 
 
 class NormProbe:
@@ -162,6 +151,10 @@ def measure_setting(
             embedding_noise=noise if noise is not None else setting.mechanism(seed),
         )
     inversion = {k: round(v, 4) for k, v in m["inversion_r2"].items()}
+    # Each row is released once per epoch (as a training or a validation row; the refit
+    # pass too), then once more when the final model scores it.
+    releases = max(b["epochs_run"] + b["refit_epochs"] + 1 for b in m["per_bank"])
+    eps = epsilon(setting, releases)
     inversion[leakage.MEAN_R2] = round(m["inversion_mean_r2"], 4)
     return {
         "name": setting.name,
@@ -173,7 +166,8 @@ def measure_setting(
                              "cosine_auc": round(m["label_cosine_auc"], 4)},
         "auc": round(m["test_auc"], 5),
         "auc_cost": 0.0,
-        "epsilon": _epsilon(setting.embedding_noise) if setting.embedding_clip else None,
+        "epsilon": None if eps is None else round(eps, 3),
+        "releases": releases,
         "per_bank_auc": [round(b["test_auc"], 5) for b in m["per_bank"]],
         "epochs_run": [b["epochs_run"] + b["refit_epochs"] for b in m["per_bank"]],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -294,9 +288,9 @@ class EpochClock:
 def bank_run(
     kit_dir: Path, data_dir: Path, address: str, cfg: TrainConfig, ledger_dir: Path | None,
 ) -> tuple[float, float, list[float]]:
-    """``bank_node.trainer.run_bank``'s PSI, training and test, with the bank channel behind
-    a ``LedgerClientTap`` when ``ledger_dir``; returns (training seconds, test AUC, seconds
-    of each epoch)."""
+    """``bank_node.trainer.run_bank``'s PSI, training and test (its channel ledgered, as
+    there, when ``ledger_dir``) with an :class:`EpochClock` on the link; returns (training
+    seconds, test AUC, seconds of each epoch)."""
     kit = load_kit(kit_dir)
     tables = BankTables.load(data_dir)
     pre = Preprocessor.fit(tables.train)
@@ -304,9 +298,7 @@ def bank_run(
     assert tables.train.labels is not None and tables.test.labels is not None
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party) if ledger_dir is not None else None
     try:
-        with secure_channel(address, kit, "platform") as raw:
-            channel: grpc.Channel = raw if ledger is None else grpc.intercept_channel(
-                raw, LedgerClientTap(ledger, "platform"))
+        with secure_channel(address, kit, "platform", ledger=ledger) as channel:
             ids = np.concatenate([tables.train.ids, tables.test.ids])
             psi = run_psi(channel, ids, party=kit.party)
             handles = psi.handles_for_rows(len(ids))
@@ -378,6 +370,8 @@ def ledger_overhead(
         "median_on_s": round(on, 3),
         "min_off_s": round(min(runs["off"]), 3),
         "min_on_s": round(min(runs["on"]), 3),
+        "paired_overhead": round(statistics.median(
+            b / a for a, b in zip(runs["off"], runs["on"], strict=True)) - 1.0, 4),
         "epoch_median_overhead": round(
             statistics.median(epochs["on"]) / statistics.median(epochs["off"]) - 1.0, 4),
         "runs_off_s": [round(x, 3) for x in runs["off"]],
@@ -426,7 +420,7 @@ def main() -> None:
                         help="embedding L2 clip C (default: median no-DP embedding norm)")
     parser.add_argument("--bank", default="bank-1", help="the bank of the ledger runs")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each ledger run")
-    parser.add_argument("--reps", type=int, default=4, help="ledger runs per arm")
+    parser.add_argument("--reps", type=int, default=8, help="ledger runs per arm")
     parser.add_argument("--platform-child", nargs=3, metavar=("KIT", "DATA", "SCHEMA"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--ledger-dir", type=Path, default=None, help=argparse.SUPPRESS)

@@ -241,6 +241,27 @@ def _unmatched(r: _Rec, sender: str, receiver: str, recorded_by: str) -> Unmatch
                      e.round, e.time, r.file, r.line, e.seq)
 
 
+def audit_and_report(
+    folders: Sequence[Path], kit: Path, out: Path, *, platform_state: Path | None = None,
+    run_dir: Path | None = None, leakage: Path | None = None,
+) -> tuple[AuditReport, list[str], tuple[Path, Path]]:
+    """Verify ``folders`` with the keys of ``kit``'s manifest and write the reviewer's
+    report (HTML, Markdown) under ``out``: (what verification found, warnings, paths)."""
+    from fedscore.audit_report import build_report, write_report
+    from fedscore.provision import load_kit
+
+    loaded = load_kit(kit)
+    peers = loaded.peers
+    keys = {name: p.verify_key for name, p in peers.items()}
+    report = verify_ledgers(folders, keys)
+    data = build_report(
+        federation=loaded.federation, parties={n: p.role for n, p in peers.items()},
+        keys=keys, folders=folders, audit=report, kit=kit, platform_state=platform_state,
+        run_dir=run_dir, leakage=leakage,
+    )
+    return report, list(data.warnings), write_report(data, out)
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
@@ -359,25 +380,17 @@ def report_command(
 
     The report is written either way; exit code 1 when verification failed.
     """
-    from fedscore.audit_report import build_report, write_report
-    from fedscore.provision import KitError, load_kit
+    from fedscore.provision import KitError
 
     try:
-        loaded = load_kit(kit)
+        report, warnings, (html_path, md_path) = audit_and_report(
+            folders, kit, out, platform_state=platform_state, run_dir=run_dir,
+            leakage=leakage)
     except KitError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    peers = loaded.peers
-    keys = {name: p.verify_key for name, p in peers.items()}
-    report = verify_ledgers(folders, keys)
-    data = build_report(
-        federation=loaded.federation, parties={n: p.role for n, p in peers.items()},
-        keys=keys, folders=folders, audit=report, kit=kit, platform_state=platform_state,
-        run_dir=run_dir, leakage=leakage,
-    )
-    for warning in data.warnings:
+    for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
-    html_path, md_path = write_report(data, out)
     typer.echo(str(html_path))
     typer.echo(str(md_path))
     if report.ok:

@@ -72,19 +72,38 @@ KINDS: dict[str, KindInfo] = {
     "federation-control": KindInfo(
         "run id, round, seed; platform model versions, session and row counts",
         "mTLS, coordinator role only", "transport"),
+    # Flower, bank <-> coordinator through the SuperLink (fedscore.flower_ledger names them)
+    "identity-challenge": KindInfo(
+        "a challenge: which bank is this SuperNode", "TLS", "transport"),
+    "identity": KindInfo(
+        "the bank's party name, signed with its kit's Ed25519 key", "TLS", "transport"),
+    "model": KindInfo(
+        "the aggregated bank-side model and the round's configuration", "TLS", "transport"),
     "model-update": KindInfo(
-        "masked, quantised bank-side weights and SecAgg+ key shares; only the sum over "
+        "masked, quantised bank-side weights; only the sum over banks can be unmasked",
+        "TLS + SecAgg+", "secagg"),
+    "statistics-request": KindInfo(
+        "the request for round 0's column statistics", "TLS", "transport"),
+    "statistics-sums": KindInfo(
+        "masked, fixed-point power sums of the bank's training columns; only the sum over "
         "banks can be unmasked", "TLS + SecAgg+", "secagg"),
-    "statistics": KindInfo(
-        "masked fixed-point power sums of the bank's training columns (round 0); only the "
-        "sum over banks can be unmasked", "TLS + SecAgg+", "secagg"),
-    "evaluation": KindInfo(
+    "secagg-setup": KindInfo("SecAgg+ parameters for the round", "TLS + SecAgg+", "secagg"),
+    "secagg-public-keys": KindInfo(
+        "SecAgg+ public keys of the banks", "TLS + SecAgg+", "secagg"),
+    "secagg-key-shares": KindInfo(
+        "SecAgg+ key shares, encrypted for the bank each is meant for", "TLS + SecAgg+",
+        "secagg"),
+    "secagg-unmask": KindInfo(
+        "which banks dropped out, so the survivors' shares unmask the sum", "TLS + SecAgg+",
+        "secagg"),
+    "metrics": KindInfo(
         "AUC, KS, log loss, test and aligned counts, preprocessing fingerprint, PD "
         "histogram per class", "TLS", "transport"),
-    "metrics": KindInfo("evaluation metrics", "TLS", "transport"),
-    "instructions": KindInfo(
-        "Flower fit/evaluate instructions: configuration and the aggregated model", "TLS",
-        "transport"),
+    "statistics": KindInfo(
+        "masked power sums of training columns; only the sum over banks can be unmasked",
+        "TLS + SecAgg+", "secagg"),
+    "evaluation": KindInfo("evaluation metrics", "TLS", "transport"),
+    "instructions": KindInfo("Flower instructions to a bank", "TLS", "transport"),
     "score": KindInfo(
         "the bank's own features and the score back; only the bank's own kit may call",
         "mTLS", "transport"),

@@ -39,6 +39,8 @@ from fedscore.deploy import (
 )
 
 SCENARIOS = ("default-credit", "synth")
+LEAKAGE_FILE = Path("benchmarks/results/privacy.json")
+"""benchmarks/privacy.py's figures for default-credit, shown in the demo's audit report."""
 RUN_ID = "demo"
 STATUS_EVERY = 15.0  # seconds between run-status checks (each is a `flwr ls` process)
 
@@ -97,7 +99,7 @@ def prepare_data(out: Path, opts: DemoOptions) -> Path:
 
 def _fresh(out: Path) -> None:
     """Remove what an earlier demo left in ``out`` (never ``data/``, nothing else)."""
-    for name in ("kits", "state", "logs", "plots", "flwr-home", "flwr"):
+    for name in ("kits", "state", "logs", "plots", "audit", "flwr-home", "flwr"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("run-config.toml", "demo.json"):
         (out / name).unlink(missing_ok=True)
@@ -337,13 +339,15 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
         manifest, _ = verify_release(run_dir / "release", verify_key)
     except ReleaseError as exc:
         raise DemoError(f"the release does not verify: {exc}") from None
+    audit = _audit(out, kits / "coordinator", state, banks, run_dir,
+                   app / LEAKAGE_FILE if opts.scenario == "default-credit" else None)
     last = evaluations[-1]
     summary = {
         "options": asdict(opts) | {"out": str(out)}, "run_id": run_id,
         "seconds": round(elapsed, 1), "release": str(run_dir / "release"),
         "release_version": manifest["version"], "pooled_auc": last["pooled_auc"],
         "pooled_ks": last["pooled_ks"], "rounds": evaluations,
-        "plots": [str(p) for p in plots], "logs": str(logs),
+        "plots": [str(p) for p in plots], "logs": str(logs), "audit": audit,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
     console.print(
@@ -356,10 +360,33 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
         f"  plots        {', '.join(str(p) for p in plots)}\n"
         f"  checkpoints  {run_dir}  (progress.jsonl, round-XXXX/)\n"
         f"  logs         {logs}  (platform, superlink, bank-*, serverapp)\n"
+        f"audit: {audit['entries']:,} ledger entries, every chain and signature valid, "
+        f"every message recorded by both ends\n"
+        f"  report       {audit['report']}\n"
         f"  summary      {out / 'demo.json'}",
         highlight=False,
     )
     return summary
+
+
+def _audit(out: Path, kit: Path, state: Path, banks: list[str], run_dir: Path,
+           leakage: Path | None) -> dict[str, Any]:
+    """Verify every node's ledger against the others and write the reviewer's report;
+    a failed verification fails the demo (after the report is written)."""
+    from fedscore.audit import audit_and_report
+
+    folders = [state / p / "ledger" for p in ("platform", *banks, "coordinator")]
+    report, _, (html, md) = audit_and_report(
+        folders, kit, out / "audit", platform_state=state / "platform", run_dir=run_dir,
+        leakage=leakage if leakage is not None and leakage.is_file() else None,
+    )
+    if not report.ok:
+        first = [*report.problems, *map(str, report.unmatched)][:3]
+        raise DemoError(f"the audit ledgers do not verify ({len(report.problems)} problem(s), "
+                        f"{len(report.unmatched)} one-sided message(s)); see {html}: "
+                        + "; ".join(first))
+    return {"ok": True, "entries": sum(report.entries.values()), "report": str(html),
+            "markdown": str(md)}
 
 
 def _save_run_log(deployment: Deployment, run_id: int, path: Path) -> None:

@@ -148,12 +148,12 @@ def serve(
     from fedscore.provision import load_kit
 
     torch.set_num_threads(1)
+    kit = load_kit(kit_dir)
     if ledger_dir is None:
         if state_dir is None:
             raise ValueError("the platform needs --ledger-dir or --state-dir for its audit "
                              "ledger")
         ledger_dir = state_dir / "ledger"
-    kit = load_kit(kit_dir)
     node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
     server, port = create_server(address, node, ledger=ledger)

@@ -75,11 +75,11 @@ def build_federation(kits: Kits, root: Path, hostile: bool = False) -> list[Path
                              purpose="training", round_=r)
                     exchange(bank, plat, "gradients", b"g" * 4000 + bytes([r, batch]),
                              purpose="training", round_=r)
-                exchange(coord, bank, "instructions", b"fit%d" % r, purpose="federation",
+                exchange(coord, bank, "model", b"fit%d" % r, purpose="federation",
                          round_=r)
                 exchange(bank, coord, "model-update", b"u" * 2500 + bytes([r]),
                          purpose="federation", round_=r)
-            exchange(bank, coord, "evaluation", b"metrics", purpose="federation", round_=2)
+            exchange(bank, coord, "metrics", b"metrics", purpose="federation", round_=2)
         for r in range(1, 3):
             exchange(coord, plat, "federation-control", b"start%d" % r, purpose="federation",
                      round_=r)
@@ -184,7 +184,7 @@ def test_a_verified_federation_renders_every_boundary(kits: Kits, tmp_path: Path
     pairs = {(s, r) for s, r, _ in report.traffic}
     assert len(pairs) == 2 * 2 + 2 * 2 + 2  # platform<->banks, banks<->coordinator, top band
     drawn = [(e["data-from"], e["data-to"]) for e in page.edges]
-    assert sorted(drawn) == sorted(pairs)  # type: ignore[arg-type]
+    assert sorted(drawn) == sorted(pairs)
     labels = {(e["data-from"], e["data-to"]): " ".join(t)
               for e, t in zip(page.edges, page.edge_text, strict=True)}
     p_b1 = labels[("platform", "bank-1")]
@@ -376,6 +376,9 @@ def test_unknown_peers_are_listed_and_several_folders_per_party_count(
     every = [*folders, scoring]
     messages, summary = collect_messages(every, keys)
     assert [(p, n, bad) for _, p, n, bad in summary][-1] == ("bank-2", 4, 0)
+    queries = [m for m in messages if m.entry.kind == "embedding-query"]
+    assert sum(m.sender == "bank-2" for m in queries) == 3  # sender-only: still counted
+    assert sum(m.sender == "bank-1" for m in queries) == 5  # both ends recorded: once
     data = build_report(federation="f", parties={n: p.role for n, p in peers.items()},
                         keys=keys, folders=every, audit=verify_ledgers(every, keys))
     by_bank = {s.bank: s for s in data.scoring}

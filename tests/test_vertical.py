@@ -62,6 +62,16 @@ def test_platform_refuses_to_start_without_a_valid_kit(
     assert "Traceback" not in done.stderr
 
 
+def test_platform_refuses_to_start_without_a_ledger(federation: Federation) -> None:
+    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+           "--kit", str(federation.kits / "platform"), "--data",
+           str(federation.data.platform_features), "--schema",
+           str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "needs --ledger-dir or --state-dir" in done.stderr
+
+
 def test_bank_kit_cannot_run_the_platform(federation: Federation, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
            "--kit", str(federation.kits / "bank-1"), "--data",

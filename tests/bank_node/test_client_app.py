@@ -24,9 +24,11 @@ def test_importing_the_client_app_does_not_load_torch() -> None:
 
 
 def test_deployed_bank_insists_on_secure_aggregation() -> None:
-    assert module.app._mods == [secaggplus_mod]
-    assert module.client_app()._mods == [secaggplus_mod]
-    assert module.client_app(secure_aggregation=False)._mods == []
+    for app in (module.app, module.client_app()):
+        # the ledger outermost (it records the masked reply that leaves), SecAgg+ next
+        assert app._mods[0].__qualname__.startswith("ledger_mod.")
+        assert app._mods[1] is secaggplus_mod
+    assert secaggplus_mod not in module.client_app(secure_aggregation=False)._mods
 
 
 def test_a_bank_larger_than_max_weight_refuses_before_training(
