@@ -231,6 +231,8 @@ def demo(
     people: int = typer.Option(20_000, min=1, help="Synthetic population size (synth only)."),
     out: Path = typer.Option(Path("fedscore-demo"), help="Working folder (data is reused)."),
     seed: int = typer.Option(0),
+    run_config: str = typer.Option("", help="More run-config settings, as for `flwr run`, "
+                                   "e.g. 'dp-update-noise=1.0 dp-embedding-noise=2.0'."),
 ) -> None:
     """The whole federation on Flower's Deployment Engine on this machine: a SuperLink,
     one SuperNode per bank and the platform node, rounds under SecAgg+, plots and a
@@ -244,8 +246,14 @@ def demo(
 
     # `kill` stops the demo as Ctrl-C does: every process it started is stopped first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        from flwr.common.config import parse_config_args
+
+        extra = parse_config_args([run_config]) if run_config.strip() else {}
+    except ValueError as exc:
+        raise _fail(f"--run-config {run_config!r}: {exc}") from None
     options = DemoOptions(scenario=scenario, rounds=rounds, epochs=epochs, banks=banks,
-                          people=people, seed=seed)
+                          people=people, seed=seed, run_config=dict(extra))
     try:
         run_demo(out, options, console)
     except KeyboardInterrupt:

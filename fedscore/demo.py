@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ SCENARIOS = ("default-credit", "synth")
 LEAKAGE_FILE = Path("benchmarks/results/privacy.json")
 """benchmarks/privacy.py's figures for default-credit, shown in the demo's audit report."""
 RUN_ID = "demo"
+DEMO_KEYS = ("run-id", "num-rounds", "local-epochs", "seed", "max-weight", "state-dir",
+             "coordinator-kit", "platform-address")
 STATUS_EVERY = 15.0  # seconds between run-status checks (each is a `flwr ls` process)
 
 
@@ -57,6 +59,7 @@ class DemoOptions:
     banks: int = 3
     people: int = 20_000  # synth only
     seed: int = 0
+    run_config: dict[str, Any] = field(default_factory=dict)  # e.g. the DP settings
 
     def check(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -68,6 +71,16 @@ class DemoOptions:
             raise DemoError(f"--banks {self.banks}: SecAgg+ needs at least 2 banks")
         if self.rounds < 1 or self.epochs < 1:
             raise DemoError("--rounds and --epochs must be at least 1")
+        own = sorted(set(self.run_config) & set(DEMO_KEYS))
+        if own:
+            raise DemoError(f"--run-config {', '.join(own)}: the demo sets these itself (use "
+                            "--rounds, --epochs, --seed)")
+        from fedscore.runconfig import ConfigError, RunSettings
+
+        try:
+            RunSettings.from_run_config(self.run_config)
+        except ConfigError as exc:
+            raise DemoError(f"--run-config: {exc}") from None
 
 
 def app_dir() -> Path:
@@ -315,7 +328,7 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
             "run-id": RUN_ID, "num-rounds": opts.rounds, "local-epochs": opts.epochs,
             "seed": opts.seed, "max-weight": float(max(100_000, opts.people)),
             "state-dir": str(state / "coordinator"), "coordinator-kit": str(coordinator),
-            "platform-address": platform,
+            "platform-address": platform, **opts.run_config,
         }
         run_id = deployment.submit(app, run_config)
         console.print(f"SuperLink on {deployment.address}, {len(banks)} SuperNodes online; "

@@ -20,6 +20,9 @@ from fedscore.demo import DemoError, DemoOptions, _events, write_plots
         (DemoOptions(banks=4), "exactly 3 banks"),
         (DemoOptions(scenario="synth", banks=1), "at least 2 banks"),
         (DemoOptions(scenario="nope"), "expected one of default-credit, synth"),
+        (DemoOptions(run_config={"run-id": "x"}), "the demo sets these itself"),
+        (DemoOptions(run_config={"dp-delta": 2.0}), "dp-delta"),
+        (DemoOptions(run_config={"no-such-key": 1}), "unknown key 'no-such-key'"),
     ],
 )
 def test_options_are_checked(options: DemoOptions, message: str) -> None:

@@ -76,7 +76,8 @@ def test_bank_kit_cannot_run_the_platform(federation: Federation, tmp_path: Path
     cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
            "--kit", str(federation.kits / "bank-1"), "--data",
            str(federation.data.platform_features), "--schema",
-           str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
+           str(federation.data.platform_schema), "--address", "127.0.0.1:0",
+           "--ledger-dir", str(tmp_path / "ledger")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "not the platform" in done.stderr
