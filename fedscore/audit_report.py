@@ -99,11 +99,12 @@ KINDS: dict[str, KindInfo] = {
     "metrics": KindInfo(
         "AUC, KS, log loss, test and aligned counts, preprocessing fingerprint, PD "
         "histogram per class", "TLS", "transport"),
-    "statistics": KindInfo(
-        "masked power sums of training columns; only the sum over banks can be unmasked",
-        "TLS + SecAgg+", "secagg"),
-    "evaluation": KindInfo("evaluation metrics", "TLS", "transport"),
-    "instructions": KindInfo("Flower instructions to a bank", "TLS", "transport"),
+    "parameters-request": KindInfo(
+        "the request for a seeded initial model (one bank, once per run)", "TLS",
+        "transport"),
+    "initial-model": KindInfo(
+        "the bank-side model as initialised from the run's seed: no data in it", "TLS",
+        "transport"),
     "score": KindInfo(
         "the bank's own features and the score back; only the bank's own kit may call",
         "mTLS", "transport"),

@@ -66,8 +66,11 @@ def kinds(request: Message) -> tuple[str, str]:
     """(kind of the coordinator's instruction, kind of the bank's reply to it)."""
     if is_hello(request):
         return "identity-challenge", "identity"
-    if request.metadata.message_type.startswith("evaluate"):
+    message_type = request.metadata.message_type
+    if message_type.startswith("evaluate"):
         return "model", "metrics"
+    if message_type == "get_parameters":
+        return "parameters-request", "initial-model"
     statistics = any(c.get(TASK_KEY) == STATISTICS_TASK for c in _configs(request))
     stage = None
     if request.has_content() and _SECAGG_CONFIGS in request.content.config_records:
