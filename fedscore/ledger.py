@@ -3,10 +3,13 @@
 Every node keeps ``<folder>/ledger.jsonl``: JSON lines, one entry per message it sent to or
 received from another party (training, scoring, federation control), each naming the peer,
 the direction, what kind of payload it was, its size and SHA-256, the round and the purpose.
-Each entry carries the SHA-256 of the previous line (``prev``) and an Ed25519 signature by
-the node's signing key, so an auditor holding only the CA-signed manifest can tell whether
-anything was edited, inserted, deleted or reordered (:func:`verify_chain`), and, holding the
-ledgers of both ends, whether both recorded every message (:mod:`fedscore.audit`).
+Each entry carries the SHA-256 of the previous line (``prev``) and is signed with the
+node's Ed25519 key, directly or through the chain: every write of a batch of entries ends
+with a signed entry, whose signature covers its ``prev`` and so, hash by hash, every
+entry before it (as a transparency log signs its tree head, not each leaf). An auditor
+holding only the CA-signed manifest can tell whether anything was edited, inserted,
+deleted or reordered (:func:`verify_chain`), and, holding the ledgers of both ends,
+whether both recorded every message (:mod:`fedscore.audit`).
 
 File format (``ledger.jsonl``), one line per entry, UTF-8/ASCII, ``\\n``-terminated::
 
@@ -18,7 +21,8 @@ File format (``ledger.jsonl``), one line per entry, UTF-8/ASCII, ``\\n``-termina
   rejected (so no byte can change without changing what is signed or chained);
 - ``signature`` = hex Ed25519 over ``ENTRY_DOMAIN + canonical(all fields but signature)``
   (the domain prefix keeps a ledger signature from ever passing as a consent token's or a
-  manifest's);
+  manifest's), or ``""`` on an entry that a later signed entry of the same write covers
+  (at most ``SIGN_EVERY - 1`` in a row); entries after the last signature are refused;
 - ``prev`` = hex SHA-256 of the previous entry's full line (with its signature, without the
   newline); 64 zeros for seq 0.
 
@@ -32,16 +36,14 @@ Writing, and what it costs (measured on the 2-core development machine):
   with one ``write(2)``: when it returns the entry is in the OS and survives a crash of the
   process. ~50 µs per 4 KiB message, plus SHA-256 at ~0.6 ms per MB.
 - :meth:`Ledger.submit` (what the gRPC taps use by default) only takes the seq and the time
-  (~4 µs on the message's path); a background thread hashes, signs and appends the queued
-  entries in seq order every ``drain_interval_s`` (5 ms), one write per batch.
+  (~2 µs on the message's path); a background thread hashes and appends the queued entries
+  in seq order every ``drain_interval_s`` (5 ms), one write and one signature per batch
+  (Ed25519 signing, ~32 µs, was two thirds of the cost of an entry signed alone).
 - Either way a background thread fsyncs at most every ``sync_interval_s`` (50 ms, group
   commit) and then rewrites ``ledger.head``; no message ever waits for the disk.
 
-Measured on a toy split-learning run over loopback (synthetic data, 3 epochs, ~400 messages
-a side in ~0.75 s of training; medians of 6 interleaved runs on a 2-core machine, noise about
-2%), ledgering one node with ``submit`` added ~2% to the whole bank run and ~4.5% to its
-training phase (``record``: ~4% and ~8-11%); both nodes ledgered on the one machine, ~8% and
-~14%. Real runs (WAN round trips, larger batches and models) spend far more per message.
+What it costs split training, both nodes ledgered on one 2-core machine:
+``benchmarks/privacy.py`` (``ledger_overhead``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from __future__ import annotations
 import builtins
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -75,6 +78,8 @@ HEAD_FILE = "ledger.head"
 ENTRY_DOMAIN = b"fedscore-ledger-entry-v1\x00"
 HEAD_DOMAIN = b"fedscore-ledger-head-v1\x00"
 ZERO_HASH = "0" * 64
+SIGN_EVERY = 256
+"""At most this many entries in a row share one signature (bounds what a reader scans)."""
 DIRECTIONS = ("sent", "received")
 
 ENTRY_FIELDS: tuple[str, ...] = (
@@ -192,8 +197,9 @@ def _check_fields(obj: object) -> str | None:
     for k in ("payload_sha256", "prev"):
         if not isinstance(obj[k], str) or not _HEX64.fullmatch(obj[k]):
             return f"field {k!r} must be 64 lowercase hex digits"
-    if not isinstance(obj["signature"], str) or not _HEX128.fullmatch(obj["signature"]):
-        return "field 'signature' must be 128 lowercase hex digits"
+    sig = obj["signature"]
+    if not isinstance(sig, str) or (sig and not _HEX128.fullmatch(sig)):
+        return "field 'signature' must be 128 lowercase hex digits, or empty"
     return None
 
 
@@ -376,7 +382,8 @@ def check_chain(
             status.append((ln, False))
             continue
         try:
-            _verify_signature(e, verify_key)
+            if e.signature:  # an unsigned entry is proved by the chain to a later signature
+                _verify_signature(e, verify_key)
         except SignatureError:
             problems.append(
                 f"{where}: signature does not verify under {party}'s key: the entry was "
@@ -421,9 +428,10 @@ def check_chain(
             if e.prev != exp_prev:
                 problems.append(
                     f"{where}: prev does not match the hash of "
-                    f"{'nothing (seq 0)' if e.seq == 0 else 'the entry before it'}: the "
-                    "chain forked (an entry before it was replaced by another validly signed "
-                    "one) or entries before it were deleted"
+                    f"{'nothing (seq 0)' if e.seq == 0 else 'the entry before it'}: an "
+                    "entry before it was edited (one its signature covers through the chain) "
+                    "or replaced by another validly signed one (a fork), or entries before "
+                    "it were deleted"
                 )
         elif e.seq > exp_seq:
             skipped = range(exp_seq, e.seq)
@@ -457,6 +465,17 @@ def check_chain(
             continue
         seen.add(e.seq)
         exp_seq, exp_prev = e.seq + 1, e.hash
+
+    # Pass 3: entries after the last signature are proved by nothing.
+    signed = [i for i, (_, e) in enumerate(valid) if e.signature]
+    tail = valid[signed[-1] + 1:] if signed else valid
+    if tail:
+        (first, e0), (_, e1) = tail[0], tail[-1]
+        problems.append(
+            f"{name}:{first} seq {_ranges(sorted({e0.seq, e1.seq}))}: {len(tail)} "
+            f"entr{'y' if len(tail) == 1 else 'ies'} after the last signature: not signed by "
+            f"{party}'s key (appended without the key, or its signed end was cut off)"
+        )
 
     if path is not None:
         last_parsed = max((ln.entry.seq for ln in lines if ln.entry is not None), default=-1)
@@ -663,7 +682,7 @@ class Ledger:
         if last.party != self.party:
             raise LedgerError(f"{where} was written by {last.party!r}, not {self.party!r}")
         try:
-            _verify_signature(last, self._key)
+            self._verify_tail(size, last)
         except SignatureError:
             raise LedgerError(
                 f"{where} (seq {last.seq}) does not verify under this node's key: edited, or "
@@ -684,18 +703,39 @@ class Ledger:
                               "vouches for: the ledger was rewritten")
         return last.seq + 1, hashlib.sha256(line).hexdigest()
 
-    def _tail(self, size: int) -> bytes:
-        """Enough of the file's end to hold its last line (reads backwards in blocks)."""
+    def _tail(self, size: int, lines: int = 1) -> bytes:
+        """Enough of the file's end to hold its last ``lines`` lines (reads backwards)."""
         block = 8192
         start = size
         data = b""
         while start > 0:
             start = max(0, start - block)
             data = os.pread(self._fd, size - start - len(data), start) + data
-            if data.rfind(b"\n", 0, len(data) - 1) >= 0:
+            if data.count(b"\n", 0, len(data) - 1) >= lines:
                 break
             block *= 2
         return data
+
+    def _verify_tail(self, size: int, last: Entry) -> None:
+        """The last entry is signed, or chained to a signed one at most SIGN_EVERY back
+        (a crash mid-write can leave the start of a batch without its signed end)."""
+        if last.signature:
+            _verify_signature(last, self._key)
+            return
+        raw = self._tail(size, SIGN_EVERY + 1).rstrip(b"\n").split(b"\n")[-SIGN_EVERY - 1:]
+        entries = []
+        for line in raw:
+            try:
+                entries.append(parse_line(line))
+            except ValueError:
+                entries = []  # a partial first line of the block; later ones are whole
+        signed = [i for i, e in enumerate(entries) if e.signature]
+        if not signed:
+            raise SignatureError("no signature among the last entries")
+        _verify_signature(entries[signed[-1]], self._key)
+        for before, after in itertools.pairwise(entries[signed[-1]:]):
+            if after.prev != before.hash:
+                raise SignatureError(f"seq {after.seq} does not chain to seq {before.seq}")
 
     def _read_head(self) -> Head | None:
         try:
@@ -830,12 +870,15 @@ class Ledger:
                 raise LedgerError(f"{self.path}: ledger failed earlier: {self._failed}")
             lines = []
             prev = self._prev
-            for fields in batch:
+            for i, fields in enumerate(batch, 1):
                 if isinstance(fields["payload_sha256"], bytes):  # submitted: hash it now
                     fields["payload_sha256"] = hashlib.sha256(fields["payload_sha256"]).hexdigest()
                 fields["prev"] = prev
                 canonical = _dumps(fields)
-                fields["signature"] = self._signer.sign(ENTRY_DOMAIN + canonical).hex()
+                # One signature per write: it covers the entries before it through prev.
+                sign = i == len(batch) or i % SIGN_EVERY == 0
+                fields["signature"] = (
+                    self._signer.sign(ENTRY_DOMAIN + canonical).hex() if sign else "")
                 line = _with_signature(canonical, fields["signature"])
                 prev = hashlib.sha256(line).hexdigest()
                 lines.append(line)

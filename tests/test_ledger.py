@@ -181,7 +181,7 @@ def test_an_edited_and_resigned_entry_is_a_fork(tmp_path: Path, key: SigningPriv
     (tmp_path / LEDGER_FILE).write_bytes(b"".join(lines))
     message = problems_of(tmp_path, key)
     assert f"{LEDGER_FILE}:3 seq {entries[2].seq}: prev does not match" in message
-    assert "forked" in message
+    assert "a fork" in message
 
 
 def test_deleting_any_entry_is_detected(tmp_path: Path, key: SigningPrivateKey) -> None:
@@ -566,3 +566,65 @@ def test_close_never_hangs(tmp_path: Path, key: SigningPrivateKey) -> None:
     assert done.is_set(), "Ledger.close() hung"
     entries = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
     assert len(entries) == sum(i * 20 + 1 for i in range(20))
+
+
+def _batched(folder: Path, key: SigningPrivateKey, batches: list[int]) -> None:
+    """Entries submitted in the given batch sizes, each batch one write (sync drains it)."""
+    with Ledger(folder, key, PARTY, drain_interval_s=60, sync_interval_s=60) as ledger:
+        for n in batches:
+            for i in range(n):
+                ledger.submit("platform", "sent", "gradients", b"g%d" % i)
+            ledger.sync()
+
+
+def test_one_signature_per_write_covers_the_batch(tmp_path: Path, key: SigningPrivateKey
+                                                  ) -> None:
+    _batched(tmp_path, key, [3, 1, 4])
+    signed = [bool(json.loads(line)["signature"]) for line in ledger_lines(tmp_path)]
+    assert signed == [False, False, True, True, False, False, False, True]
+    assert len(verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)) == 8
+
+
+def test_flipping_any_byte_of_a_batched_ledger_is_detected(tmp_path: Path,
+                                                           key: SigningPrivateKey) -> None:
+    _batched(tmp_path, key, [3, 2])
+    good = (tmp_path / LEDGER_FILE).read_bytes()
+    for at in range(0, len(good), 7):  # every 7th byte: each field of each line, signed or not
+        bad = bytearray(good)
+        bad[at] ^= 0x01
+        (tmp_path / LEDGER_FILE).write_bytes(bytes(bad))
+        with pytest.raises(LedgerError):
+            verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
+
+
+def test_entries_appended_after_the_last_signature_are_refused(tmp_path: Path,
+                                                               key: SigningPrivateKey) -> None:
+    """Someone without the key chains a well-formed entry to the end: nothing signs it."""
+    _batched(tmp_path, key, [2])
+    last = json.loads(ledger_lines(tmp_path)[-1])
+    forged = dict(last, seq=last["seq"] + 1, signature="", bytes=1,
+                  prev=hashlib.sha256(ledger_lines(tmp_path)[-1].rstrip(b"\n")).hexdigest())
+    with (tmp_path / LEDGER_FILE).open("ab") as fh:
+        fh.write(json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    message = problems_of(tmp_path, key)
+    assert f"{LEDGER_FILE}:3 seq 2: 1 entry after the last signature" in message
+
+
+def test_a_crash_mid_batch_resumes_from_the_last_signature(tmp_path: Path,
+                                                           key: SigningPrivateKey) -> None:
+    """The write of a batch was cut: its first lines are whole but unsigned, the rest torn,
+    and the head is one group commit behind. Reopening continues the chain, and the next
+    signature covers the orphaned lines."""
+    _batched(tmp_path, key, [2])
+    head = (tmp_path / HEAD_FILE).read_bytes()
+    _batched(tmp_path, key, [4])
+    data = (tmp_path / LEDGER_FILE).read_bytes()
+    lines = data.split(b"\n")
+    cut = sum(len(x) + 1 for x in lines[:4]) + 40  # 2 + 2 whole lines, then a torn one
+    (tmp_path / LEDGER_FILE).write_bytes(data[:cut])
+    (tmp_path / HEAD_FILE).write_bytes(head)
+    with Ledger(tmp_path, key, PARTY) as ledger:
+        assert ledger.next_seq == 4
+        ledger.record("platform", "sent", "gradients", b"after the crash")
+    entries = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
+    assert [e.seq for e in entries] == [0, 1, 2, 3, 4]
