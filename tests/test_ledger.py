@@ -628,3 +628,16 @@ def test_a_crash_mid_batch_resumes_from_the_last_signature(tmp_path: Path,
         ledger.record("platform", "sent", "gradients", b"after the crash")
     entries = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
     assert [e.seq for e in entries] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("text", ["platform", "é\u2028\"\\\n</script>", "\ud800", "", "x" * 300])
+@pytest.mark.parametrize("t", [1_750_000_000.125, 0.1 + 0.2, 1e22, 5e-324, 3.0])
+def test_the_fast_entry_encoding_is_the_canonical_one(text: str, t: float) -> None:
+    from fedscore.ledger import _dumps, _entry_line
+
+    fields = {"seq": 7, "time": t, "party": text, "peer": text + "p", "direction": "sent",
+              "kind": text, "rows": 0, "bytes": 2**40, "payload_sha256": "a" * 64,
+              "round": 3, "purpose": text, "prev": "b" * 64}
+    assert _entry_line(fields, None) == _dumps(fields)
+    for sig in ("", "c" * 128):
+        assert _entry_line(fields, sig) == _dumps({**fields, "signature": sig})
