@@ -204,6 +204,63 @@ def leakage_table(
     return rows, c
 
 
+# ------------------------------------------------------------------ bank-update DP
+def update_dp_table(
+    root: Path, bank_dirs: dict[str, Path], platform: tuple[Path, Path], sigmas: Sequence[float],
+    clip: float, rounds: int, epochs: int, seed: int, log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """The federation (Flower Simulation Engine, SecAgg+, a real platform process) without
+    DP, then with the banks' updates clipped to ``clip`` and the sum noised, per sigma.
+
+    Update DP changes nothing that crosses the platform boundary per customer (the
+    attacks above), so those fields are null here; what it bounds is one bank's influence
+    on the model the coordinator and every bank get (ε per bank, from ``privacy.jsonl``).
+    """
+    from bank_node.client_app import BankNode
+    from coordinator.simulation import simulate
+    from fedscore.local import platform_process
+    from fedscore.runconfig import RunSettings
+
+    banks = sorted(bank_dirs)
+    rows: list[dict[str, Any]] = []
+    with platform_process(root / "kits" / "platform", *platform,
+                          state_dir=root / "platform-state", log=root / "platform.log") as addr:
+        for sigma in [0.0, *sigmas]:
+            name = "federated_no_dp" if sigma == 0 else f"upd_sigma{sigma:g}"
+            settings = RunSettings(
+                run_id=name, num_rounds=rounds, local_epochs=epochs, seed=seed,
+                state_dir=str(root / "coordinator"),
+                coordinator_kit=str(root / "kits" / "coordinator"), platform_address=addr,
+                dp_update_noise=sigma, dp_update_clip=clip, dp_delta=DELTA)
+            nodes = [BankNode(b, bank_dirs[b], root / "kits" / b, addr,
+                              root / "bank-state" / b) for b in banks]
+            t0 = time.perf_counter()
+            simulate(settings, nodes)
+            ys, ps = [], []
+            for b in banks:
+                test = root / "bank-state" / b / name / f"round-{rounds:04d}-test.npz"
+                with np.load(test) as z:
+                    ys.append(z["labels"])
+                    ps.append(z["pd"])
+            budget = [json.loads(x) for x in (settings.run_dir / "privacy.jsonl").read_text()
+                      .splitlines()] if sigma else []
+            row: dict[str, Any] = {
+                "name": name, "embedding_noise": 0.0, "embedding_clip": None,
+                "update_noise": sigma, "update_clip": clip if sigma else None,
+                "inversion_r2": None, "label_attack_auc": None,
+                "auc": round(auc(np.concatenate(ys), np.concatenate(ps)), 5),
+                "auc_cost": 0.0,
+                "epsilon": round(budget[-1]["epsilon"], 3) if budget else None,
+                "rounds": rounds, "local_epochs": epochs,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            if sigma:
+                row["auc_cost"] = round(rows[0]["auc"] - row["auc"], 5)
+            log(f"{name}: {json.dumps(row)}")
+            rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------ ledger overhead
 def platform_child(kit: Path, data: Path, schema: Path, ledger_dir: Path | None) -> None:
     """``serve`` with the ledger optional (the real one always ledgers): the "off" arm."""
@@ -436,6 +493,13 @@ def main() -> None:
     parser.add_argument("--bank", default="bank-1", help="the bank of the ledger runs")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each ledger run")
     parser.add_argument("--reps", type=int, default=8, help="ledger runs per arm")
+    parser.add_argument("--update-sigmas", default="0.1,0.5",
+                        help="bank-update noise multipliers (federations), comma-separated")
+    parser.add_argument("--update-clip", type=float, default=1.0,
+                        help="L2 clip of a bank's round update")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each federation")
+    parser.add_argument("--local-epochs", type=int, default=2,
+                        help="local epochs of each federation round")
     parser.add_argument("--platform-child", nargs=3, metavar=("KIT", "DATA", "SCHEMA"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--ledger-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -454,10 +518,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         manifest = prepare_default_credit(tmp / "data", seed=args.seed)
-        provision(tmp / "kits", parties=("platform", *manifest.bank_dirs))
+        provision(tmp / "kits", parties=("platform", *manifest.bank_dirs, "coordinator"))
         scenario = load_scenario(tmp / "data")
         settings, clip = leakage_table(scenario, sigmas, args.seed, TrainConfig(seed=args.seed),
                                        clip=args.clip, log=log)
+        updates = update_dp_table(
+            tmp, dict(manifest.bank_dirs),
+            (find_table(manifest.platform_dir, "features"), manifest.platform_schema),
+            [float(x) for x in args.update_sigmas.split(",") if x.strip()], args.update_clip,
+            args.rounds, args.local_epochs, args.seed, log=log)
+        settings += updates
         fixed = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed,
                             refit=False)
         ledger = ledger_overhead(
