@@ -83,8 +83,10 @@ class PlatformControl:
         return int(reply.last_round), reply.platform_model_version
 
     def _call(self, what: str, method: Callable[..., Resp], request: Req) -> Resp:
+        """``wait_for_ready``: a connection that failed a moment ago (the platform busy or
+        restarting) is retried within the timeout rather than failing the round at once."""
         try:
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
             details = exc.details() if hasattr(exc, "details") else str(exc)
