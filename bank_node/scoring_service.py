@@ -7,21 +7,26 @@ tests) and returns the port; ``serve`` is ``fedscore bank score-server``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bank_node.policy import OUTCOMES, Decision, Outcome, Policy
 from bank_node.scoring import (
+    AsyncScorer,
     CustomerStore,
     PlatformEmbeddings,
     Scored,
@@ -31,10 +36,12 @@ from bank_node.scoring import (
     ScoringModel,
 )
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+from fedscore.ledger import Ledger
 from fedscore.provision import StartupKit
-from fedscore.transport import GRPC_OPTIONS, add_secure_port, peer_party
+from fedscore.transport import GRPC_OPTIONS, add_secure_port
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OUTCOME_PB = {
     Outcome.APPROVE: scoring_pb2.OUTCOME_APPROVE,
@@ -82,71 +89,148 @@ def batch_to_pb(batch: ScoredBatch, policy: Policy) -> scoring_pb2.ScoreBatchRes
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, scorer: Scorer, party: str) -> None:
+    """``grpc.aio`` servicer: Score on the event loop (see :class:`AsyncScorer`); the
+    blocking calls (ScoreBatch's chunks, LoadRelease) on a thread pool, off the loop."""
+
+    def __init__(self, scorer: AsyncScorer, party: str, pool: futures.Executor) -> None:
         self._scorer = scorer
         self._party = party
+        self._pool = pool
 
-    def _only_own_party(self, context: grpc.ServicerContext) -> None:
-        peer = peer_party(context)
+    async def _only_own_party(self, context: grpc.aio.ServicerContext) -> None:
+        """:func:`fedscore.transport.peer_party`'s check, awaited as aio needs."""
+        auth = context.auth_context()
+        names = auth.get("x509_common_name") or []
+        if auth.get("transport_security_type") != [b"ssl"] or len(names) != 1:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no verified client certificate")
+        peer = names[0].decode("utf-8")
         if peer != self._party:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{peer!r} may not use {self._party}'s scoring server")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{peer!r} may not use {self._party}'s scoring server")
 
-    def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.ServicerContext
-              ) -> scoring_pb2.ScoreResponse:
-        self._only_own_party(context)
+    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+                    ) -> scoring_pb2.ScoreResponse:
+        await self._only_own_party(context)
         if not request.applicant_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
         amount = request.requested_amount
         if not (math.isfinite(amount) and amount >= 0):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"requested_amount = {amount}: expected a finite amount >= 0")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"requested_amount = {amount}: expected a finite amount >= 0")
         try:
-            scored = self._scorer.score(request.applicant_id, dict(request.features),
-                                        request.consent_token, amount or None)
+            scored = await self._scorer.score(request.applicant_id, dict(request.features),
+                                              request.consent_token, amount or None)
         except ScoringError as exc:
-            context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc))
         return decision_to_pb(scored)
 
-    def ScoreBatch(self, request_iterator: Iterator[scoring_pb2.ScoreBatchRequest],
-                   context: grpc.ServicerContext) -> Iterator[scoring_pb2.ScoreBatchResponse]:
-        self._only_own_party(context)
-        for request in request_iterator:
-            try:
-                batch = self._scorer.score_batch(list(request.applicant_ids))
-            except ScoringError as exc:
-                context.abort(exc.code, str(exc))
-            yield batch_to_pb(batch, self._scorer.policy)
+    def _batch(self, ids: list[str]) -> scoring_pb2.ScoreBatchResponse:
+        scorer = self._scorer.scorer
+        return batch_to_pb(scorer.score_batch(ids), scorer.policy)
 
-    def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
-                    context: grpc.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
-        self._only_own_party(context)
+    async def ScoreBatch(self, request_iterator: AsyncIterator[scoring_pb2.ScoreBatchRequest],
+                         context: grpc.aio.ServicerContext
+                         ) -> AsyncIterator[scoring_pb2.ScoreBatchResponse]:
+        await self._only_own_party(context)
+        async for request in request_iterator:
+            try:
+                reply = await self._off_loop(self._batch, list(request.applicant_ids))
+            except ScoringError as exc:
+                await context.abort(exc.code, str(exc))
+            yield reply
+
+    async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
+                          context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
+        await self._only_own_party(context)
         try:
-            new, old = self._scorer.load_release(Path(request.path))
+            new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
         except ScoringError as exc:
-            context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc))
         except Exception as exc:  # ReleaseError, a missing folder: the old release stays
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info("scoring: release %s replaces %s", new, old)
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
 
-def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 16
-                  ) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=GRPC_OPTIONS)
-    scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
-        ScoringServicer(scorer, kit.party), server)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    return server, add_secure_port(server, address, kit)
+class ScoringServer:
+    """The scoring server: a ``grpc.aio`` server on an event loop thread of its own,
+    started and stopped like a sync ``grpc.Server`` (``serve`` and the tests drive it from
+    sync code; PSI, release loading and SIGHUP stay sync). Its aio channel to the platform
+    (``Scorer.aio_channel``) is opened on that loop and closed with the server."""
+
+    def __init__(self, address: str, scorer: Scorer, kit: StartupKit, max_workers: int
+                 ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="scoring-loop",
+                                        daemon=True)
+        self._thread.start()
+        self._pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="scoring")
+        self._stopped = threading.Event()
+        self._channel: grpc.aio.Channel | None = None
+        try:
+            self.port = self._run(self._build(address, scorer, kit))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _build(self, address: str, scorer: Scorer, kit: StartupKit) -> int:
+        self._channel = scorer.aio_channel() if scorer.aio_channel is not None else None
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
+            ScoringServicer(AsyncScorer(scorer, self._channel), kit.party, self._pool),
+            self._server)
+        health_servicer = health_aio.HealthServicer()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
+        return add_secure_port(self._server, address, kit)
+
+    def start(self) -> None:
+        self._run(self._server.start())
+
+    async def _shutdown(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+        if self._channel is not None:
+            await self._channel.close()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop serving (``grace`` seconds for calls in flight) and the loop; returns an
+        event already set, as ``grpc.Server.stop`` returns one to wait on."""
+        if not self._stopped.is_set():
+            try:
+                self._run(self._shutdown(grace))
+            finally:
+                self._close_loop()
+                self._stopped.set()
+        return self._stopped
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._pool.shutdown(wait=False)
+
+
+def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 4
+                  ) -> tuple[ScoringServer, int]:
+    """Bind ``address`` (port 0: a free one); ``max_workers`` threads for ScoreBatch and
+    LoadRelease."""
+    server = ScoringServer(address, scorer, kit, max_workers)
+    return server, server.port
 
 
 def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_address: str,
-                 policy: Policy, *, channel: grpc.Channel | None = None) -> Scorer:
-    """PSI of the bank's store with the platform (a scoring session), then the release."""
+                 policy: Policy, *, channel: grpc.Channel | None = None,
+                 ledger: Ledger | None = None) -> Scorer:
+    """PSI of the bank's store with the platform (a scoring session), then the release.
+    ``ledger`` records the aio channel's messages (``channel`` brings its own tap)."""
     from bank_node.psi_client import run_psi
+    from fedscore.aio import secure_aio_channel
     from fedscore.transport import secure_channel
 
     table = CustomerStore.load_table(data_dir)
@@ -160,7 +244,9 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
     platform, store = connect()
     key = kit.peer("coordinator").verify_key
     model = ScoringModel.load(release, key, store)
-    return Scorer(model, policy, store, platform, key, reconnect=connect)
+    return Scorer(model, policy, store, platform, key, reconnect=connect,
+                  aio_channel=lambda: secure_aio_channel(platform_address, kit, "platform",
+                                                         ledger=ledger))
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,
@@ -172,7 +258,6 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     """
     import torch
 
-    from fedscore.ledger import Ledger
     from fedscore.provision import load_kit
     from fedscore.transport import secure_channel
 
@@ -181,7 +266,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     policy = Policy.load(policy_file) if policy_file else Policy.default()
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
     channel = secure_channel(platform_address, kit, "platform", ledger=ledger)
-    scorer = build_scorer(kit, data_dir, release, platform_address, policy, channel=channel)
+    scorer = build_scorer(kit, data_dir, release, platform_address, policy, channel=channel,
+                          ledger=ledger)
     server, port = create_server(address, scorer, kit)
     server.start()
     host = address.rsplit(":", 1)[0]

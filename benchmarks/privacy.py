@@ -235,7 +235,14 @@ def update_dp_table(
             nodes = [BankNode(b, bank_dirs[b], root / "kits" / b, addr,
                               root / "bank-state" / b) for b in banks]
             t0 = time.perf_counter()
-            simulate(settings, nodes)
+            for attempt in range(2):  # Ray's start-up times out now and then on this machine
+                try:
+                    simulate(settings, nodes)
+                    break
+                except RuntimeError as exc:
+                    if attempt or "Simulation Runtime crashed" not in str(exc):
+                        raise
+                    log(f"{name}: the Simulation Engine failed to start ({exc}); again")
             ys, ps = [], []
             for b in banks:
                 test = root / "bank-state" / b / name / f"round-{rounds:04d}-test.npz"

@@ -1,0 +1,79 @@
+"""The aio client tap: the bank's aio channel records what the platform's server tap does."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
+from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
+
+from fedscore.aio import AioLedgerClientTap, secure_aio_channel
+from fedscore.audit import verify_ledgers
+from fedscore.ledger import LEDGER_FILE, Entry, LedgerTap, read_ledger
+from fedscore.transport import GRPC_OPTIONS, add_secure_port, channel_credentials, channel_options
+from tests.test_audit import ECHO, Kits, _echo_handler, echo_kind, kits  # noqa: F401
+
+
+async def _aio_traffic(parties: Kits, port: int, folder: Path, wait: bool) -> None:
+    bank = parties.by_party["bank-1"]
+    with parties.ledger(folder, "bank-1") as ledger:
+        tap = AioLedgerClientTap(ledger, "platform", echo_kind, wait=wait)
+        async with grpc.aio.secure_channel(
+                f"127.0.0.1:{port}", channel_credentials(bank),
+                options=channel_options(bank, "platform"), interceptors=[tap]) as channel:
+            echo = channel.unary_unary(f"/{ECHO}/UnaryUnary",
+                                       request_serializer=Req.SerializeToString,
+                                       response_deserializer=Resp.FromString)
+            replies = await asyncio.gather(*(echo(Req(service=f"uu-{i}")) for i in range(5)))
+            assert [r.status for r in replies] == [Resp.SERVING] * 5
+            refuse = channel.unary_unary(f"/{ECHO}/Refuse",
+                                         request_serializer=Req.SerializeToString,
+                                         response_deserializer=Resp.FromString)
+            with pytest.raises(grpc.RpcError) as refused:
+                await refuse(Req(service="refused"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # health probes on the ledgered channel of the scoring path are not recorded
+        async with secure_aio_channel(f"127.0.0.1:{port}", bank, "platform",
+                                      ledger=ledger) as probe:
+            reply = await health_pb2_grpc.HealthStub(probe).Check(Req(service=""))
+            assert reply.status == Resp.SERVING
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["submit", "wait"])
+def test_the_aio_tap_matches_the_servers_tap(kits: Kits, tmp_path: Path,  # noqa: F811
+                                             wait: bool) -> None:
+    with kits.ledger(tmp_path, "platform") as p_ledger:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                             interceptors=[LedgerTap(p_ledger, echo_kind, wait=wait)],
+                             options=GRPC_OPTIONS)
+        servicer = health.HealthServicer()
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((_echo_handler(),))
+        port = add_secure_port(server, "127.0.0.1:0", kits.by_party["platform"])
+        server.start()
+        try:
+            asyncio.run(_aio_traffic(kits, port, tmp_path, wait))
+        finally:
+            server.stop(grace=None).wait()
+    platform = read_ledger(tmp_path / "platform" / LEDGER_FILE)
+    bank = read_ledger(tmp_path / "bank-1" / LEDGER_FILE)
+    # the platform records the health probe (its tap ignores nothing here); the bank not
+    assert [e.kind for e in platform if e.kind == "health"] == ["health", "health"]
+    assert len(bank) == 5 * 2 + 1  # 5 echoes both ways, the refused request only
+    assert {e.peer for e in bank} == {"platform"}
+
+    def view(entries: list[Entry], sent: str) -> list[tuple[str, str, str, int, str]]:
+        return sorted(("to" if e.direction == sent else "from", e.kind, e.payload_sha256,
+                       e.bytes, e.purpose) for e in entries if e.kind != "health")
+
+    assert view(bank, "sent") == view(platform, "received")
+    report = verify_ledgers([tmp_path / "platform", tmp_path / "bank-1"], kits.keys)
+    assert report.problems == []
+    assert [u for u in report.unmatched if u.kind != "health"] == []
