@@ -43,11 +43,13 @@ the ledger's background thread (hash, sign, append).
 About 3 to 4 minutes on the 2-core development machine (the leakage part about 80 s).
 The last stdout line is one JSON object.
 
-Measured there (2026-12-01, shared with other work): ledger_overhead 0.15 (target 0.05),
-about 150 µs per entry against 45 µs of hash, sign and append on a quiet thread (32 µs of
-it the Ed25519 signature) and 1.4 µs on the message's path: both nodes' background
-threads compete for the same two cores and each with its own process's GIL, at ~450
-entries per second per node.
+Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry
+(32 µs of its 45 µs on the ledger's thread); with one signature per write, the entries
+spelled out by a template and 20 ms drains, 9 µs on the thread and 1.4 µs on the message's
+path, and ledger_overhead 0.09 (paired 0.06) in a run whose arms' times spread 3.3-5.5 s,
+against +1.6% in a quieter ad-hoc A/B of 8 interleaved runs (not in the repository): the
+rest is most likely the ledger threads taking each node's GIL between training steps, and
+noise.
 """
 
 from __future__ import annotations
