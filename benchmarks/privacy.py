@@ -44,12 +44,12 @@ About 3 to 4 minutes on the 2-core development machine (the leakage part about 8
 The last stdout line is one JSON object.
 
 Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry
-(32 µs of its 45 µs on the ledger's thread); with one signature per write, the entries
-spelled out by a template and 20 ms drains, 9 µs on the thread and 1.4 µs on the message's
-path, and ledger_overhead 0.09 (paired 0.06) in a run whose arms' times spread 3.3-5.5 s,
-against +1.6% in a quieter ad-hoc A/B of 8 interleaved runs (not in the repository): the
-rest is most likely the ledger threads taking each node's GIL between training steps, and
-noise.
+(32 µs of its 45 µs on the ledger's thread). With one signature per write, entries spelled
+out by a template and 20 ms drains: 9.5 µs on the ledger's thread and 1.6 µs on the
+message's path per entry, and ledger_overhead 0.054 (paired 0.071; the arms' runs spread
+3.4-5.2 s) with the ledger runs first; 0.09-0.16 when they ran after the leakage and
+federation runs in the same process; 0.006 (paired 0.014) in a fresh process running
+only :func:`ledger_overhead`.
 """
 
 from __future__ import annotations
@@ -528,6 +528,17 @@ def main() -> None:
         tmp = Path(tmp_name)
         manifest = prepare_default_credit(tmp / "data", seed=args.seed)
         provision(tmp / "kits", parties=("platform", *manifest.bank_dirs, "coordinator"))
+        # Timings first, in a process nothing else has run in yet: run after the in-process
+        # leakage training (and the Simulation Engine, whose Ray driver stays), the same
+        # ledger runs measured 0.12-0.16 where a fresh process measured 0.01; whatever the
+        # earlier work leaves behind (threads, heap) is not what a node's process carries.
+        fixed = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed,
+                            refit=False)
+        ledger = ledger_overhead(
+            tmp, args.bank, manifest.bank_dirs[args.bank],
+            find_table(manifest.platform_dir, "features"), manifest.platform_schema, fixed,
+            args.reps, log=log,
+        )
         scenario = load_scenario(tmp / "data")
         settings, clip = leakage_table(scenario, sigmas, args.seed, TrainConfig(seed=args.seed),
                                        clip=args.clip, log=log)
@@ -537,13 +548,6 @@ def main() -> None:
             [float(x) for x in args.update_sigmas.split(",") if x.strip()], args.update_clip,
             args.rounds, args.local_epochs, args.seed, log=log)
         settings += updates
-        fixed = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed,
-                            refit=False)
-        ledger = ledger_overhead(
-            tmp, args.bank, manifest.bank_dirs[args.bank],
-            find_table(manifest.platform_dir, "features"), manifest.platform_schema, fixed,
-            args.reps, log=log,
-        )
     overhead = ledger.pop("overhead")
     result = {
         "seed": args.seed,
