@@ -45,11 +45,11 @@ The last stdout line is one JSON object.
 
 Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry
 (32 µs of its 45 µs on the ledger's thread). With one signature per write, entries spelled
-out by a template and 20 ms drains: 9.5 µs on the ledger's thread and 1.6 µs on the
-message's path per entry, and ledger_overhead 0.054 (paired 0.071; the arms' runs spread
-3.4-5.2 s) with the ledger runs first; 0.09-0.16 when they ran after the leakage and
-federation runs in the same process; 0.006 (paired 0.014) in a fresh process running
-only :func:`ledger_overhead`.
+out by a template and drains with the group commit: 9.3 µs on the ledger's thread and 1.5
+µs on the message's path per entry; ledger_overhead 0.054 (paired 0.071) and 0.066
+(paired 0.013) in two runs whose arms' times spread 3.2-5.2 s; 0.09-0.16 when the ledger
+runs came after the leakage and federation runs in the same process; 0.006 (paired 0.014)
+in a fresh process running only :func:`ledger_overhead`.
 """
 
 from __future__ import annotations

@@ -37,8 +37,10 @@ Writing, and what it costs (measured on the 2-core development machine):
   process. ~50 µs per 4 KiB message, plus SHA-256 at ~0.6 ms per MB.
 - :meth:`Ledger.submit` (what the gRPC taps use by default) only takes the seq and the time
   (~2 µs on the message's path); a background thread hashes and appends the queued entries
-  in seq order every ``drain_interval_s`` (20 ms), one write and one signature per batch
-  (Ed25519 signing, ~32 µs, was two thirds of the cost of an entry signed alone).
+  in seq order every ``drain_interval_s`` (50 ms, with the group commit), one write and one
+  signature per batch (Ed25519 signing, ~32 µs, was two thirds of the cost of an entry
+  signed alone). A process killed outright loses what it had queued; the peer's ledger
+  then shows those messages as one-sided.
 - Either way a background thread fsyncs at most every ``sync_interval_s`` (50 ms, group
   commit) and then rewrites ``ledger.head``; no message ever waits for the disk.
 
@@ -609,7 +611,7 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.time,
         sync_interval_s: float = 0.05,
-        drain_interval_s: float = 0.02,
+        drain_interval_s: float = 0.05,
         lock_timeout_s: float = 0.0,
     ) -> None:
         if not party:
