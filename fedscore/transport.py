@@ -103,11 +103,9 @@ def secure_channel(
     )
     if ledger is None:
         return channel
-    from fedscore.ledger import HEALTH_METHODS, LedgerClientTap
+    from fedscore.ledger import HEALTH_METHODS, LedgerChannel, SerializerTap
 
-    return grpc.intercept_channel(
-        channel, LedgerClientTap(ledger, server_party, ignore=HEALTH_METHODS)
-    )
+    return LedgerChannel(channel, SerializerTap(ledger, server_party, ignore=HEALTH_METHODS))
 
 
 def add_secure_port(server: grpc.Server, address: str, kit: StartupKit) -> int:

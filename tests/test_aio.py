@@ -1,4 +1,4 @@
-"""The aio client tap: the bank's aio channel records what the platform's server tap does."""
+"""The aio ledger channel records what the platform's server tap does."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 
-from fedscore.aio import AioLedgerClientTap, secure_aio_channel
+from fedscore.aio import AioLedgerChannel, secure_aio_channel
 from fedscore.audit import verify_ledgers
-from fedscore.ledger import LEDGER_FILE, Entry, LedgerTap, read_ledger
+from fedscore.ledger import LEDGER_FILE, Entry, LedgerTap, SerializerTap, read_ledger
 from fedscore.transport import GRPC_OPTIONS, add_secure_port, channel_credentials, channel_options
 from tests.test_audit import ECHO, Kits, _echo_handler, echo_kind, kits  # noqa: F401
 
@@ -23,10 +23,10 @@ from tests.test_audit import ECHO, Kits, _echo_handler, echo_kind, kits  # noqa:
 async def _aio_traffic(parties: Kits, port: int, folder: Path, wait: bool) -> None:
     bank = parties.by_party["bank-1"]
     with parties.ledger(folder, "bank-1") as ledger:
-        tap = AioLedgerClientTap(ledger, "platform", echo_kind, wait=wait)
-        async with grpc.aio.secure_channel(
+        tap = SerializerTap(ledger, "platform", echo_kind, wait=wait)
+        async with AioLedgerChannel(grpc.aio.secure_channel(
                 f"127.0.0.1:{port}", channel_credentials(bank),
-                options=channel_options(bank, "platform"), interceptors=[tap]) as channel:
+                options=channel_options(bank, "platform")), tap) as channel:
             echo = channel.unary_unary(f"/{ECHO}/UnaryUnary",
                                        request_serializer=Req.SerializeToString,
                                        response_deserializer=Resp.FromString)

@@ -23,8 +23,9 @@ from fedscore.ledger import (
     LEDGER_FILE,
     Entry,
     Ledger,
-    LedgerClientTap,
+    LedgerChannel,
     LedgerTap,
+    SerializerTap,
     default_kind,
     read_ledger,
 )
@@ -259,8 +260,8 @@ def run_traffic(kits: Kits, folder: Path, wait: bool) -> None:
         server.start()
         try:
             raw = secure_channel(f"127.0.0.1:{port}", kits.by_party["bank-1"], "platform")
-            tap = LedgerClientTap(b_ledger, "platform", echo_kind, wait=wait)
-            with grpc.intercept_channel(raw, tap) as channel:
+            tap = SerializerTap(b_ledger, "platform", echo_kind, wait=wait)
+            with LedgerChannel(raw, tap) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 assert stub.Check(Req(service="")).status == Resp.SERVING
                 assert stub.Check.future(Req(service="")).result().status == Resp.SERVING
@@ -358,7 +359,7 @@ def test_psi_with_a_real_platform_node_is_recorded_by_both_ends(
         server.start()
         try:
             raw = secure_channel(f"127.0.0.1:{port}", bank_kit, "platform")
-            with grpc.intercept_channel(raw, LedgerClientTap(b_ledger, "platform")) as channel:
+            with LedgerChannel(raw, SerializerTap(b_ledger, "platform")) as channel:
                 result = run_psi(channel, ids, "bank-1")
         finally:
             server.stop(grace=None).wait()

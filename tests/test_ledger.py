@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from fedscore.interceptors import Flow
 from fedscore.ledger import (
     ENTRY_DOMAIN,
     HEAD_FILE,
+    HEAD_INTERVAL_S,
     LEDGER_FILE,
     ZERO_HASH,
     Entry,
@@ -408,6 +410,43 @@ def test_group_commit_bounds_fsyncs_and_makes_records_durable(
         ledger.record("platform", "sent", "gradients", b"one more")
         ledger.sync()
         assert _head_seq(tmp_path) == 300
+
+
+def test_head_is_rewritten_at_most_once_a_second_while_busy_then_catches_up(
+    tmp_path: Path, key: SigningPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits every 10 ms, the head (four times a commit's fsyncs) about once a second."""
+    fsyncs: list[int] = []
+    heads: list[float] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    def counting_replace(src: Any, dst: Any) -> None:
+        if Path(dst).name == HEAD_FILE:
+            heads.append(time.monotonic())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "replace", counting_replace)
+    with Ledger(tmp_path, key, PARTY, sync_interval_s=0.01, drain_interval_s=0.005) as ledger:
+        ledger_fd = ledger._fd
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5 * HEAD_INTERVAL_S:
+            ledger.submit("platform", "sent", "gradients", b"x" * 64)
+            time.sleep(0.002)
+        busy = time.monotonic() - started
+        commits = fsyncs.count(ledger_fd)
+        written = [h for h in heads if h >= started]
+        assert commits > 20  # the group commit kept going ...
+        assert len(written) <= busy / HEAD_INTERVAL_S + 2  # ... the head once a second
+        last = ledger.next_seq - 1
+        deadline = time.monotonic() + HEAD_INTERVAL_S + 2
+        while _head_seq(tmp_path) != last and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _head_seq(tmp_path) == last  # quiet: the head caught up without sync()
 
 
 def test_record_cost(tmp_path: Path, key: SigningPrivateKey) -> None:
