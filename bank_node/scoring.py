@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -175,38 +176,65 @@ class ScoringModel:
                                 torch.from_numpy(np.asarray(present, bool)))
             return torch.sigmoid(logits).double().numpy()
 
+    @functools.cached_property
+    def _variants(self) -> _Variants:
+        return _Variants.of(self.preprocessor)
+
     def explain(self, enc: Encoded, emb: np.ndarray, present: np.ndarray
                 ) -> tuple[np.ndarray, list[dict[str, float]]]:
         """PDs [n] and, per applicant, how much each bank feature raised it (see the
         module doc), all from one forward pass over every applicant's variants."""
-        pre = self.preprocessor
+        var = self._variants
         n, d = enc.numeric.shape
-        cards = pre.cat_cardinalities
-        owners = [-1] + list(range(d)) + [d + k for k, c in enumerate(cards)
-                                          for _ in range(1, c)]
-        codes = [0] * (1 + d) + [code for c in cards for code in range(1, c)]
-        v = len(owners)  # variants per applicant: as is, each column at its reference
-        num = np.repeat(enc.numeric, v, axis=0).reshape(n, v, d)  # [n, v, d]
-        cat = np.repeat(enc.categorical, v, axis=0).reshape(n, v, len(cards))
-        for i in range(1, 1 + d):
-            num[:, i, i - 1] = 0.0  # the pooled mean
-        for i in range(1 + d, v):
-            cat[:, i, owners[i] - d] = codes[i]
-        pds = self.pd(Encoded(num.reshape(n * v, d), cat.reshape(n * v, len(cards))),
+        k = enc.categorical.shape[1]
+        v = var.count  # variants per applicant: as is, each column at its reference
+        num = np.repeat(enc.numeric[:, None, :], v, axis=1)  # [n, v, d]
+        cat = np.repeat(enc.categorical[:, None, :], v, axis=1)  # [n, v, k]
+        num[:, var.num_variant, var.num_column] = 0.0  # the pooled mean
+        cat[:, var.cat_variant, var.cat_column] = var.cat_code
+        pds = self.pd(Encoded(num.reshape(n * v, d), cat.reshape(n * v, k)),
                       np.repeat(emb, v, axis=0), np.repeat(present, v)).reshape(n, v)
-        names = list(pre.numeric_names) + list(pre.categorical_names)
-        owner = np.asarray(owners)
         # per column, the PD at its best reference: the drop is what the column cost
-        drops = np.stack([pds[:, 0] - pds[:, owner == col].min(axis=1)
-                          for col in range(len(names))], axis=1)  # [n, columns]
-        out: list[dict[str, float]] = []
-        for row in drops.tolist():
-            feats: dict[str, float] = {}
-            for name, drop in zip(names, row, strict=True):
-                source = _source(name)
-                feats[source] = feats.get(source, 0.0) + drop
-            out.append(feats)
-        return pds[:, 0], out
+        drops = pds[:, :1] - np.minimum.reduceat(pds[:, 1:], var.starts, axis=1)  # [n, cols]
+        by_source = drops @ var.source_of_column  # [n, sources]
+        return pds[:, 0], [dict(zip(var.sources, row, strict=True))
+                           for row in by_source.tolist()]
+
+
+@dataclass(frozen=True)
+class _Variants:
+    """How :meth:`ScoringModel.explain` varies an applicant: variant 0 as is, then one per
+    numeric column (at the pooled mean, 0) and one per other category of each
+    categorical column, columns in order, so each column's variants are contiguous."""
+
+    count: int
+    num_variant: np.ndarray  # [d] the variant that resets numeric column i
+    num_column: np.ndarray  # [d]
+    cat_variant: np.ndarray  # [m] the variant that sets a categorical column ...
+    cat_column: np.ndarray  # [m] ... this one ...
+    cat_code: np.ndarray  # [m] ... to this code
+    starts: np.ndarray  # [columns] each column's first variant, less one (variant 0)
+    sources: tuple[str, ...]  # the bank features behind the columns
+    source_of_column: np.ndarray  # [columns, sources] 0/1
+
+    @classmethod
+    def of(cls, pre: Preprocessor) -> _Variants:
+        d, cards = pre.n_numeric, pre.cat_cardinalities
+        cat_column = np.array([c for c, card in enumerate(cards) for _ in range(1, card)],
+                              np.int64)
+        cat_code = np.array([code for card in cards for code in range(1, card)], np.int64)
+        if any(card < 2 for card in cards):
+            raise ValueError(f"categorical cardinalities {cards}: every column needs a "
+                             "category to compare with")
+        firsts = np.concatenate([np.arange(d), d + np.searchsorted(cat_column,
+                                                                   np.arange(len(cards)))])
+        names = list(pre.numeric_names) + list(pre.categorical_names)
+        sources = tuple(dict.fromkeys(_source(name) for name in names))
+        onehot = np.zeros((len(names), len(sources)))
+        onehot[np.arange(len(names)), [sources.index(_source(x)) for x in names]] = 1.0
+        return cls(1 + d + len(cat_column), np.arange(1, 1 + d), np.arange(d),
+                   1 + d + np.arange(len(cat_column)), cat_column, cat_code,
+                   firsts.astype(np.int64), sources, onehot)
 
 
 class Batched(Generic[T, R]):
