@@ -22,37 +22,35 @@ epoch (training or validation row, refit pass included) plus the final scoring p
 to it. Bank-update DP (``update_noise``, noise on the SecAgg+ sum) is not in these runs
 (0); a setting with it can join the same table.
 
-Ledger overhead (two processes, as ``benchmarks/training.py``): one bank trains with the
-platform node in its own process over mutual TLS gRPC, a fixed number of epochs (no early
+Ledger overhead (bank and platform each a process of their own, as the nodes run): one
+bank trains with a platform node over mutual TLS gRPC, a fixed number of epochs (no early
 stop, no refit), with the audit ledger at both nodes ("on": ``create_server(ledger=)``'s
 ``LedgerTap`` and ``secure_channel(ledger=)``'s ``LedgerChannel``, the nodes' own wiring)
-or at neither ("off"; ``fedscore platform serve`` always ledgers, so both arms' platforms
-are this script's child, ``serve`` less the mandatory ledger). Two platform processes
-stay up, one per arm; one warm-up run each is discarded; then repetitions alternate
-off,on / on,off. ``ledger_overhead`` = the median over repetitions of on / off - 1 of
-the bank's training wall time, each repetition's two runs back to back: on this shared
-VM a run's speed drifts by up to 40% over tens of seconds with other tenants' load (the
-CPU time of the same work drifts with it), far more than the ledger costs, and a pair
-sees the same drift. ``median_overhead`` = median on / median off - 1 and
-``epoch_median_overhead`` the same over single epochs, for comparison. The two ledgers
-are verified at the end with :func:`fedscore.audit.verify_ledgers` (chains, signatures,
-every message on both ends); ``us_per_entry`` is the median time added per
-split-learning entry (both ends counted), ``microbench`` the in-process cost of one entry
-on the message path (``submit``) and in the ledger's background thread (hash, sign,
-append).
+or at neither ("off"; ``fedscore platform serve`` always ledgers, so the platforms are
+this script's child, ``serve`` less the mandatory ledger). Each repetition runs both arms
+at the same time, each against its own platform process (they stay up; one warm-up run
+each is discarded), so both see the same load from the shared VM's other tenants, which
+drifts a run's speed by up to 40% over tens of seconds: back-to-back runs, the previous
+method, read -6% to +7% with the ledger off in both arms. Two trainings at once also
+leave the ledger no idle core: what it costs in CPU it costs in wall time, so the figure
+errs high. ``ledger_overhead`` = the median over repetitions of on / off - 1 of the
+bank's training wall time; ``aa_overhead`` the same for ``--aa-reps`` repetitions with
+the ledger off in both arms (the method's own noise, which should read near 0);
+``median_overhead`` = median on / median off - 1. The two ledgers are verified at the
+end with :func:`fedscore.audit.verify_ledgers` (chains, signatures, every message on both
+ends); ``us_per_entry`` is the median time added per split-learning entry (both ends
+counted), ``microbench`` the in-process cost of one entry on the message path
+(``submit``) and in the ledger's background thread (hash, sign, append).
 
-    python benchmarks/privacy.py [--seed 0] [--sigmas 0.5,1,2] [--reps 12] [--epochs 10]
+    python benchmarks/privacy.py [--seed 0] [--sigmas 0.5,1,2] [--reps 12] [--aa-reps 4]
 
-About 3 to 4 minutes on the 2-core development machine (the leakage part about 80 s).
-The last stdout line is one JSON object.
+About 8 minutes on the 2-core development machine (the ledger part about 4). The last
+stdout line is one JSON object.
 
-Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry
-(32 µs of its 45 µs on the ledger's thread). With one signature per write, entries spelled
-out by a template and drains with the group commit: 9.3 µs on the ledger's thread and 1.5
-µs on the message's path per entry; ledger_overhead 0.054 (paired 0.071) and 0.066
-(paired 0.013) in two runs whose arms' times spread 3.2-5.2 s; 0.09-0.16 when the ledger
-runs came after the leakage and federation runs in the same process; 0.006 (paired 0.014)
-in a fresh process running only :func:`ledger_overhead`.
+Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry and
+client interceptors; after batch signing, a template, client taps on the (de)serializers
+(no second ``SerializeToString``) and the head once a second: 0.038 (A/A 0.007; pairs
+-0.011 to 0.059) with both arms at once, where back-to-back runs had read 0.06-0.15.
 """
 
 from __future__ import annotations
@@ -92,7 +90,7 @@ from fedscore.ledger import LEDGER_FILE, Ledger, read_ledger
 from fedscore.metrics import auc
 from fedscore.model import SplitArchitecture
 from fedscore.provision import load_kit, provision
-from fedscore.training import BankData, PlatformLink, TrainConfig, predict, train_bank_model
+from fedscore.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.transport import secure_channel
 
 _READY = "platform node listening on "
@@ -328,45 +326,11 @@ def platform_proc(kit: Path, data: Path, schema: Path, ledger_dir: Path | None) 
                 proc.wait()
 
 
-class EpochClock:
-    """A pass-through :class:`PlatformLink` that notes when each epoch's training ends, so
-    that the ledger arms can also be compared epoch by epoch (a burst of someone else's
-    load on the shared machine then spoils one epoch, not a whole run)."""
-
-    def __init__(self, inner: PlatformLink) -> None:
-        self.inner = inner
-        self.ticks: list[float] = []
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.inner.embedding_dim
-
-    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
-        if train and not self.ticks:
-            self.ticks.append(time.perf_counter())
-        return self.inner.forward(handles, train)
-
-    def backward(self, grad: torch.Tensor) -> None:
-        self.inner.backward(grad)
-
-    def end_epoch(self, epoch: int) -> None:
-        self.inner.end_epoch(epoch)
-        self.ticks.append(time.perf_counter())
-
-    def commit(self, epoch: int) -> None:
-        self.inner.commit(epoch)
-
-    def epoch_seconds(self) -> list[float]:
-        """Wall time of each epoch (its training; the previous epoch's validation too)."""
-        return [b - a for a, b in zip(self.ticks, self.ticks[1:], strict=False)]
-
-
 def bank_run(
     kit_dir: Path, data_dir: Path, address: str, cfg: TrainConfig, ledger_dir: Path | None,
-) -> tuple[float, float, list[float]]:
+) -> tuple[float, float]:
     """``bank_node.trainer.run_bank``'s PSI, training and test (its channel ledgered, as
-    there, when ``ledger_dir``) with an :class:`EpochClock` on the link; returns (training
-    seconds, test AUC, seconds of each epoch)."""
+    there, when ``ledger_dir``); returns (training seconds, test AUC)."""
     kit = load_kit(kit_dir)
     tables = BankTables.load(data_dir)
     pre = Preprocessor.fit(tables.train)
@@ -379,13 +343,12 @@ def bank_run(
             psi = run_psi(channel, ids, party=kit.party)
             handles = psi.handles_for_rows(len(ids))
             link = GrpcPlatformLink(channel, kit, psi, cfg)
-            clock = EpochClock(link)
             arch = SplitArchitecture()
             bank_cfg = arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities)
             top_cfg = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)
             trained = train_bank_model(
                 BankData(pre.transform(tables.train), tables.train.labels, handles[:n]),
-                clock, bank_cfg, top_cfg, cfg)
+                link, bank_cfg, top_cfg, cfg)
             test_pd = predict(trained.model, BankData(pre.transform(tables.test),
                                                       tables.test.labels, handles[n:]),
                               link, cfg.eval_batch_size)
@@ -393,7 +356,7 @@ def bank_run(
     finally:
         if ledger is not None:
             ledger.close()
-    return trained.wall_s, auc(tables.test.labels, test_pd), clock.epoch_seconds()
+    return trained.wall_s, auc(tables.test.labels, test_pd)
 
 
 def _training_entries(folder: Path) -> int:
@@ -401,38 +364,77 @@ def _training_entries(folder: Path) -> int:
     return sum(e.purpose == "training" for e in read_ledger(folder / LEDGER_FILE))
 
 
+_RESULT = "bank run: "
+
+
+def bank_child(kit: Path, data: Path, address: str, epochs: int, seed: int,
+               ledger_dir: Path | None) -> None:
+    """One :func:`bank_run` in a process of its own (a bank node's); prints its result."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(epochs=epochs, patience=epochs, seed=seed, refit=False)
+    seconds, test_auc = bank_run(kit, data, address, cfg, ledger_dir)
+    print(_RESULT + json.dumps({"seconds": seconds, "auc": test_auc}), flush=True)
+
+
+def _bank_proc(kit: Path, data: Path, address: str, epochs: int, seed: int,
+               ledger_dir: Path | None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, __file__, "--bank-child", str(kit), str(data), address,
+           "--epochs", str(epochs), "--seed", str(seed)]
+    if ledger_dir is not None:
+        cmd += ["--ledger-dir", str(ledger_dir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=600)
+    for line in out.splitlines():
+        if line.startswith(_RESULT):
+            result: dict[str, Any] = json.loads(line[len(_RESULT):])
+            return result
+    raise RuntimeError(f"bank run exited {proc.returncode} without a result")
+
+
 def ledger_overhead(
-    tmp: Path, bank: str, bank_dir: Path, platform_data: Path, schema: Path, cfg: TrainConfig,
-    reps: int, log: Callable[[str], None] = print,
+    tmp: Path, bank: str, bank_dir: Path, platform_data: Path, schema: Path, epochs: int,
+    seed: int, reps: int, aa_reps: int, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Interleaved off/on two-process runs; ``overhead`` = median of the pairs' on / off - 1.
+    """Each repetition trains the bank twice at the same time, once per arm, each bank
+    and platform a process of its own; ``overhead`` = median of the repetitions' on / off
+    - 1. ``aa_overhead``: the same with the ledger off in both (the method's noise).
 
     Two platform processes stay up throughout, one ledgered and one not, so neither arm
-    pays a start-up; each gets one discarded warm-up run first (the first training in a
-    process pays one-off costs, seconds here). The bank's ledger, like the platform's, is
-    one chain over all the "on" runs, verified against the platform's at the end.
+    pays a start-up; each gets one discarded warm-up run first. The bank's ledger, like the
+    platform's, is one chain over all the "on" runs, verified against the platform's at
+    the end.
     """
     kits = tmp / "kits"
     keys = {name: p.verify_key for name, p in load_kit(kits / "platform").peers.items()}
     folders = {"platform": tmp / "ledger" / "platform", bank: tmp / "ledger" / bank}
     runs: dict[str, list[float]] = {"off": [], "on": []}
     aucs: dict[str, list[float]] = {"off": [], "on": []}
-    epochs: dict[str, list[float]] = {"off": [], "on": []}
+    aa: list[float] = []
     with platform_proc(kits / "platform", platform_data, schema, None) as off_addr, \
             platform_proc(kits / "platform", platform_data, schema, folders["platform"]) \
-            as on_addr:
-        arms = {"off": (off_addr, None), "on": (on_addr, folders[bank])}
+            as on_addr, \
+            platform_proc(kits / "platform", platform_data, schema, None) as aa_addr:
+        arms = {"off": (off_addr, None), "on": (on_addr, folders[bank]), "aa": (aa_addr, None)}
         for addr, folder in arms.values():
-            bank_run(kits / bank, bank_dir, addr, dataclasses.replace(cfg, epochs=1), folder)
+            _result(_bank_proc(kits / bank, bank_dir, addr, 1, seed, folder))
         warm = _training_entries(folders[bank])
-        for rep in range(reps):
-            for arm in ("off", "on") if rep % 2 == 0 else ("on", "off"):
-                addr, folder = arms[arm]
-                seconds, test_auc, per_epoch = bank_run(kits / bank, bank_dir, addr, cfg, folder)
-                runs[arm].append(seconds)
-                epochs[arm].extend(per_epoch)
-                aucs[arm].append(test_auc)
-                log(f"ledger {arm} rep {rep}: {seconds:.3f} s, test AUC {test_auc:.5f}")
+        for rep in range(reps + aa_reps):
+            pair = ("off", "on") if rep < reps else ("off", "aa")
+            order = pair if rep % 2 == 0 else pair[::-1]  # who starts first alternates
+            procs = {arm: _bank_proc(kits / bank, bank_dir, arms[arm][0], epochs, seed,
+                                     arms[arm][1]) for arm in order}
+            got = {arm: _result(p) for arm, p in procs.items()}
+            if rep < reps:
+                for arm in pair:
+                    runs[arm].append(got[arm]["seconds"])
+                    aucs[arm].append(got[arm]["auc"])
+            else:
+                aa.append(got["aa"]["seconds"] / got["off"]["seconds"] - 1.0)
+            log(f"ledger rep {rep} ({'+'.join(order)}): " + ", ".join(
+                f"{arm} {got[arm]['seconds']:.3f} s" for arm in order))
     report = verify_ledgers(list(folders.values()), keys)
     problems = [str(p) for p in (*report.problems, *report.unmatched)]
     if problems:
@@ -441,24 +443,23 @@ def ledger_overhead(
     per_run = 2 * (_training_entries(folders[bank]) - warm) / reps
     off, on = statistics.median(runs["off"]), statistics.median(runs["on"])
     pairs = [b / a - 1.0 for a, b in zip(runs["off"], runs["on"], strict=True)]
+    paired_s = statistics.median(b - a for a, b in zip(runs["off"], runs["on"], strict=True))
     return {
         "overhead": statistics.median(pairs),
         "pair_overheads": [round(x, 4) for x in pairs],
+        "aa_overhead": round(statistics.median(aa), 4) if aa else None,
+        "aa_pair_overheads": [round(x, 4) for x in aa],
         "median_overhead": round(on / off - 1.0, 4),
         "median_off_s": round(off, 3),
         "median_on_s": round(on, 3),
-        "min_off_s": round(min(runs["off"]), 3),
-        "min_on_s": round(min(runs["on"]), 3),
-        "epoch_median_overhead": round(
-            statistics.median(epochs["on"]) / statistics.median(epochs["off"]) - 1.0, 4),
         "runs_off_s": [round(x, 3) for x in runs["off"]],
         "runs_on_s": [round(x, 3) for x in runs["on"]],
-        "order": "off,on then on,off, alternating per repetition, after one warm-up each",
+        "order": "both arms at once, each repetition; which starts first alternates",
         "test_auc_off": round(statistics.median(aucs["off"]), 5),
         "test_auc_on": round(statistics.median(aucs["on"]), 5),
         "entries": report.entries,
         "training_entries_per_run": round(per_run),
-        "us_per_entry": round(1e6 * (on - off) / per_run, 1) if per_run else None,
+        "us_per_entry": round(1e6 * paired_s / per_run, 1) if per_run else None,
         "verified": report.ok,
         "problems": problems[:10],
         "microbench": ledger_microbench(tmp / "micro", load_kit(kits / bank)),
@@ -506,6 +507,8 @@ def main() -> None:
     parser.add_argument("--bank", default="bank-1", help="the bank of the ledger runs")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each ledger run")
     parser.add_argument("--reps", type=int, default=12, help="ledger runs per arm")
+    parser.add_argument("--aa-reps", type=int, default=4,
+                        help="runs of the ledger-off A/A check (the method's noise)")
     parser.add_argument("--update-sigmas", default="0.1,0.5",
                         help="bank-update noise multipliers (federations), comma-separated")
     parser.add_argument("--update-clip", type=float, default=1.0,
@@ -515,8 +518,15 @@ def main() -> None:
                         help="local epochs of each federation round")
     parser.add_argument("--platform-child", nargs=3, metavar=("KIT", "DATA", "SCHEMA"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--bank-child", nargs=3, metavar=("KIT", "DATA", "ADDRESS"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--ledger-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bank_child:
+        kit_dir, data_dir, address = args.bank_child
+        bank_child(Path(kit_dir), Path(data_dir), address, args.epochs, args.seed,
+                   args.ledger_dir)
+        return
     if args.platform_child:
         kit, data, schema = (Path(a) for a in args.platform_child)
         platform_child(kit, data, schema, args.ledger_dir)
@@ -536,12 +546,10 @@ def main() -> None:
         # leakage training (and the Simulation Engine, whose Ray driver stays), the same
         # ledger runs measured 0.12-0.16 where a fresh process measured 0.01; whatever the
         # earlier work leaves behind (threads, heap) is not what a node's process carries.
-        fixed = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed,
-                            refit=False)
         ledger = ledger_overhead(
             tmp, args.bank, manifest.bank_dirs[args.bank],
-            find_table(manifest.platform_dir, "features"), manifest.platform_schema, fixed,
-            args.reps, log=log,
+            find_table(manifest.platform_dir, "features"), manifest.platform_schema,
+            args.epochs, args.seed, args.reps, args.aa_reps, log=log,
         )
         scenario = load_scenario(tmp / "data")
         settings, clip = leakage_table(scenario, sigmas, args.seed, TrainConfig(seed=args.seed),

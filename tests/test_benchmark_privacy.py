@@ -79,11 +79,12 @@ def test_ledger_arms_verify(bench: ModuleType, population: ScenarioManifest,
     out = bench.ledger_overhead(
         tmp_path, "bank-1", population.bank_dirs["bank-1"],
         find_table(population.platform_dir, "features"), population.platform_schema,
-        TrainConfig(epochs=2, patience=2, refit=False, seed=0), 1, log=lambda _: None,
+        2, 0, 1, 1, log=lambda _: None,
     )
     assert out["verified"], out["problems"]
     assert out["entries"]["platform"] == out["entries"]["bank-1"] > 0
     assert out["training_entries_per_run"] > 0
-    assert len(out["runs_off_s"]) == len(out["runs_on_s"]) == 1
+    assert len(out["runs_off_s"]) == len(out["runs_on_s"]) == len(out["pair_overheads"]) == 1
+    assert len(out["aa_pair_overheads"]) == 1
     assert out["test_auc_off"] == out["test_auc_on"]  # the ledger changes nothing learned
     assert out["microbench"]["submit_us"] > 0
