@@ -16,41 +16,17 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from fedscore.ledger import HEALTH_METHODS, Deserializer, Ledger, Serializer, SerializerTap
+from fedscore.ledger import HEALTH_METHODS, Ledger, SerializerTap, TappedFactories
 from fedscore.provision import StartupKit
 from fedscore.transport import channel_credentials, channel_options
 
 
-class AioLedgerChannel(grpc.aio.Channel):
+class AioLedgerChannel(TappedFactories, grpc.aio.Channel):
     """An aio ``channel`` with every message recorded by ``tap``."""
 
     def __init__(self, channel: grpc.aio.Channel, tap: SerializerTap) -> None:
         self._channel = channel
         self.tap = tap
-
-    def unary_unary(self, method: str, request_serializer: Serializer = None,
-                    response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
-        return self._channel.unary_unary(
-            method, *self.tap.wrap(method, request_serializer, response_deserializer),
-            **kwargs)
-
-    def unary_stream(self, method: str, request_serializer: Serializer = None,
-                     response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
-        return self._channel.unary_stream(
-            method, *self.tap.wrap(method, request_serializer, response_deserializer),
-            **kwargs)
-
-    def stream_unary(self, method: str, request_serializer: Serializer = None,
-                     response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
-        return self._channel.stream_unary(
-            method, *self.tap.wrap(method, request_serializer, response_deserializer),
-            **kwargs)
-
-    def stream_stream(self, method: str, request_serializer: Serializer = None,
-                      response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
-        return self._channel.stream_stream(
-            method, *self.tap.wrap(method, request_serializer, response_deserializer),
-            **kwargs)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._channel.get_state(try_to_connect)

@@ -1375,13 +1375,12 @@ class SerializerTap:
         return serialize, deserialize
 
 
-class LedgerChannel(grpc.Channel):
-    """``channel`` with every message recorded by ``tap``: what
-    :func:`fedscore.transport.secure_channel` returns when given a ledger."""
+class TappedFactories:
+    """The four multi-callable factories of a channel wrapper, with each method's
+    serializers wrapped by ``self.tap``: shared by the sync and the aio ledger channels."""
 
-    def __init__(self, channel: grpc.Channel, tap: SerializerTap) -> None:
-        self._channel = channel
-        self.tap = tap
+    _channel: Any
+    tap: SerializerTap
 
     def unary_unary(self, method: str, request_serializer: Serializer = None,
                     response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
@@ -1406,6 +1405,15 @@ class LedgerChannel(grpc.Channel):
         return self._channel.stream_stream(
             method, *self.tap.wrap(method, request_serializer, response_deserializer),
             **kwargs)
+
+
+class LedgerChannel(TappedFactories, grpc.Channel):
+    """``channel`` with every message recorded by ``tap``: what
+    :func:`fedscore.transport.secure_channel` returns when given a ledger."""
+
+    def __init__(self, channel: grpc.Channel, tap: SerializerTap) -> None:
+        self._channel = channel
+        self.tap = tap
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None],
                   try_to_connect: bool = False) -> None:
