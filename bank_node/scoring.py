@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -481,12 +481,8 @@ class Scorer:
                     got = self._joined((m, platform, r.handle))
                     emb, present = got[None, :], np.ones(1, bool)
                 else:  # a consent is checked alone: one refusal must not fail others
-                    emb, present = platform.get(
-                        m.platform_version, np.zeros(0, np.int64),
-                        [(applicant_id, consent_token)],
-                        purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
-                        timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim,
-                    )
+                    emb, present = platform.get(**self._query(
+                        m, np.zeros(0, np.int64), [(applicant_id, consent_token)]))
                 part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = self._platform_failure(exc)
@@ -520,15 +516,28 @@ class Scorer:
         """One platform call for every waiting intersection customer (per model and
         session)."""
         out: list[np.ndarray] = [np.empty(0)] * len(items)
-        groups = {(id(m), id(p)): (m, p) for m, p, _ in items}
-        for m, platform in groups.values():
-            idx = [i for i, (mi, pi, _) in enumerate(items) if mi is m and pi is platform]
-            emb, _ = platform.get(
-                m.platform_version, np.array([items[i][2] for i in idx], np.int64), [],
-                purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
-                timeout=self.policy.fallback.deadline_s, dim=m.embedding_dim)
+        for platform, query, idx in self._per_session(items):
+            emb, _ = platform.get(**query)
             for k, i in enumerate(idx):
                 out[i] = emb[k]
+        return out
+
+    def _query(self, m: ScoringModel, handles: np.ndarray,
+               consented: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """The arguments of a scoring call to the platform (``PlatformEmbeddings.get``)."""
+        return {"version": m.platform_version, "handles": handles, "consented": consented,
+                "purpose": embedding_pb2.SCORING_PURPOSE_APPLICATION,
+                "timeout": self.policy.fallback.deadline_s, "dim": m.embedding_dim}
+
+    def _per_session(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
+                     ) -> list[tuple[PlatformEmbeddings, dict[str, Any], list[int]]]:
+        """Waiting intersection customers by model and session: (session, the call's
+        arguments, the items it answers)."""
+        out = []
+        for m, platform in {(id(m), id(p)): (m, p) for m, p, _ in items}.values():
+            idx = [i for i, (mi, pi, _) in enumerate(items) if mi is m and pi is platform]
+            out.append((platform, self._query(
+                m, np.array([items[i][2] for i in idx], np.int64), []), idx))
         return out
 
     @staticmethod
@@ -696,12 +705,8 @@ class AsyncScorer:
                     got = await self._joined((m, platform, r.handle))
                     emb, present = got[None, :], np.ones(1, bool)
                 else:  # a consent is checked alone: one refusal must not fail others
-                    emb, present = await platform.get_async(
-                        self._stub, m.platform_version, np.zeros(0, np.int64),
-                        [(applicant_id, consent_token)],
-                        purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
-                        timeout=s.policy.fallback.deadline_s, dim=m.embedding_dim,
-                    )
+                    emb, present = await platform.get_async(self._stub, **s._query(
+                        m, np.zeros(0, np.int64), [(applicant_id, consent_token)]))
                 part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = s._platform_failure(exc)
@@ -714,13 +719,8 @@ class AsyncScorer:
         session)."""
         assert self._stub is not None
         out: list[np.ndarray] = [np.empty(0)] * len(items)
-        groups = {(id(m), id(p)): (m, p) for m, p, _ in items}
-        for m, platform in groups.values():
-            idx = [i for i, (mi, pi, _) in enumerate(items) if mi is m and pi is platform]
-            emb, _ = await platform.get_async(
-                self._stub, m.platform_version, np.array([items[i][2] for i in idx], np.int64),
-                [], purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION,
-                timeout=self.scorer.policy.fallback.deadline_s, dim=m.embedding_dim)
+        for platform, query, idx in self.scorer._per_session(items):
+            emb, _ = await platform.get_async(self._stub, **query)
             for k, i in enumerate(idx):
                 out[i] = emb[k]
         return out

@@ -542,10 +542,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         manifest = prepare_default_credit(tmp / "data", seed=args.seed)
         provision(tmp / "kits", parties=("platform", *manifest.bank_dirs, "coordinator"))
-        # Timings first, in a process nothing else has run in yet: run after the in-process
-        # leakage training (and the Simulation Engine, whose Ray driver stays), the same
-        # ledger runs measured 0.12-0.16 where a fresh process measured 0.01; whatever the
-        # earlier work leaves behind (threads, heap) is not what a node's process carries.
+        # Every ledger run is a bank process of its own, as a node's is: nothing this
+        # process ran before (leakage training, the Simulation Engine) weighs on it.
         ledger = ledger_overhead(
             tmp, args.bank, manifest.bank_dirs[args.bank],
             find_table(manifest.platform_dir, "features"), manifest.platform_schema,

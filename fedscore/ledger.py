@@ -1174,7 +1174,6 @@ class _Describer:
         rows_of: Callable[[object], int],
         wait: bool,
     ) -> None:
-        self.ledger = ledger
         self.kind_of = kind_of
         self.purpose_of = purpose_of
         self.round_of = round_of

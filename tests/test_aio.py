@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 
 from fedscore.aio import AioLedgerChannel, secure_aio_channel
 from fedscore.audit import verify_ledgers
-from fedscore.ledger import LEDGER_FILE, Entry, LedgerTap, SerializerTap, read_ledger
-from fedscore.transport import GRPC_OPTIONS, add_secure_port, channel_credentials, channel_options
-from tests.test_audit import ECHO, Kits, _echo_handler, echo_kind, kits  # noqa: F401
+from fedscore.ledger import LEDGER_FILE, Entry, SerializerTap, read_ledger
+from fedscore.transport import channel_credentials, channel_options
+from tests.test_audit import ECHO, Kits, echo_kind, echo_server, kits  # noqa: F401
 
 
 async def _aio_traffic(parties: Kits, port: int, folder: Path, wait: bool) -> None:
@@ -48,20 +47,9 @@ async def _aio_traffic(parties: Kits, port: int, folder: Path, wait: bool) -> No
 @pytest.mark.parametrize("wait", [False, True], ids=["submit", "wait"])
 def test_the_aio_tap_matches_the_servers_tap(kits: Kits, tmp_path: Path,  # noqa: F811
                                              wait: bool) -> None:
-    with kits.ledger(tmp_path, "platform") as p_ledger:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                             interceptors=[LedgerTap(p_ledger, echo_kind, wait=wait)],
-                             options=GRPC_OPTIONS)
-        servicer = health.HealthServicer()
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        server.add_generic_rpc_handlers((_echo_handler(),))
-        port = add_secure_port(server, "127.0.0.1:0", kits.by_party["platform"])
-        server.start()
-        try:
-            asyncio.run(_aio_traffic(kits, port, tmp_path, wait))
-        finally:
-            server.stop(grace=None).wait()
+    with kits.ledger(tmp_path, "platform") as p_ledger, \
+            echo_server(kits, p_ledger, wait) as port:
+        asyncio.run(_aio_traffic(kits, port, tmp_path, wait))
     platform = read_ledger(tmp_path / "platform" / LEDGER_FILE)
     bank = read_ledger(tmp_path / "bank-1" / LEDGER_FILE)
     # the platform records the health probe (its tap ignores nothing here); the bank not

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,45 +247,54 @@ def _echo_handler() -> grpc.GenericRpcHandler:
     })
 
 
+@contextmanager
+def echo_server(kits: Kits, ledger: Ledger, wait: bool) -> Iterator[int]:
+    """The platform's mTLS server with health and the echo service, ledgered by its tap;
+    yields the port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         interceptors=[LedgerTap(ledger, echo_kind, wait=wait)],
+                         options=GRPC_OPTIONS)
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((_echo_handler(),))
+    port = add_secure_port(server, "127.0.0.1:0", kits.by_party["platform"])
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=None).wait()
+
+
 def run_traffic(kits: Kits, folder: Path, wait: bool) -> None:
     """Every RPC shape between bank-1 (client) and the platform (server), both ledgered."""
-    with kits.ledger(folder, "platform") as p_ledger, kits.ledger(folder, "bank-1") as b_ledger:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                             interceptors=[LedgerTap(p_ledger, echo_kind, wait=wait)],
-                             options=GRPC_OPTIONS)
-        servicer = health.HealthServicer()
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        server.add_generic_rpc_handlers((_echo_handler(),))
-        port = add_secure_port(server, "127.0.0.1:0", kits.by_party["platform"])
-        server.start()
-        try:
-            raw = secure_channel(f"127.0.0.1:{port}", kits.by_party["bank-1"], "platform")
-            tap = SerializerTap(b_ledger, "platform", echo_kind, wait=wait)
-            with LedgerChannel(raw, tap) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                assert stub.Check(Req(service="")).status == Resp.SERVING
-                assert stub.Check.future(Req(service="")).result().status == Resp.SERVING
+    with kits.ledger(folder, "platform") as p_ledger, \
+            kits.ledger(folder, "bank-1") as b_ledger, \
+            echo_server(kits, p_ledger, wait) as port:
+        raw = secure_channel(f"127.0.0.1:{port}", kits.by_party["bank-1"], "platform")
+        tap = SerializerTap(b_ledger, "platform", echo_kind, wait=wait)
+        with LedgerChannel(raw, tap) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            assert stub.Check(Req(service="")).status == Resp.SERVING
+            assert stub.Check.future(Req(service="")).result().status == Resp.SERVING
 
-                def call(kind: str, name: str) -> Callable[..., object]:
-                    make = getattr(channel, kind)
-                    c: Callable[..., object] = make(
-                        f"/{ECHO}/{name}", request_serializer=Req.SerializeToString,
-                        response_deserializer=Resp.FromString)
-                    return c
+            def call(kind: str, name: str) -> Callable[..., object]:
+                make = getattr(channel, kind)
+                c: Callable[..., object] = make(
+                    f"/{ECHO}/{name}", request_serializer=Req.SerializeToString,
+                    response_deserializer=Resp.FromString)
+                return c
 
-                assert call("unary_unary", "UnaryUnary")(Req(service="uu"))
-                got = list(call("unary_stream", "UnaryStream")(Req(service="us")))  # type: ignore[call-overload]
-                assert len(got) == 3
-                reqs = [Req(service=f"su-{i}") for i in range(5)]
-                assert call("stream_unary", "StreamUnary")(iter(reqs))
-                reqs = [Req(service=f"ss-{i % 3}") for i in range(7)]
-                assert len(list(call("stream_stream", "StreamStream")(iter(reqs)))) == 7  # type: ignore[call-overload]
-                with pytest.raises(grpc.RpcError) as refused:
-                    call("unary_unary", "Refuse")(Req(service="refused"))
-                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        finally:
-            server.stop(grace=None).wait()
+            assert call("unary_unary", "UnaryUnary")(Req(service="uu"))
+            got = list(call("unary_stream", "UnaryStream")(Req(service="us")))  # type: ignore[call-overload]
+            assert len(got) == 3
+            reqs = [Req(service=f"su-{i}") for i in range(5)]
+            assert call("stream_unary", "StreamUnary")(iter(reqs))
+            reqs = [Req(service=f"ss-{i % 3}") for i in range(7)]
+            assert len(list(call("stream_stream", "StreamStream")(iter(reqs)))) == 7  # type: ignore[call-overload]
+            with pytest.raises(grpc.RpcError) as refused:
+                call("unary_unary", "Refuse")(Req(service="refused"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.fixture(params=[False, True], ids=["submit", "wait"])
