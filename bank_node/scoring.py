@@ -39,7 +39,6 @@ import grpc
 import grpc.aio
 import numpy as np
 import pandas as pd
-import torch
 
 from bank_node.policy import (
     OUTCOMES,
@@ -58,7 +57,7 @@ from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
 from fedscore.crypto import Direction, Sealer, VerifyKey, WindowOpener, derive_session_key
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.data.table import PartyTable
-from fedscore.model import BankModel, SplitArchitecture, load_arrays
+from fedscore.model import BankModel, FrozenBankModel, SplitArchitecture, load_arrays
 from fedscore.provision import StartupKit
 from fedscore.psi import PsiResult
 
@@ -161,20 +160,23 @@ class ScoringModel:
                                f"{release}: weights do not fit this bank's model: {exc}"
                                ) from None
         model.eval()
-        return cls(str(manifest["version"]), str(manifest["platform_model_version"]), pre,
+        made = cls(str(manifest["version"]), str(manifest["platform_model_version"]), pre,
                    model, pre.transform(store.table))
+        made._forward, made._variants  # noqa: B018 (built now, not at the first applicant)
+        return made
 
     @property
     def embedding_dim(self) -> int:
         return self.model.top.cfg.platform_dim
 
+    @functools.cached_property
+    def _forward(self) -> FrozenBankModel:
+        return FrozenBankModel(self.model)
+
     def pd(self, enc: Encoded, emb: np.ndarray, present: np.ndarray) -> np.ndarray:
         """[n] probabilities of default; ``emb`` [n, dp] is ignored where not ``present``."""
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
-                                torch.from_numpy(np.array(emb, np.float32)),  # writable copy
-                                torch.from_numpy(np.asarray(present, bool)))
-            return torch.sigmoid(logits).double().numpy()
+        return self._forward.pd(enc.numeric, enc.categorical, np.asarray(emb, np.float32),
+                                np.asarray(present, bool))
 
     @functools.cached_property
     def _variants(self) -> _Variants:

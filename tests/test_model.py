@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -5,6 +6,7 @@ from fedscore.model import (
     BankModel,
     BottomConfig,
     BottomModel,
+    FrozenBankModel,
     SplitArchitecture,
     TopConfig,
     TopModel,
@@ -98,3 +100,42 @@ def test_architecture_configs_fit_together() -> None:
     assert model.top.cfg.platform_dim == arch.platform_bottom(2, (3,)).out_dim
     with pytest.raises(ValueError, match="out_dim"):
         BankModel(BOTTOM, TopConfig(bank_dim=9, platform_dim=4, hidden=(), dropout=0.0))
+
+
+@pytest.mark.parametrize(("bottom", "top"), [
+    (BOTTOM, TOP),
+    (BottomConfig(3, (4, 6), 2, (8, 7), 5, 0.1, linear_skip=True),
+     TopConfig(5, 4, (6, 3), 0.1, linear_skip=True)),
+    (BottomConfig(3, (), 2, (), 5, 0.1), TopConfig(5, 4, (), 0.1)),
+])
+def test_frozen_model_gives_the_torch_models_logits(bottom: BottomConfig, top: TopConfig
+                                                    ) -> None:
+    torch.manual_seed(1)
+    model = BankModel(bottom, top)
+    with torch.no_grad():  # a trained model's default embedding is not zero
+        model.top.default_platform.normal_()
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    num = torch.randn(50, 3, generator=g) * 3
+    cat = torch.stack([torch.randint(0, c, (50,), generator=g)
+                       for c in bottom.cat_cardinalities], 1) \
+        if bottom.cat_cardinalities else torch.zeros(50, 0, dtype=torch.int64)
+    emb = torch.randn(50, 4, generator=g)
+    present = torch.arange(50) % 3 != 0
+    with torch.no_grad():
+        want = model(num, cat, emb, present).numpy()
+    frozen = FrozenBankModel(model)
+    got = frozen(num.numpy(), cat.numpy(), emb.numpy(), present.numpy())
+    assert got.dtype == np.float32 and got.shape == (50,)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert np.ptp(want) > 0.1  # the check can tell rows apart
+    np.testing.assert_allclose(frozen.pd(num.numpy(), cat.numpy(), emb.numpy(),
+                                         present.numpy()),
+                               torch.sigmoid(torch.from_numpy(want)).double().numpy(),
+                               atol=1e-6, rtol=0)
+    # the weights were copied out: training the torch model on does not move it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    np.testing.assert_array_equal(frozen(num.numpy(), cat.numpy(), emb.numpy(),
+                                         present.numpy()), got)
