@@ -163,15 +163,25 @@ class ReasonRules:
     def code_for(self, feature: str) -> tuple[str, str]:
         """(code, text) for a feature: an exact key wins, then the longest matching prefix;
         a feature the policy does not map gets a code made from its own name."""
-        return _code_for(self, feature)  # the same few features on every decision
+        # the same few features on every decision: look each up once per policy (an
+        # lru_cache keyed on the rules would hash every code on every call)
+        found = self._looked_up.get(feature)
+        if found is None:
+            found = _code_for(self.codes, feature)
+            if len(self._looked_up) < 4096:
+                self._looked_up[feature] = found
+        return found
+
+    @functools.cached_property
+    def _looked_up(self) -> dict[str, tuple[str, str]]:
+        return {}
 
 
-@functools.lru_cache(maxsize=4096)
-def _code_for(rules: ReasonRules, feature: str) -> tuple[str, str]:
-    for rc in rules.codes:
+def _code_for(codes: tuple[ReasonCode, ...], feature: str) -> tuple[str, str]:
+    for rc in codes:
         if not rc.is_prefix and rc.matches(feature):
             return rc.code, rc.text
-    prefixes = [rc for rc in rules.codes if rc.is_prefix and rc.matches(feature)]
+    prefixes = [rc for rc in codes if rc.is_prefix and rc.matches(feature)]
     if prefixes:
         best = max(prefixes, key=lambda rc: len(rc.key))
         return best.code, best.text
@@ -364,22 +374,22 @@ class Policy:
             if not isinstance(feature, str) or not feature:
                 raise ValueError(f"contributions: feature name {feature!r}; expected a "
                                  "non-empty string")
-            if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-                    or not math.isfinite(value)):
+            if (type(value) is not float and (  # the common case first: ABCs are slow
+                    not isinstance(value, numbers.Real) or isinstance(value, bool))
+                    ) or not math.isfinite(value):
                 raise ValueError(f"contributions[{feature!r}] = {value!r}; expected a finite "
                                  "number (how much the feature raised the PD)")
             if value > 0:
                 code, _ = self.reasons.code_for(feature)
                 groups.setdefault(code, []).append((feature, float(value)))
-        reasons = []
+        ranked = []  # (-contribution, first feature, code, members): Reasons for the top only
         for code, members in groups.items():
             members.sort(key=lambda m: (-m[1], m[0]))
-            features = tuple(m[0] for m in members)
-            _, text = self.reasons.code_for(features[0])
-            total = math.fsum(m[1] for m in members)
-            reasons.append(Reason(features[0], code, text, total, features))
-        reasons.sort(key=lambda r: (-r.contribution, r.feature))
-        return tuple(reasons[: self.reasons.max])
+            ranked.append((-math.fsum(m[1] for m in members), members[0][0], code, members))
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        return tuple(Reason(first, code, self.reasons.code_for(first)[1], -total,
+                            tuple(m[0] for m in members))
+                     for total, first, code, members in ranked[: self.reasons.max])
 
     # -- loading -------------------------------------------------------------------------
 
