@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 import numpy as np
+import threadpoolctl
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -262,6 +263,9 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     from fedscore.transport import secure_channel
 
     torch.set_num_threads(1)
+    # numpy's BLAS too: a second thread makes a 2,000-row ScoreBatch chunk slower, and
+    # spins a whole core while it waits (2.1 ms wall, 4.2 ms CPU; one thread 1.9, 1.9)
+    threadpoolctl.threadpool_limits(1)
     kit = load_kit(kit_dir)
     policy = Policy.load(policy_file) if policy_file else Policy.default()
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
