@@ -342,6 +342,12 @@ Link = tuple[PlatformEmbeddings | None, CustomerStore]
 """A platform scoring session and the store's handles in it: always used together."""
 
 
+def _first(answer: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The one applicant's embedding row of a platform answer, None if not present."""
+    emb, present = answer
+    return emb[0] if present[0] else None
+
+
 # ------------------------------------------------------------------------------------------
 # the scorer
 # ------------------------------------------------------------------------------------------
@@ -373,6 +379,17 @@ class _Request:
     platform: PlatformEmbeddings | None
     enc: Encoded
     handle: int
+    applicant_id: str
+    consent_token: str
+
+    @property
+    def asks_platform(self) -> bool:
+        return self.platform is not None and (self.handle >= 0 or bool(self.consent_token))
+
+    def consent_query(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """(handles, consented) of the platform call for an applicant outside the
+        intersection: checked alone, so that one refusal fails no other applicant."""
+        return np.zeros(0, np.int64), [(self.applicant_id, self.consent_token)]
 
 
 class Scorer:
@@ -471,26 +488,22 @@ class Scorer:
 
     def score(self, applicant_id: str, features: Mapping[str, str] | None = None,
               consent_token: str = "", requested_amount: float | None = None) -> Scored:
-        r = self._begin(applicant_id, features)
-        m, platform = r.model, r.platform
-        emb = np.zeros((1, m.embedding_dim), np.float32)
-        present = np.zeros(1, bool)
-        part = PlatformPart.ABSENT
-        if platform is not None and (r.handle >= 0 or consent_token):
+        r = self._begin(applicant_id, features, consent_token)
+        part, row = PlatformPart.ABSENT, None
+        if r.asks_platform:
+            assert r.platform is not None
             try:
                 if r.handle >= 0:  # intersection customers share platform calls
-                    got = self._joined((m, platform, r.handle))
-                    emb, present = got[None, :], np.ones(1, bool)
-                else:  # a consent is checked alone: one refusal must not fail others
-                    emb, present = platform.get(**self._query(
-                        m, np.zeros(0, np.int64), [(applicant_id, consent_token)]))
-                part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
+                    row = self._joined((r.model, r.platform, r.handle))
+                else:
+                    row = _first(r.platform.get(**self._query(r.model, *r.consent_query())))
+                part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = self._platform_failure(exc)
-        pd_, reasons = self._explain(r, emb, present)
-        return self._decide(r, part, pd_, reasons, requested_amount)
+        return self._finish(r, part, row, requested_amount)
 
-    def _begin(self, applicant_id: str, features: Mapping[str, str] | None) -> _Request:
+    def _begin(self, applicant_id: str, features: Mapping[str, str] | None,
+               consent_token: str) -> _Request:
         """One model and one platform session for the whole request, and its bank row."""
         m = self._model
         platform, store = self.link
@@ -500,10 +513,21 @@ class Scorer:
         else:
             enc = m.store.take(np.array([store.row(applicant_id)]))
         handle = int(store.handles[row]) if row is not None else -1
-        return _Request(m, platform, enc, handle)
+        return _Request(m, platform, enc, handle, applicant_id, consent_token)
 
-    def _decide(self, r: _Request, part: PlatformPart, pd_: float,
-                reasons: dict[str, float], requested_amount: float | None) -> Scored:
+    def _finish(self, r: _Request, part: PlatformPart, row: np.ndarray | None,
+                requested_amount: float | None) -> Scored:
+        """Explain and decide, with the platform's embedding ``row`` [dp], or on the
+        model's absent path (None); a platform that failed gets the policy's fallback."""
+        if row is None:
+            emb, present = np.zeros((1, r.model.embedding_dim), np.float32), np.zeros(1, bool)
+        else:
+            emb, present = row[None, :], np.ones(1, bool)
+        # inline: a few dozen µs in numpy, less than handing it to a shared model pass
+        # (measured at concurrency 8, that hand-off also let fewer requests share a
+        # platform call)
+        pds, explained = r.model.explain(r.enc, emb, present)
+        pd_, reasons = float(pds[0]), explained[0]
         if part in (PlatformPart.TIMED_OUT, PlatformPart.UNAVAILABLE):
             decision = fallback_decision(self.policy, bank_only_pd=pd_, contributions=reasons,
                                          requested_amount=requested_amount)
@@ -540,15 +564,6 @@ class Scorer:
             out.append((platform, self._query(
                 m, np.array([items[i][2] for i in idx], np.int64), []), idx))
         return out
-
-    @staticmethod
-    def _explain(r: _Request, emb: np.ndarray, present: np.ndarray
-                 ) -> tuple[float, dict[str, float]]:
-        """The applicant's PD and reasons, in the caller: a few dozen µs in numpy, less
-        than handing it to a shared model pass (measured at concurrency 8, that hand-off
-        also let fewer requests share a platform call)."""
-        pds, reasons = r.model.explain(r.enc, emb, present)
-        return float(pds[0]), reasons[0]
 
     def _inline(self, applicant_id: str, features: Mapping[str, str]) -> PartyTable:
         """A one-row table of the bank's schema from a request's features; names the
@@ -687,24 +702,20 @@ class AsyncScorer:
         if self._stub is None:  # no aio link: the sync path, off the loop
             return await asyncio.get_running_loop().run_in_executor(
                 None, s.score, applicant_id, features, consent_token, requested_amount)
-        r = s._begin(applicant_id, features)
-        m, platform = r.model, r.platform
-        emb = np.zeros((1, m.embedding_dim), np.float32)
-        present = np.zeros(1, bool)
-        part = PlatformPart.ABSENT
-        if platform is not None and (r.handle >= 0 or consent_token):
+        r = s._begin(applicant_id, features, consent_token)
+        part, row = PlatformPart.ABSENT, None
+        if r.asks_platform:
+            assert r.platform is not None
             try:
                 if r.handle >= 0:
-                    got = await self._joined((m, platform, r.handle))
-                    emb, present = got[None, :], np.ones(1, bool)
-                else:  # a consent is checked alone: one refusal must not fail others
-                    emb, present = await platform.get_async(self._stub, **s._query(
-                        m, np.zeros(0, np.int64), [(applicant_id, consent_token)]))
-                part = PlatformPart.JOINED if present[0] else PlatformPart.ABSENT
+                    row = await self._joined((r.model, r.platform, r.handle))
+                else:
+                    row = _first(await r.platform.get_async(
+                        self._stub, **s._query(r.model, *r.consent_query())))
+                part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = s._platform_failure(exc)
-        pd_, reasons = s._explain(r, emb, present)
-        return s._decide(r, part, pd_, reasons, requested_amount)
+        return s._finish(r, part, row, requested_amount)
 
     async def _embed_many(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
                           ) -> list[np.ndarray]:
