@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from scipy.special import erf, expit
 from torch import nn
 
 
@@ -176,6 +175,9 @@ def _apply(layer: Dense, x: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def _gelu(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    # scipy imported here, not with the module: it would cost every importer 0.2 s
+    from scipy.special import erf
+
     # nn.GELU() is the exact one: x * Phi(x)
     out: NDArray[np.float32] = x * (0.5 * (1.0 + erf(x * np.float32(np.sqrt(0.5)))))
     return out
@@ -238,6 +240,8 @@ class FrozenBankModel:
            platform_emb: NDArray[np.float32], present: NDArray[np.bool_]
            ) -> NDArray[np.float64]:
         """[B] probabilities of default."""
+        from scipy.special import expit
+
         out: NDArray[np.float64] = expit(self(numeric, categorical, platform_emb,
                                               present)).astype(np.float64)
         return out
