@@ -16,6 +16,13 @@ default-credit banks (Flower Simulation Engine, SecAgg+) trains it first.
   "platform absent" path, with reasons and the policy's decision: what a bank would
   pay without the platform and without a server). ``joint_over_absent_rpc``: over the
   p50 of ``Score`` for applicants outside the intersection (the server, no platform).
+* ``floor``: the same closed loop at concurrency 8 against ``benchmarks/grpc_floor.py``,
+  the same three-process topology with nothing in it (no model, sealing, ledger or
+  policy), run right after fedscore's level on the same cores: ``p99_over_floor_at_8``
+  and ``cpu_us_per_score_over_floor_at_8`` say what fedscore adds to gRPC Python's own
+  per-call work, a ratio the shared machine's load moves far less than the p99 itself.
+  Each level also reports ``cpu_us_per_score`` per process (load generator, bank,
+  platform; Linux ``/proc``).
 
     python benchmarks/scoring.py [--seconds 5] [--chunk 2000]
 
@@ -33,12 +40,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
+import grpc_floor
 import numpy as np
 import torch
 
@@ -63,8 +72,8 @@ def _say(msg: str) -> None:
 
 @contextmanager
 def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
-                 ) -> Iterator[str]:
-    """``fedscore bank score-server`` on a free port; yields its address."""
+                 ) -> Iterator[tuple[str, int]]:
+    """``fedscore bank score-server`` on a free port; yields its address and pid."""
     cmd = [sys.executable, "-m", "fedscore.cli", "bank", "score-server", "--kit", str(kit),
            "--data", str(data), "--release", str(release), "--platform", platform,
            "--address", "127.0.0.1:0", "--ledger-dir", str(log.with_suffix(".ledger"))]
@@ -79,24 +88,77 @@ def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
             proc.wait(10)
             raise RuntimeError(f"scoring server did not start: {line!r}; see {log}")
         _say(f"  {line.strip()}")
-        yield found.group(1)
+        yield found.group(1), proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
         out.close()
 
 
-def closed_loop(address: str, kit: StartupKit, ids: list[str], concurrency: int,
-                seconds: float, *, joined: bool) -> dict[str, float]:
-    """``concurrency`` clients (asyncio, one event loop: the load generator should not
-    be what limits the server) sending ``Score`` back to back for ``seconds``, on
-    channels already connected."""
+Send = Callable[[int], Awaitable[object]]
+"""One request of a closed-loop client: its k-th applicant's."""
 
-    async def run() -> tuple[list[float], float]:
+
+def score_sender(ids: list[str], *, joined: bool) -> Callable[[grpc.aio.Channel], Send]:
+    """``Score`` for ``ids`` on a channel; every answer must be joined (or absent)."""
+    want = scoring_pb2.PLATFORM_PART_JOINED if joined else scoring_pb2.PLATFORM_PART_ABSENT
+
+    def on(channel: grpc.aio.Channel) -> Send:
+        stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+
+        async def send(k: int) -> None:
+            r = await stub.Score(scoring_pb2.ScoreRequest(applicant_id=ids[k % len(ids)]),
+                                 timeout=5)
+            if r.platform != want:
+                raise RuntimeError(f"applicant {ids[k % len(ids)]}: {r}")
+        return send
+    return on
+
+
+def floor_sender(channel: grpc.aio.Channel) -> Send:
+    """The floor's Score (``benchmarks/grpc_floor.py``): a few bytes in, 400 out."""
+    call = channel.unary_unary(grpc_floor.SCORE)
+
+    async def send(k: int) -> None:
+        await call(k.to_bytes(8, "little"), timeout=5)
+    return send
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_of(*words: str) -> int:
+    """The one process whose command line holds all of ``words``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and all(w.encode() in argv for w in words):
+            found.append(int(proc.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one process with {words} in its command line: {found}")
+    return found[0]
+
+
+def closed_loop(address: str, kit: StartupKit, server_party: str, concurrency: int,
+                seconds: float, sender: Callable[[grpc.aio.Channel], Send],
+                pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """``concurrency`` clients (asyncio, one event loop: the load generator should not
+    be what limits the server) sending back to back for ``seconds``, on channels
+    already connected. With ``pids`` (name: pid), each process's CPU per request too,
+    this one's as ``load_generator``."""
+    procs = {"load_generator": os.getpid(), **(pids or {})}
+
+    async def run() -> tuple[list[float], float, dict[str, float]]:
         channels = [grpc.aio.secure_channel(address, channel_credentials(kit),
-                                            options=channel_options(kit, BANK))
+                                            options=channel_options(kit, server_party))
                     for _ in range(min(concurrency, 8))]
-        stubs = [scoring_pb2_grpc.ScoringServiceStub(c) for c in channels]
+        sends = [sender(c) for c in channels]
         # connected (TLS handshake done) before the clock starts: a decision engine holds
         # its channels open, so a handshake is not part of any score's latency
         await asyncio.gather(*(c.channel_ready() for c in channels))
@@ -104,31 +166,32 @@ def closed_loop(address: str, kit: StartupKit, ids: list[str], concurrency: int,
         latencies: list[float] = []
 
         async def client(w: int) -> None:
-            stub, k = stubs[w % len(stubs)], w
+            send, k = sends[w % len(sends)], w
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = await stub.Score(scoring_pb2.ScoreRequest(applicant_id=ids[k % len(ids)]),
-                                     timeout=5)
+                await send(k)
                 latencies.append(time.perf_counter() - t0)
-                want = scoring_pb2.PLATFORM_PART_JOINED if joined else \
-                    scoring_pb2.PLATFORM_PART_ABSENT
-                if r.platform != want:
-                    raise RuntimeError(f"applicant {ids[k % len(ids)]}: {r}")
                 k += concurrency
 
+        cpu0 = {name: _cpu_s(pid) for name, pid in procs.items()}
         t0 = time.perf_counter()
         await asyncio.gather(*(client(w) for w in range(concurrency)))
         wall = time.perf_counter() - t0
+        cpu = {name: _cpu_s(pid) - cpu0[name] for name, pid in procs.items()}
         for c in channels:
             await c.close()
-        return latencies, wall
+        return latencies, wall, cpu
 
-    latencies, wall = asyncio.run(run())
+    latencies, wall, cpu = asyncio.run(run())
     lat_ms = np.asarray(latencies) * 1000
-    return {"concurrency": concurrency, "requests": int(lat_ms.size),
-            "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
-            "scores_per_s": round(lat_ms.size / wall, 1)}
+    out: dict[str, Any] = {
+        "concurrency": concurrency, "requests": int(lat_ms.size),
+        "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+        "scores_per_s": round(lat_ms.size / wall, 1)}
+    if pids:
+        out["cpu_us_per_score"] = {name: round(s / lat_ms.size * 1e6) for name, s in cpu.items()}
+    return out
 
 
 def main() -> None:
@@ -179,14 +242,24 @@ def main() -> None:
                 local_ms.append((time.perf_counter() - t0) * 1000)
             local_p50 = float(np.percentile(local_ms[200:], 50))
 
-            with score_server(kit_dir, data, release, platform, root / "score.log") as addr:
-                closed_loop(addr, kit, inside, 8, 1.0, joined=True)  # warm-up
+            with score_server(kit_dir, data, release, platform, root / "score.log") as (
+                    addr, server_pid):
+                pids = {"bank": server_pid,
+                        "platform": _pid_of("platform", "serve", str(root / "kits" / "platform"))}
+                joint = score_sender(inside, joined=True)
+                closed_loop(addr, kit, BANK, 8, 1.0, joint)  # warm-up
                 levels = {}
                 for c in (1, 8, 32):
-                    levels[str(c)] = closed_loop(addr, kit, inside, c, args.seconds,
-                                                 joined=True)
+                    levels[str(c)] = closed_loop(addr, kit, BANK, c, args.seconds, joint, pids)
                     _say(f"  Score, concurrency {c}: {levels[str(c)]}")
-                absent_level = closed_loop(addr, kit, outside, 1, args.seconds, joined=False)
+                    if c == 8:  # the floor right after, on the same cores in the same minute
+                        with grpc_floor.floor_servers(root / "kits", BANK) as (faddr, fpids):
+                            closed_loop(faddr, kit, BANK, 8, 1.0, floor_sender)
+                            floor = closed_loop(faddr, kit, BANK, 8, args.seconds,
+                                                floor_sender, fpids)
+                        _say(f"  gRPC floor, concurrency 8: {floor}")
+                absent_level = closed_loop(addr, kit, BANK, 1, args.seconds,
+                                           score_sender(outside, joined=False))
                 _say(f"  Score outside the intersection: {absent_level}")
                 channel = secure_channel(addr, kit, BANK)
                 batch_stub = scoring_pb2_grpc.ScoringServiceStub(channel)
@@ -210,6 +283,11 @@ def main() -> None:
         "levels": levels,
         "p50_ms": one["p50_ms"], "p99_ms": one["p99_ms"], "scores_per_s": one["scores_per_s"],
         "p99_ms_at_8": levels["8"]["p99_ms"],
+        "floor": floor,
+        "p99_over_floor_at_8": round(levels["8"]["p99_ms"] / floor["p99_ms"], 2),
+        "cpu_us_per_score_over_floor_at_8": round(
+            sum(levels["8"]["cpu_us_per_score"].values())
+            / sum(floor["cpu_us_per_score"].values()), 2),
         "scores_per_s_max": max(v["scores_per_s"] for v in levels.values()),
         "batch_rows_per_s": round(rows / batch_s, 1),
         "batch_chunk": args.chunk,
