@@ -383,8 +383,10 @@ class _Request:
     consent_token: str
 
     @property
-    def asks_platform(self) -> bool:
-        return self.platform is not None and (self.handle >= 0 or bool(self.consent_token))
+    def asks(self) -> PlatformEmbeddings | None:
+        """The session to ask the platform on; None when there is none, or the applicant
+        is outside the intersection without a consent token (the model's absent path)."""
+        return self.platform if self.handle >= 0 or self.consent_token else None
 
     def consent_query(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """(handles, consented) of the platform call for an applicant outside the
@@ -490,13 +492,13 @@ class Scorer:
               consent_token: str = "", requested_amount: float | None = None) -> Scored:
         r = self._begin(applicant_id, features, consent_token)
         part, row = PlatformPart.ABSENT, None
-        if r.asks_platform:
-            assert r.platform is not None
+        platform = r.asks
+        if platform is not None:
             try:
                 if r.handle >= 0:  # intersection customers share platform calls
-                    row = self._joined((r.model, r.platform, r.handle))
+                    row = self._joined((r.model, platform, r.handle))
                 else:
-                    row = _first(r.platform.get(**self._query(r.model, *r.consent_query())))
+                    row = _first(platform.get(**self._query(r.model, *r.consent_query())))
                 part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
             except grpc.RpcError as exc:
                 part = self._platform_failure(exc)
@@ -704,13 +706,13 @@ class AsyncScorer:
                 None, s.score, applicant_id, features, consent_token, requested_amount)
         r = s._begin(applicant_id, features, consent_token)
         part, row = PlatformPart.ABSENT, None
-        if r.asks_platform:
-            assert r.platform is not None
+        platform = r.asks
+        if platform is not None:
             try:
                 if r.handle >= 0:
-                    row = await self._joined((r.model, r.platform, r.handle))
+                    row = await self._joined((r.model, platform, r.handle))
                 else:
-                    row = _first(await r.platform.get_async(
+                    row = _first(await platform.get_async(
                         self._stub, **s._query(r.model, *r.consent_query())))
                 part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
             except grpc.RpcError as exc:
