@@ -212,6 +212,8 @@ def main() -> None:
                         help="concurrency-8 levels, each followed by the floor's")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error(f"--pairs {args.pairs}: expected at least 1")
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,25 +262,28 @@ def main() -> None:
                         "platform": _pid_of("platform", "serve", str(root / "kits" / "platform"))}
                 joint = score_sender(inside, joined=True)
                 closed_loop(addr, kit, BANK, 8, 1.0, joint)  # warm-up
-                levels = {}
+
+                def level(c: int) -> dict[str, Any]:
+                    out = closed_loop(addr, kit, BANK, c, args.seconds, joint, pids)
+                    _say(f"  Score, concurrency {c}: {out}")
+                    return out
+
+                levels = {"1": level(1)}
                 pairs = []
                 with grpc_floor.floor_servers(root / "kits", BANK) as (faddr, fpids):
                     closed_loop(faddr, kit, BANK, 8, 1.0, floor_sender)  # warm-up
-                    for c in (1, 8, 32):
-                        # at 8, fedscore then the floor, --pairs times: each pair on the
-                        # same cores within seconds, so the shared machine's drift moves both
-                        for _ in range(args.pairs if c == 8 else 1):
-                            level = closed_loop(addr, kit, BANK, c, args.seconds, joint, pids)
-                            _say(f"  Score, concurrency {c}: {level}")
-                            if c == 8:
-                                floor = closed_loop(faddr, kit, BANK, 8, args.seconds,
-                                                    floor_sender, fpids)
-                                _say(f"  gRPC floor, concurrency 8: {floor}")
-                                pairs.append({"fedscore": level, "floor": floor})
-                        levels[str(c)] = level
+                    # fedscore then the floor, --pairs times: each pair on the same cores
+                    # within seconds, so the shared machine's drift moves both
+                    for _ in range(args.pairs):
+                        ours = level(8)
+                        floor = closed_loop(faddr, kit, BANK, 8, args.seconds, floor_sender,
+                                            fpids)
+                        _say(f"  gRPC floor, concurrency 8: {floor}")
+                        pairs.append({"fedscore": ours, "floor": floor})
                 # concurrency 8: the pair with the median p99
                 median = sorted(pairs, key=lambda p: p["fedscore"]["p99_ms"])[len(pairs) // 2]
                 levels["8"] = median["fedscore"]
+                levels["32"] = level(32)
                 absent_level = closed_loop(addr, kit, BANK, 1, args.seconds,
                                            score_sender(outside, joined=False))
                 _say(f"  Score outside the intersection: {absent_level}")

@@ -94,7 +94,7 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     with torch.no_grad():
         emb = bottom(torch.from_numpy(node.encoded.numeric[np.maximum(prow, 0)]),
                      torch.from_numpy(node.encoded.categorical[np.maximum(prow, 0)])).numpy()
-    with torch.no_grad():  # the torch model itself, not the server's numpy twin
+        # the torch model itself, not the server's numpy twin
         logits = model.model(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
                              torch.from_numpy(emb), torch.from_numpy(prow >= 0))
     return torch.sigmoid(logits).double().numpy()
