@@ -16,8 +16,8 @@ from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 
 from bank_node.dp_mod import update_clipping_mod
-from bank_node.ledger_mod import Mod, ledger_mod
-from fedscore.runconfig import require
+from fedscore.federation.runconfig import require
+from fedscore.ledger.client_mod import Mod, ledger_mod
 
 
 @dataclass(frozen=True)

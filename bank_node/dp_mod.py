@@ -17,7 +17,7 @@ from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedscore.runconfig import STATISTICS_TASK, TASK_KEY
+from fedscore.federation.runconfig import STATISTICS_TASK, TASK_KEY
 
 FIT_CONFIG = "fitins.config"
 """The record of a training message that holds its instructions (Flower's legacy layout)."""

@@ -35,18 +35,16 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from bank_node import ledger_mod
 from bank_node.client_app import BankNode
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
 from fedscore.atomic import atomic_write
+from fedscore.crypto.psi import PsiResult
+from fedscore.crypto.secure_sum import SECAGG_MAX_WEIGHT, encode
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
-from fedscore.metrics import auc, ks, log_loss
-from fedscore.model import BankModel, SplitArchitecture, load_arrays, to_arrays
-from fedscore.provision import load_kit
-from fedscore.psi import PsiResult
-from fedscore.runconfig import (
+from fedscore.federation.provision import load_kit
+from fedscore.federation.runconfig import (
     LAYOUT_KEY,
     SECAGG_CLIP,
     STATISTICS_TASK,
@@ -55,9 +53,11 @@ from fedscore.runconfig import (
     ConfigError,
     RunSettings,
 )
-from fedscore.secure_sum import SECAGG_MAX_WEIGHT, encode
-from fedscore.training import BankData, TrainConfig, predict, train_round
-from fedscore.transport import secure_channel
+from fedscore.ledger import client_mod as ledger_mod
+from fedscore.ml.metrics import auc, ks, log_loss
+from fedscore.ml.model import BankModel, SplitArchitecture, load_arrays, to_arrays
+from fedscore.ml.training import BankData, TrainConfig, predict, train_round
+from fedscore.wire.transport import secure_channel
 
 HIST_BINS = 1000
 """PD histogram bins per class in the evaluation metrics: 0.001 wide, no row."""

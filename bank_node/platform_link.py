@@ -17,17 +17,17 @@ import grpc
 import numpy as np
 import torch
 
-from fedscore import serde
 from fedscore.api.v1 import (
     round_control_pb2,
     round_control_pb2_grpc,
     split_learning_pb2,
     split_learning_pb2_grpc,
 )
-from fedscore.crypto import Direction, Opener, Sealer, derive_session_key
-from fedscore.provision import StartupKit
-from fedscore.psi import PsiResult
-from fedscore.training import TrainConfig
+from fedscore.crypto.primitives import Direction, Opener, Sealer, derive_session_key
+from fedscore.crypto.psi import PsiResult
+from fedscore.federation.provision import StartupKit
+from fedscore.ml.training import TrainConfig
+from fedscore.wire import serde
 
 _END = object()
 Req = TypeVar("Req")

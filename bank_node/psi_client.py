@@ -12,15 +12,15 @@ from collections.abc import Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
-from fedscore import serde
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
-from fedscore.psi import (
+from fedscore.crypto.psi import (
     DEFAULT_CHUNK_SIZE,
     PsiError,
     PsiMessage,
     PsiParty,
     PsiResult,
 )
+from fedscore.wire import serde
 
 
 def _requests(messages: Iterable[PsiMessage]) -> Iterator[psi_pb2.IntersectRequest]:

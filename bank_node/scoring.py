@@ -50,16 +50,22 @@ from bank_node.policy import (
     decide_many,
     fallback_decision,
 )
-from coordinator.release import PREPROCESSING_FILE, verify_release
 from coordinator.statistics import PooledStatistics
-from fedscore import serde
 from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
-from fedscore.crypto import Direction, Sealer, VerifyKey, WindowOpener, derive_session_key
+from fedscore.crypto.primitives import (
+    Direction,
+    Sealer,
+    VerifyKey,
+    WindowOpener,
+    derive_session_key,
+)
+from fedscore.crypto.psi import PsiResult
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.data.table import PartyTable
-from fedscore.model import BankModel, FrozenBankModel, SplitArchitecture, load_arrays
-from fedscore.provision import StartupKit
-from fedscore.psi import PsiResult
+from fedscore.federation.provision import StartupKit
+from fedscore.federation.release import PREPROCESSING_FILE, verify_release
+from fedscore.ml.model import BankModel, FrozenBankModel, SplitArchitecture, load_arrays
+from fedscore.wire import serde
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from bank_node.scoring import (
     ScoringModel,
 )
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
-from fedscore.ledger import Ledger
-from fedscore.provision import StartupKit
-from fedscore.transport import GRPC_OPTIONS, add_secure_port
+from fedscore.federation.provision import StartupKit
+from fedscore.ledger.writer import Ledger
+from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self._pool = pool
 
     async def _only_own_party(self, context: grpc.aio.ServicerContext) -> None:
-        """:func:`fedscore.transport.peer_party`'s check, awaited as aio needs."""
+        """:func:`fedscore.wire.transport.peer_party`'s check, awaited as aio needs."""
         auth = context.auth_context()
         names = auth.get("x509_common_name") or []
         if auth.get("transport_security_type") != [b"ssl"] or len(names) != 1:
@@ -231,8 +231,8 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
     """PSI of the bank's store with the platform (a scoring session), then the release.
     ``ledger`` records the aio channel's messages (``channel`` brings its own tap)."""
     from bank_node.psi_client import run_psi
-    from fedscore.aio import secure_aio_channel
-    from fedscore.transport import secure_channel
+    from fedscore.wire.aio import secure_aio_channel
+    from fedscore.wire.transport import secure_channel
 
     table = CustomerStore.load_table(data_dir)
     link = channel or secure_channel(platform_address, kit, "platform")
@@ -259,8 +259,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     """
     import torch
 
-    from fedscore.provision import load_kit
-    from fedscore.transport import secure_channel
+    from fedscore.federation.provision import load_kit
+    from fedscore.wire.transport import secure_channel
 
     torch.set_num_threads(1)
     # numpy's BLAS too: a second thread makes a 2,000-row ScoreBatch chunk slower, and

@@ -19,12 +19,12 @@ from bank_node.platform_link import GrpcPlatformLink
 from bank_node.psi_client import run_psi
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable, find_table, load_table
-from fedscore.ledger import Ledger
-from fedscore.metrics import auc, ks
-from fedscore.model import SplitArchitecture
-from fedscore.provision import StartupKit
-from fedscore.training import BankData, TrainConfig, predict, train_bank_model
-from fedscore.transport import secure_channel
+from fedscore.federation.provision import StartupKit
+from fedscore.ledger.writer import Ledger
+from fedscore.ml.metrics import auc, ks
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
+from fedscore.wire.transport import secure_channel
 
 
 @dataclass(frozen=True)

@@ -51,15 +51,15 @@ import numpy as np
 import torch
 
 from bank_node.client_app import BankNode
-from coordinator.simulation import simulate
-from fedscore.baselines import bank_alone, centralized, load_scenario
+from fedscore.cli.local import platform_process
+from fedscore.cli.simulation import simulate
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
-from fedscore.local import platform_process
-from fedscore.metrics import auc, ks
-from fedscore.provision import provision
-from fedscore.runconfig import RunSettings
-from fedscore.training import TrainConfig
+from fedscore.federation.provision import provision
+from fedscore.federation.runconfig import RunSettings
+from fedscore.ml.metrics import auc, ks
+from fedscore.ml.training import TrainConfig
+from fedscore.research.baselines import bank_alone, centralized, load_scenario
 
 
 def _say(msg: str) -> None:

@@ -30,8 +30,13 @@ import grpc
 import grpc.aio
 
 from bank_node.scoring import Gathered
-from fedscore.provision import load_kit
-from fedscore.transport import GRPC_OPTIONS, add_secure_port, channel_credentials, channel_options
+from fedscore.federation.provision import load_kit
+from fedscore.wire.transport import (
+    GRPC_OPTIONS,
+    add_secure_port,
+    channel_credentials,
+    channel_options,
+)
 
 SCORE = "/floor.Bank/Score"
 EMBED = "/floor.Platform/Embed"

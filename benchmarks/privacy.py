@@ -1,7 +1,7 @@
 """Privacy: what the split model leaks with and without DP on the platform embeddings, what
 each DP setting costs in test AUC, and what the audit ledger costs in training wall time.
 
-Leakage (in process, :func:`fedscore.leakage.measure`): every bank of default-credit trains
+Leakage (in process, :func:`fedscore.research.leakage.measure`): every bank of default-credit trains
 its split model with a fresh platform bottom exactly as the nodes do (default
 ``TrainConfig``: early stopping, refit pass), with what crosses recorded; then
 
@@ -12,13 +12,13 @@ its split model with a fresh platform bottom exactly as the nodes do (default
   and direction attacks, Li et al. 2021); AUC against the true labels, worst bank;
 * ``auc``: pooled test AUC of the three banks; ``auc_cost`` = no-DP AUC minus this one.
 
-Settings: no DP, then the platform's Gaussian mechanism (``fedscore.dp``) on every
+Settings: no DP, then the platform's Gaussian mechanism (``fedscore.crypto.dp``) on every
 embedding row it releases (clip the L2 norm to C, add N(0, (sigma C)²) per coordinate) for
 each noise multiplier in ``--sigmas``; C defaults to the median norm of the embeddings the
 no-DP run released for evaluation and scoring, so clipping bites on about half the rows.
 ``epsilon`` (at ``delta``) is the worst customer's over the whole run: one release per
 epoch (training or validation row, refit pass included) plus the final scoring pass,
-``fedscore.dp.embedding_epsilon`` (RDP, replace-one); later scoring requests would add
+``fedscore.crypto.dp.embedding_epsilon`` (RDP, replace-one); later scoring requests would add
 to it. Bank-update DP (``update_noise``, noise on the SecAgg+ sum) is not in these runs
 (0); a setting with it can join the same table.
 
@@ -37,7 +37,7 @@ errs high. ``ledger_overhead`` = the median over repetitions of on / off - 1 of 
 bank's training wall time; ``aa_overhead`` the same for ``--aa-reps`` repetitions with
 the ledger off in both arms (the method's own noise, which should read near 0);
 ``median_overhead`` = median on / median off - 1. The two ledgers are verified at the
-end with :func:`fedscore.audit.verify_ledgers` (chains, signatures, every message on both
+end with :func:`fedscore.audit.verify.verify_ledgers` (chains, signatures, every message on both
 ends); ``us_per_entry`` is the median time added per split-learning entry (both ends
 counted), ``microbench`` the in-process cost of one entry on the message path
 (``submit``) and in the ledger's background thread (hash, sign, append).
@@ -80,18 +80,19 @@ from threadpoolctl import threadpool_limits
 from bank_node.platform_link import GrpcPlatformLink
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
-from fedscore import dp, leakage
-from fedscore.audit import verify_ledgers
-from fedscore.baselines import Scenario, load_scenario
+from fedscore.audit.verify import verify_ledgers
+from fedscore.crypto import dp
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
-from fedscore.ledger import LEDGER_FILE, Ledger, read_ledger
-from fedscore.metrics import auc
-from fedscore.model import SplitArchitecture
-from fedscore.provision import load_kit, provision
-from fedscore.training import BankData, TrainConfig, predict, train_bank_model
-from fedscore.transport import secure_channel
+from fedscore.federation.provision import load_kit, provision
+from fedscore.ledger.writer import LEDGER_FILE, Ledger, read_ledger
+from fedscore.ml.metrics import auc
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
+from fedscore.research import leakage
+from fedscore.research.baselines import Scenario, load_scenario
+from fedscore.wire.transport import secure_channel
 
 _READY = "platform node listening on "
 DELTA = 1e-5  # δ of the (ε, δ) reported per DP setting
@@ -119,7 +120,7 @@ class Setting:
 
 def epsilon(setting: Setting, releases: int) -> float | None:
     """ε at ``DELTA`` of the customer whose embedding was released most often, under the
-    setting's embedding mechanism (``fedscore.dp``'s RDP accountant, replace-one); None
+    setting's embedding mechanism (``fedscore.crypto.dp``'s RDP accountant, replace-one); None
     without embedding DP."""
     if setting.embedding_clip is None or setting.embedding_noise <= 0:
         return None
@@ -220,9 +221,9 @@ def update_dp_table(
     on the model the coordinator and every bank get (ε per bank, from ``privacy.jsonl``).
     """
     from bank_node.client_app import BankNode
-    from coordinator.simulation import simulate
-    from fedscore.local import platform_process
-    from fedscore.runconfig import RunSettings
+    from fedscore.cli.local import platform_process
+    from fedscore.cli.simulation import simulate
+    from fedscore.federation.runconfig import RunSettings
 
     banks = sorted(bank_dirs)
     rows: list[dict[str, Any]] = []

@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 
 from bank_node.psi_client import run_psi
-from fedscore.crypto import POINT_SIZE, PsiKey
-from fedscore.provision import load_kit, provision
-from fedscore.psi import PsiResult
-from fedscore.transport import add_secure_port, secure_channel
+from fedscore.crypto.primitives import POINT_SIZE, PsiKey
+from fedscore.crypto.psi import PsiResult
+from fedscore.federation.provision import load_kit, provision
+from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.psi_service import PsiServicer, add_psi_service
 
 BANK = "bank-1"

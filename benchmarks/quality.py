@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from fedscore.baselines import bank_alone, centralized, gbdt, load_scenario
+from fedscore.cli.vertical import run_vertical
 from fedscore.data.scenarios import prepare_default_credit
-from fedscore.training import TrainConfig
-from fedscore.vertical import run_vertical
+from fedscore.ml.training import TrainConfig
+from fedscore.research.baselines import bank_alone, centralized, gbdt, load_scenario
 
 
 def main() -> None:

@@ -35,11 +35,11 @@ import psutil
 
 from bank_node.client_app import BankNode
 from coordinator.checkpoint import Checkpoints
-from coordinator.simulation import simulate
+from fedscore.cli.local import platform_process
+from fedscore.cli.simulation import simulate
 from fedscore.data.synth import synth_population
-from fedscore.local import platform_process
-from fedscore.provision import provision
-from fedscore.runconfig import RunSettings
+from fedscore.federation.provision import provision
+from fedscore.federation.runconfig import RunSettings
 
 MB = 1 << 20
 
@@ -79,7 +79,7 @@ class MemoryWatch:
             self.peak_single = max(self.peak_single, rss)
             if p.pid == me.pid:
                 self.peak_self = max(self.peak_self, rss)
-            elif "fedscore.cli" in cmd and "platform" in cmd:
+            elif "fedscore.cli.main" in cmd and "platform" in cmd:
                 self.peak_platform = max(self.peak_platform, rss)
         self.peak_total = max(self.peak_total, total)
         self.peak_processes = max(self.peak_processes, len(procs))

@@ -57,14 +57,14 @@ import torch
 from bank_node.client_app import BankNode
 from bank_node.policy import Policy
 from bank_node.scoring import CustomerStore, Scorer, ScoringModel
-from coordinator.simulation import simulate
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+from fedscore.cli.local import platform_process
+from fedscore.cli.simulation import simulate
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table, load_table
-from fedscore.local import platform_process
-from fedscore.provision import StartupKit, load_kit, provision
-from fedscore.runconfig import RunSettings
-from fedscore.transport import channel_credentials, channel_options, secure_channel
+from fedscore.federation.provision import StartupKit, load_kit, provision
+from fedscore.federation.runconfig import RunSettings
+from fedscore.wire.transport import channel_credentials, channel_options, secure_channel
 
 BANK = "bank-1"
 
@@ -77,7 +77,7 @@ def _say(msg: str) -> None:
 def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
                  ) -> Iterator[tuple[str, int]]:
     """``fedscore bank score-server`` on a free port; yields its address and pid."""
-    cmd = [sys.executable, "-m", "fedscore.cli", "bank", "score-server", "--kit", str(kit),
+    cmd = [sys.executable, "-m", "fedscore.cli.main", "bank", "score-server", "--kit", str(kit),
            "--data", str(data), "--release", str(release), "--platform", platform,
            "--address", "127.0.0.1:0", "--ledger-dir", str(log.with_suffix(".ledger"))]
     out = log.open("w")

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from bank_node.trainer import run_bank
-from fedscore.baselines import PlatformSide, load_scenario, train_and_score
+from fedscore.cli.local import platform_process
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
-from fedscore.local import platform_process
-from fedscore.metrics import auc
-from fedscore.model import SplitArchitecture
-from fedscore.provision import load_kit, provision
-from fedscore.training import TrainConfig
+from fedscore.federation.provision import load_kit, provision
+from fedscore.ml.metrics import auc
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import TrainConfig
+from fedscore.research.baselines import PlatformSide, load_scenario, train_and_score
 
 
 def main() -> None:

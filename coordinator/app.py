@@ -2,7 +2,7 @@
 
 It holds no user data: it sees the sum of the banks' bank-side models (SecAgg+), the
 platform's model versions and the banks' evaluation metrics. Settings come from the
-run config (``flwr run ... --run-config``, see :class:`fedscore.runconfig.RunSettings`).
+run config (``flwr run ... --run-config``, see :class:`fedscore.federation.runconfig.RunSettings`).
 
 Resuming: a run id whose checkpoints exist continues after its last whole round, from
 that round's weights; the platform must have finished at least that round (it keeps
@@ -20,16 +20,16 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from coordinator.checkpoint import Checkpoints
-from coordinator.ledger_grid import LedgeredGrid
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import PrivacyLog
-from coordinator.release import write_release
 from coordinator.statistics import pooled_statistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, instructions
-from fedscore.ledger import Ledger
-from fedscore.provision import load_kit
-from fedscore.runconfig import SECAGG_CLIP, ConfigError, RunSettings
-from fedscore.transport import secure_channel
+from fedscore.federation.provision import load_kit
+from fedscore.federation.release import write_release
+from fedscore.federation.runconfig import SECAGG_CLIP, ConfigError, RunSettings
+from fedscore.ledger.grid import LedgeredGrid
+from fedscore.ledger.writer import Ledger
+from fedscore.wire.transport import secure_channel
 
 log = logging.getLogger(__name__)
 

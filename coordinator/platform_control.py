@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
-from fedscore.dp import DpSettings
+from fedscore.crypto.dp import DpSettings
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

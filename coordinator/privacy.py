@@ -7,7 +7,7 @@ round's checkpoint (a crash counts a release twice rather than never)::
      "delta": 1e-05, "releases": 3, "epsilon": 4.2}
 
 ``releases`` are composed so far for the worst-off bank or customer, ``epsilon`` is the
-cumulative ε at ``delta`` through that round (:mod:`fedscore.dp`). A mechanism that is
+cumulative ε at ``delta`` through that round (:mod:`fedscore.crypto.dp`). A mechanism that is
 off writes no line at all. A resumed run reads the file and keeps counting from it.
 """
 
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from fedscore.dp import DpSettings, embedding_epsilon, gaussian_epsilon
+from fedscore.crypto.dp import DpSettings, embedding_epsilon, gaussian_epsilon
 
 FILE = "privacy.jsonl"
 Mechanism = Literal["bank-updates", "platform-embeddings"]

@@ -4,7 +4,7 @@ Each bank standardising its features with its own means would have one averaged 
 see differently scaled inputs at every bank (it cost 0.002 AUC on default-credit).
 Before training, every bank sends the power sums of its training columns
 (:meth:`fedscore.data.preprocess.Preprocessor.moments`), fixed-point encoded
-(:mod:`fedscore.secure_sum`), as a SecAgg+ "update" of weight 1; the coordinator only
+(:mod:`fedscore.crypto.secure_sum`), as a SecAgg+ "update" of weight 1; the coordinator only
 gets their sum, which it hands back to every bank with each round's instructions. Every
 bank then fits the same transforms, those of a fit on all banks' rows pooled.
 
@@ -38,13 +38,19 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedscore.atomic import atomic_write
-from fedscore.runconfig import LAYOUT_KEY, STATISTICS_TASK, SUMS_KEY, TASK_KEY, RunSettings
-from fedscore.secure_sum import (
+from fedscore.crypto.secure_sum import (
     SECAGG_CLIPPING_RANGE,
     SECAGG_MAX_WEIGHT,
     SECAGG_QUANTIZATION_RANGE,
     SecureSumError,
     decode,
+)
+from fedscore.federation.runconfig import (
+    LAYOUT_KEY,
+    STATISTICS_TASK,
+    SUMS_KEY,
+    TASK_KEY,
+    RunSettings,
 )
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
 from coordinator.statistics import PooledStatistics
-from fedscore.metrics import auc_from_histograms, ks_from_histograms
-from fedscore.runconfig import RunSettings
+from fedscore.federation.runconfig import RunSettings
+from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ import grpc
 import numpy as np
 import torch
 
-from fedscore import serde
 from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
-from fedscore.consent import ConsentError, verify_consent
-from fedscore.crypto import Direction, Sealer, SealError, VerifyKey, WindowOpener
+from fedscore.crypto.consent import ConsentError, verify_consent
+from fedscore.crypto.dp import DpSettings, gaussian_mechanism
+from fedscore.crypto.primitives import Direction, Sealer, SealError, VerifyKey, WindowOpener
 from fedscore.data.preprocess import Encoded
-from fedscore.dp import DpSettings, gaussian_mechanism
-from fedscore.model import BottomConfig, BottomModel
-from fedscore.transport import peer_party
+from fedscore.ml.model import BottomConfig, BottomModel
+from fedscore.wire import serde
+from fedscore.wire.transport import peer_party
 from platform_node.federation import FederationError
 from platform_node.model_store import StateDict
 from platform_node.sessions import Session, SessionError, SessionRegistry

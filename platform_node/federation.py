@@ -11,7 +11,7 @@ result does not depend on the order or timing in which banks finish.
 One round per run is open at a time. Starting a round again (a restarted coordinator)
 discards what was collected for it and starts from round r - 1's committed model.
 
-Embedding DP: a round may be started with a Gaussian mechanism (``fedscore.dp``); every
+Embedding DP: a round may be started with a Gaussian mechanism (``fedscore.crypto.dp``); every
 session of the run opened from then on (training in the round, evaluation with the
 round's model) noises what it sends and counts it per platform row, and the counts
 since the last start are what the coordinator's accountant reads (:meth:`releases`).
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedscore.dp import DpSettings, ReleaseCounter
+from fedscore.crypto.dp import DpSettings, ReleaseCounter
 from platform_node.model_store import (
     ModelStore,
     StateDict,

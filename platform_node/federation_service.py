@@ -12,9 +12,9 @@ from typing import TypeVar
 import grpc
 
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
-from fedscore.dp import DpSettings
-from fedscore.provision import StartupKit
-from fedscore.transport import authorize_peer
+from fedscore.crypto.dp import DpSettings
+from fedscore.federation.provision import StartupKit
+from fedscore.wire.transport import authorize_peer
 from platform_node.federation import Federation, FederationError
 from platform_node.model_store import StoreError
 

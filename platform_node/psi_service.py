@@ -1,4 +1,4 @@
-"""The platform's PSI endpoint: a thin gRPC shell around :class:`fedscore.psi.PsiParty`.
+"""The platform's PSI endpoint: a thin gRPC shell around :class:`fedscore.crypto.psi.PsiParty`.
 
 Each ``Intersect`` stream gets a fresh engine (fresh scalar, fresh nonce). The engine computes
 on its own thread while this handler's thread only ships its messages, so the platform's core
@@ -16,9 +16,8 @@ from typing import NoReturn
 import grpc
 import numpy as np
 
-from fedscore import serde
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
-from fedscore.psi import (
+from fedscore.crypto.psi import (
     DEFAULT_CHUNK_SIZE,
     PsiError,
     PsiIds,
@@ -27,7 +26,8 @@ from fedscore.psi import (
     PsiParty,
     PsiResult,
 )
-from fedscore.transport import peer_party
+from fedscore.wire import serde
+from fedscore.wire.transport import peer_party
 
 log = logging.getLogger(__name__)
 

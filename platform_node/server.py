@@ -24,14 +24,14 @@ from fedscore.api.v1 import (
     round_control_pb2_grpc,
     split_learning_pb2_grpc,
 )
+from fedscore.crypto.dp import DpSettings
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
-from fedscore.dp import DpSettings
-from fedscore.ledger import HEALTH_METHODS, Ledger, LedgerTap
-from fedscore.model import SplitArchitecture
-from fedscore.provision import StartupKit
-from fedscore.training import PlatformBottom, TrainConfig
-from fedscore.transport import GRPC_OPTIONS, add_secure_port
+from fedscore.federation.provision import StartupKit
+from fedscore.ledger.writer import HEALTH_METHODS, Ledger, LedgerTap
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import PlatformBottom, TrainConfig
+from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
 from platform_node.federation import Federation
 from platform_node.federation_service import FederationServicer
@@ -145,7 +145,7 @@ def serve(
     import torch
 
     from fedscore.data.table import load_table
-    from fedscore.provision import load_kit
+    from fedscore.federation.provision import load_kit
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)

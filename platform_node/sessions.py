@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedscore.crypto import Direction, Opener, Sealer, SessionKey, derive_session_key
-from fedscore.provision import StartupKit
-from fedscore.psi import PsiResult
-from fedscore.training import PlatformBottom
+from fedscore.crypto.primitives import Direction, Opener, Sealer, SessionKey, derive_session_key
+from fedscore.crypto.psi import PsiResult
+from fedscore.federation.provision import StartupKit
+from fedscore.ml.training import PlatformBottom
 
 
 class SessionError(Exception):

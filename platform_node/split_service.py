@@ -1,8 +1,8 @@
 """Thin gRPC servicers for split learning and round control on the platform node.
 
-They translate between the wire and :class:`~fedscore.training.PlatformBottom`;
-the arithmetic lives there, the crypto in :mod:`fedscore.crypto`, the protobuf
-conversion in :mod:`fedscore.serde`.
+They translate between the wire and :class:`~fedscore.ml.training.PlatformBottom`;
+the arithmetic lives there, the crypto in :mod:`fedscore.crypto.primitives`, the protobuf
+conversion in :mod:`fedscore.wire.serde`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import grpc
 import numpy as np
 import torch
 
-from fedscore import serde
 from fedscore.api.v1 import (
     round_control_pb2,
     round_control_pb2_grpc,
     split_learning_pb2,
     split_learning_pb2_grpc,
 )
-from fedscore.crypto import SealedBox, SealError
-from fedscore.dp import gaussian_mechanism
-from fedscore.training import PlatformBottom
-from fedscore.transport import peer_party
+from fedscore.crypto.dp import gaussian_mechanism
+from fedscore.crypto.primitives import SealedBox, SealError
+from fedscore.ml.training import PlatformBottom
+from fedscore.wire import serde
+from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, FederationError, RunPrivacy
 from platform_node.model_store import StateDict, StoreError, model_version
 from platform_node.sessions import Session, SessionError, SessionRegistry

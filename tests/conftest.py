@@ -12,7 +12,7 @@ import pytest
 from fedscore.data.scenarios import ScenarioManifest
 from fedscore.data.synth import synth_population
 from fedscore.data.table import PartyTable, load_table
-from fedscore.provision import StartupKit, load_kit, provision
+from fedscore.federation.provision import StartupKit, load_kit, provision
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,10 @@ def seeded_release(federation: Federation, bank_dir: Path, folder: Path,
     import torch
 
     from bank_node.scoring import CustomerStore
-    from coordinator.release import write_release
     from coordinator.statistics import PooledStatistics
     from fedscore.data.preprocess import Preprocessor
-    from fedscore.model import BankModel, SplitArchitecture, to_arrays
+    from fedscore.federation.release import write_release
+    from fedscore.ml.model import BankModel, SplitArchitecture, to_arrays
 
     store = CustomerStore.load_table(bank_dir)
     moments = Preprocessor.moments(store)

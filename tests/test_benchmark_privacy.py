@@ -13,12 +13,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from fedscore.baselines import load_scenario
 from fedscore.data.scenarios import ScenarioManifest
 from fedscore.data.synth import synth_population
 from fedscore.data.table import find_table
-from fedscore.provision import provision
-from fedscore.training import TrainConfig
+from fedscore.federation.provision import provision
+from fedscore.ml.training import TrainConfig
+from fedscore.research.baselines import load_scenario
 
 SMALL = TrainConfig(epochs=3, patience=3, refit=False, seed=0)
 

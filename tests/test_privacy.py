@@ -20,10 +20,10 @@ import pytest
 
 from bank_node.trainer import BankTables, run_bank
 from fedscore.api.v1 import split_learning_pb2
-from fedscore.crypto import Direction, Sealer, hash_ids_to_points
+from fedscore.crypto.primitives import Direction, Sealer, hash_ids_to_points
 from fedscore.data.table import PartyTable, write_table
-from fedscore.interceptors import Flow, MessageTap
-from fedscore.training import TrainConfig
+from fedscore.ledger.flow import Flow, MessageTap
+from fedscore.ml.training import TrainConfig
 from platform_node.server import PlatformNode, create_server
 from tests.conftest import Federation, seeded_release
 
@@ -141,7 +141,7 @@ def _score_everyone(federation: Federation, node: PlatformNode, bank_dir: Path,
     from bank_node.policy import Policy
     from bank_node.scoring import CustomerStore
     from bank_node.scoring_service import build_scorer
-    from fedscore.consent import issue_consent
+    from fedscore.crypto.consent import issue_consent
 
     version = node.federation.store.save("privacy", 1, node.initial_weights(seed=1))
     release = seeded_release(federation, bank_dir, tmp / "release", version, seed=1)

@@ -1,6 +1,6 @@
 """``fedscore audit report``: what crossed which boundary, rendered for a privacy reviewer.
 
-:func:`fedscore.audit.verify_ledgers` says whether the ledgers can be trusted; this module
+:func:`fedscore.audit.verify.verify_ledgers` says whether the ledgers can be trusted; this module
 turns the same ledgers (and, when given, the platform's refusal log, a run's privacy
 accounting and the leakage benchmark's output) into one self-contained HTML page and the
 same content as Markdown: parties, a data-flow diagram (inline SVG, no script, no external
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from fedscore.atomic import atomic_write
-from fedscore.audit import AuditReport, Traffic, ledger_party
-from fedscore.crypto import VerifyKey
-from fedscore.ledger import LEDGER_FILE, PSI_RESULT_KIND, Entry, LedgerError, check_chain
+from fedscore.audit.verify import AuditReport, Traffic, ledger_party
+from fedscore.crypto.primitives import VerifyKey
+from fedscore.ledger.writer import LEDGER_FILE, PSI_RESULT_KIND, Entry, LedgerError, check_chain
 
 SHOW_FIRST = 50
 """Problems, one-sided messages, PSI runs and refusals listed before "and N more"."""
@@ -72,7 +72,7 @@ KINDS: dict[str, KindInfo] = {
     "federation-control": KindInfo(
         "run id, round, seed; platform model versions, session and row counts",
         "mTLS, coordinator role only", "transport"),
-    # Flower, bank <-> coordinator through the SuperLink (fedscore.flower_ledger names them)
+    # Flower, bank <-> coordinator through the SuperLink (fedscore.ledger.flower names them)
     "identity-challenge": KindInfo(
         "a challenge: which bank is this SuperNode", "TLS", "transport"),
     "identity": KindInfo(

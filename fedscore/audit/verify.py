@@ -3,7 +3,7 @@
 One ledger proves little about its own writer (whoever holds the key can rewrite it); two
 ledgers that each recorded the same message, signed by two different parties, do. So the
 auditor collects the ledger folders of several nodes and :func:`verify_ledgers` checks each
-chain and every signature (:func:`fedscore.ledger.check_chain`), then pairs every message
+chain and every signature (:func:`fedscore.ledger.writer.check_chain`), then pairs every message
 A recorded as sent to B with the one B recorded as received from A (same SHA-256 and size,
 same kind), and reports what only one side recorded. Verify keys come from the CA-signed
 federation manifest in any party's startup kit, never from the ledgers themselves.
@@ -21,8 +21,8 @@ from typing import Annotated
 
 import typer
 
-from fedscore.crypto import VerifyKey
-from fedscore.ledger import HEAD_FILE, LEDGER_FILE, Entry, check_chain, parse_line
+from fedscore.crypto.primitives import VerifyKey
+from fedscore.ledger.writer import HEAD_FILE, LEDGER_FILE, Entry, check_chain, parse_line
 
 
 @dataclass(frozen=True)
@@ -247,8 +247,8 @@ def audit_and_report(
 ) -> tuple[AuditReport, list[str], tuple[Path, Path]]:
     """Verify ``folders`` with the keys of ``kit``'s manifest and write the reviewer's
     report (HTML, Markdown) under ``out``: (what verification found, warnings, paths)."""
-    from fedscore.audit_report import build_report, write_report
-    from fedscore.provision import load_kit
+    from fedscore.audit.report import build_report, write_report
+    from fedscore.federation.provision import load_kit
 
     loaded = load_kit(kit)
     peers = loaded.peers
@@ -298,7 +298,7 @@ def verify_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from fedscore.provision import KitError, load_kit
+    from fedscore.federation.provision import KitError, load_kit
 
     console = Console(highlight=False, soft_wrap=True)
     try:
@@ -380,7 +380,7 @@ def report_command(
 
     The report is written either way; exit code 1 when verification failed.
     """
-    from fedscore.provision import KitError
+    from fedscore.federation.provision import KitError
 
     try:
         report, warnings, (html_path, md_path) = audit_and_report(

@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from fedscore.deploy import (
+from fedscore.cli.deploy import (
     DeployError,
     Deployment,
     SuperNodeSpec,
@@ -75,7 +75,7 @@ class DemoOptions:
         if own:
             raise DemoError(f"--run-config {', '.join(own)}: the demo sets these itself (use "
                             "--rounds, --epochs, --seed)")
-        from fedscore.runconfig import ConfigError, RunSettings
+        from fedscore.federation.runconfig import ConfigError, RunSettings
 
         try:
             RunSettings.from_run_config(self.run_config)
@@ -215,7 +215,7 @@ def write_plots(folder: Path, evaluations: list[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedscore.metrics import auc_from_histograms, ks_from_histograms, roc_from_histograms
+    from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms, roc_from_histograms
 
     folder.mkdir(parents=True, exist_ok=True)
     rounds = [e["round"] for e in evaluations]
@@ -269,10 +269,9 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
     """Run the demo (see the module docstring); return the summary also written to
     ``out/demo.json``. Raises DemoError, DeployError or LaunchError on a failure."""
     from coordinator.checkpoint import Checkpoints
-    from coordinator.release import ReleaseError, verify_release
+    from fedscore.cli.local import platform_process
     from fedscore.data.table import find_table
-    from fedscore.local import platform_process
-    from fedscore.provision import (
+    from fedscore.federation.provision import (
         CA_CERT,
         SUPERNODE_KEY,
         SUPERNODE_PUB,
@@ -281,6 +280,7 @@ def run_demo(out: Path, opts: DemoOptions, console: Console, *,
         load_kit,
         provision,
     )
+    from fedscore.federation.release import ReleaseError, verify_release
 
     opts.check()
     app = app_dir()
@@ -386,7 +386,7 @@ def _audit(out: Path, kit: Path, state: Path, banks: list[str], run_dir: Path,
            leakage: Path | None) -> dict[str, Any]:
     """Verify every node's ledger against the others and write the reviewer's report;
     a failed verification fails the demo (after the report is written)."""
-    from fedscore.audit import audit_and_report
+    from fedscore.audit.verify import audit_and_report
 
     folders = [state / p / "ledger" for p in ("platform", *banks, "coordinator")]
     report, _, (html, md) = audit_and_report(

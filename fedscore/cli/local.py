@@ -37,7 +37,7 @@ def platform_process(
     if ledger_dir is None and state_dir is None:
         scratch = tempfile.TemporaryDirectory(prefix="fedscore-ledger-")
         ledger_dir = Path(scratch.name)
-    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+    cmd = [sys.executable, "-m", "fedscore.cli.main", "platform", "serve",
            "--kit", str(kit), "--data", str(data), "--schema", str(schema),
            "--address", f"{host}:0"]
     if state_dir is not None:

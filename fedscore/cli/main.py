@@ -50,8 +50,8 @@ def platform_serve(
 ) -> None:
     """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
-    from fedscore.ledger import LedgerError
-    from fedscore.provision import KitError
+    from fedscore.federation.provision import KitError
+    from fedscore.ledger.writer import LedgerError
     from platform_node.model_store import StoreError
     from platform_node.server import serve
 
@@ -77,11 +77,11 @@ def bank_train(
 
     from bank_node.platform_link import PlatformError
     from bank_node.trainer import run_bank
+    from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
-    from fedscore.ledger import Ledger, LedgerError
-    from fedscore.provision import KitError, load_kit
-    from fedscore.psi import PsiError
-    from fedscore.training import TrainConfig
+    from fedscore.federation.provision import KitError, load_kit
+    from fedscore.ledger.writer import Ledger, LedgerError
+    from fedscore.ml.training import TrainConfig
 
     cfg = TrainConfig(seed=seed)
     if epochs:
@@ -116,11 +116,11 @@ def bank_score_server(
     from bank_node.policy import PolicyError
     from bank_node.scoring import ScoringError
     from bank_node.scoring_service import serve
-    from coordinator.release import ReleaseError
+    from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
-    from fedscore.ledger import LedgerError
-    from fedscore.provision import KitError
-    from fedscore.psi import PsiError
+    from fedscore.federation.provision import KitError
+    from fedscore.federation.release import ReleaseError
+    from fedscore.ledger.writer import LedgerError
 
     try:
         serve(kit, data, release, platform, address, policy, ledger_dir)
@@ -147,8 +147,8 @@ def score(
     from google.protobuf.json_format import MessageToDict
 
     from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
-    from fedscore.provision import KitError, load_kit
-    from fedscore.transport import secure_channel
+    from fedscore.federation.provision import KitError, load_kit
+    from fedscore.wire.transport import secure_channel
 
     try:
         doc = json.loads(applicant.read_text())
@@ -200,7 +200,7 @@ def vertical(
     seed: int = typer.Option(0),
 ) -> None:
     """Prepare data, provision a federation, start the platform node, train every bank."""
-    from fedscore.vertical import run_vertical
+    from fedscore.cli.vertical import run_vertical
 
     try:
         report = run_vertical(scenario, out, seed=seed, progress=console)
@@ -240,9 +240,9 @@ def demo(
     import signal
     import sys
 
-    from fedscore.demo import DemoError, DemoOptions, run_demo
-    from fedscore.deploy import DeployError
-    from fedscore.local import LaunchError
+    from fedscore.cli.demo import DemoError, DemoOptions, run_demo
+    from fedscore.cli.deploy import DeployError
+    from fedscore.cli.local import LaunchError
 
     # `kill` stops the demo as Ctrl-C does: every process it started is stopped first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -273,8 +273,8 @@ def release_verify(
     coordinator: str = typer.Option("coordinator", help="The coordinator party's name."),
 ) -> None:
     """Check a release's signature and files; print what it pairs with."""
-    from coordinator.release import ReleaseError, verify_release
-    from fedscore.provision import KitError, load_kit
+    from fedscore.federation.provision import KitError, load_kit
+    from fedscore.federation.release import ReleaseError, verify_release
 
     try:
         key = load_kit(kit).peer(coordinator).verify_key
@@ -293,9 +293,9 @@ def release_verify(
 
 
 def _register() -> None:
-    from fedscore.audit import audit_app
-    from fedscore.data.cli import app as data_app
-    from fedscore.provision import provision_command
+    from fedscore.audit.verify import audit_app
+    from fedscore.cli.data import app as data_app
+    from fedscore.federation.provision import provision_command
 
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
     app.add_typer(platform_app, name="platform")

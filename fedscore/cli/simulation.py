@@ -15,7 +15,7 @@ from flwr.simulation import run_simulation
 
 from bank_node.client_app import BankNode, client_app
 from coordinator.app import server_app
-from fedscore.runconfig import RunSettings
+from fedscore.federation.runconfig import RunSettings
 
 log = logging.getLogger(__name__)
 

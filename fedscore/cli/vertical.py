@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from fedscore.metrics import auc, ks
-from fedscore.training import TrainConfig
+from fedscore.ml.metrics import auc, ks
+from fedscore.ml.training import TrainConfig
 
 
 def prepare(scenario: str, out: Path, seed: int) -> Path:
@@ -35,10 +35,10 @@ def run_vertical(
     import torch
 
     from bank_node.trainer import run_bank
+    from fedscore.cli.local import platform_process
     from fedscore.data.table import find_table
-    from fedscore.ledger import Ledger
-    from fedscore.local import platform_process
-    from fedscore.provision import load_kit, provision
+    from fedscore.federation.provision import load_kit, provision
+    from fedscore.ledger.writer import Ledger
 
     torch.set_num_threads(1)
     cfg = cfg or TrainConfig(seed=seed)

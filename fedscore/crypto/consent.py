@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from fedscore.crypto import SignatureError, SigningPrivateKey, VerifyKey
+from fedscore.crypto.primitives import SignatureError, SigningPrivateKey, VerifyKey
 
 __all__ = [
     "DEFAULT_LEEWAY_S",
@@ -89,7 +89,7 @@ _MAX_PAYLOAD = _MIN_PAYLOAD - 2 + 2 * MAX_PARTY_BYTES
 _MAX_ENCODED = (4 * (_MAX_PAYLOAD + SIGNATURE_BYTES) + 2) // 3
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{32}")
-# Same rule as fedscore.provision party names (lowercase, digits, '-', at most 63 chars).
+# Same rule as fedscore.federation.provision party names (lowercase, digits, '-', at most 63 chars).
 _PARTY_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 

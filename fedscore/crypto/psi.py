@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedscore.crypto import POINT_SIZE, CryptoError, PsiKey, hash_ids_to_points
+from fedscore.crypto.primitives import POINT_SIZE, CryptoError, PsiKey, hash_ids_to_points
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ All of it is computed from one party's own columns only.
 Federation. Everything the numeric transforms need (the log decision, mean and std) is
 a function of per-column power sums, :class:`Moments`, and sums add up across parties:
 ``Preprocessor.fit(table, moments=pooled)`` with the banks' moments summed (under
-SecAgg+, see :mod:`fedscore.secure_sum`) gives every bank the transforms a fit on
+SecAgg+, see :mod:`fedscore.crypto.secure_sum`) gives every bank the transforms a fit on
 all banks' training rows pooled would give, so one averaged model sees the same
 inputs everywhere. That needs declared categorical ``values`` (the codes) and no
 quantile bins (a quantile is not a sum).

@@ -5,7 +5,7 @@ startup kit (TLS certificate and key, X25519 sealing key, Ed25519 signing key, a
 CA-signed manifest of every party's public keys). Each kit is handed to its party out of
 band. A node starts only through :func:`load_kit`, which refuses an inconsistent kit.
 
-Key material is created and parsed only through :mod:`fedscore.crypto`; this module uses
+Key material is created and parsed only through :mod:`fedscore.crypto.primitives`; this module uses
 ``cryptography.x509`` for certificate structure and nothing from ``hazmat``.
 """
 
@@ -26,7 +26,7 @@ import typer
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedscore.crypto import (
+from fedscore.crypto.primitives import (
     CertificateKey,
     CryptoError,
     SealingPrivateKey,

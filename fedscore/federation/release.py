@@ -24,7 +24,7 @@ import numpy as np
 from coordinator.checkpoint import _npz, read_arrays
 from coordinator.statistics import PooledStatistics
 from fedscore.atomic import atomic_write
-from fedscore.crypto import SignatureError, SigningPrivateKey, VerifyKey
+from fedscore.crypto.primitives import SignatureError, SigningPrivateKey, VerifyKey
 
 FORMAT = "fedscore-release/1"
 MODEL_FILE = "bank_model.npz"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays unimported in the light SuperNode message processes
-    from fedscore.dp import DpSettings
-    from fedscore.training import TrainConfig
+    from fedscore.crypto.dp import DpSettings
+    from fedscore.ml.training import TrainConfig
 
 
 SECAGG_CLIP = 8.0
@@ -47,7 +47,7 @@ class RunSettings:
     state_dir: str = "fedscore-state"  # the coordinator's checkpoints and releases
     coordinator_kit: str = ""  # the coordinator's startup kit (mTLS to the platform)
     platform_address: str = ""  # host:port of the platform node
-    # Differential privacy (fedscore.dp, docs/security.md): noise multiplier z (0 = off)
+    # Differential privacy (fedscore.crypto.dp, docs/security.md): noise multiplier z (0 = off)
     # and L2 clip norm C of the platform's embeddings and of the banks' model updates.
     dp_embedding_noise: float = 0.0
     dp_embedding_clip: float = 1.0
@@ -98,20 +98,20 @@ class RunSettings:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
     def train_config(self) -> TrainConfig:
-        from fedscore.training import TrainConfig
+        from fedscore.ml.training import TrainConfig
 
         return TrainConfig(seed=self.seed, batch_size=self.batch_size, lr=self.lr,
                            epochs=self.local_epochs, refit=False)
 
     def embedding_dp(self) -> DpSettings:
         """The platform embeddings' Gaussian mechanism (noise 0: off)."""
-        from fedscore.dp import DpSettings
+        from fedscore.crypto.dp import DpSettings
 
         return DpSettings(self.dp_embedding_noise, self.dp_embedding_clip, self.dp_delta)
 
     def update_dp(self) -> DpSettings:
         """The bank updates' Gaussian mechanism (noise 0: off)."""
-        from fedscore.dp import DpSettings
+        from fedscore.crypto.dp import DpSettings
 
         return DpSettings(self.dp_update_noise, self.dp_update_clip, self.dp_delta)
 

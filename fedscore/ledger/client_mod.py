@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedscore.flower_ledger import (
+from fedscore.federation.provision import StartupKit, load_kit
+from fedscore.ledger.flower import (
     HELLO_RECORD,
     PURPOSE,
     content_digest,
@@ -24,8 +25,7 @@ from fedscore.flower_ledger import (
     kinds,
     message_round,
 )
-from fedscore.ledger import Ledger
-from fedscore.provision import StartupKit, load_kit
+from fedscore.ledger.writer import Ledger
 
 if TYPE_CHECKING:
     from bank_node.client_app import BankNode

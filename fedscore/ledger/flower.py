@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from flwr.app import ConfigRecord, Message
 from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
-from fedscore.runconfig import STATISTICS_TASK, TASK_KEY
+from fedscore.federation.runconfig import STATISTICS_TASK, TASK_KEY
 
 HELLO_RECORD = "fedscore-hello"
 """The challenge's (and the answer's) ConfigRecord; a bank's ledger mod answers it itself."""

@@ -16,8 +16,9 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedscore.crypto import SignatureError
-from fedscore.flower_ledger import (
+from fedscore.crypto.primitives import SignatureError
+from fedscore.federation.provision import StartupKit
+from fedscore.ledger.flower import (
     HELLO_RECORD,
     PURPOSE,
     content_digest,
@@ -25,8 +26,7 @@ from fedscore.flower_ledger import (
     kinds,
     message_round,
 )
-from fedscore.ledger import Ledger
-from fedscore.provision import StartupKit
+from fedscore.ledger.writer import Ledger
 
 IDENTIFY_TIMEOUT_S = 300.0
 

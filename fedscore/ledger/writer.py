@@ -9,7 +9,7 @@ with a signed entry, whose signature covers its ``prev`` and so, hash by hash, e
 entry before it (as a transparency log signs its tree head, not each leaf). An auditor
 holding only the CA-signed manifest can tell whether anything was edited, inserted,
 deleted or reordered (:func:`verify_chain`), and, holding the ledgers of both ends,
-whether both recorded every message (:mod:`fedscore.audit`).
+whether both recorded every message (:mod:`fedscore.audit.verify`).
 
 File format (``ledger.jsonl``), one line per entry, UTF-8/ASCII, ``\\n``-terminated::
 
@@ -75,8 +75,8 @@ from typing import Any, NoReturn, TypeGuard
 import grpc
 
 from fedscore.atomic import fsync_dir
-from fedscore.crypto import POINT_SIZE, SignatureError, SigningPrivateKey, VerifyKey
-from fedscore.interceptors import Flow
+from fedscore.crypto.primitives import POINT_SIZE, SignatureError, SigningPrivateKey, VerifyKey
+from fedscore.ledger.flow import Flow
 
 log = logging.getLogger(__name__)
 
@@ -1244,7 +1244,7 @@ class _ServerCall:
 class LedgerTap(grpc.ServerInterceptor):
     """Records every message a gRPC server receives or sends, as its serialized bytes.
 
-    Like :class:`fedscore.interceptors.MessageTap` it wraps the handlers' (de)serializers,
+    Like :class:`fedscore.ledger.flow.MessageTap` it wraps the handlers' (de)serializers,
     so the SHA-256 is of exactly the application-layer bytes; it also wraps the handler to
     learn the peer (the client certificate's CN). Entries go through :meth:`Ledger.submit`;
     with ``wait=True`` through :meth:`Ledger.record` instead, so that each entry is signed
@@ -1408,7 +1408,7 @@ class TappedFactories:
 
 class LedgerChannel(TappedFactories, grpc.Channel):
     """``channel`` with every message recorded by ``tap``: what
-    :func:`fedscore.transport.secure_channel` returns when given a ledger."""
+    :func:`fedscore.wire.transport.secure_channel` returns when given a ledger."""
 
     def __init__(self, channel: grpc.Channel, tap: SerializerTap) -> None:
         self._channel = channel

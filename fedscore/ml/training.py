@@ -43,10 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedscore import metrics
+from fedscore.crypto.dp import ReleaseCounter
 from fedscore.data.preprocess import Encoded
-from fedscore.dp import ReleaseCounter
-from fedscore.model import BankModel, BottomConfig, BottomModel, TopConfig
+from fedscore.ml import metrics
+from fedscore.ml.model import BankModel, BottomConfig, BottomModel, TopConfig
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
 
@@ -162,7 +162,7 @@ class PlatformBottom:
         self._ema = _Ema(self.model, train.ema_decay)
         self._out: torch.Tensor | None = None
         self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        # Embedding DP (fedscore.dp), set by the platform node: every embedding forward
+        # Embedding DP (fedscore.crypto.dp), set by the platform node: every embedding forward
         # returns noise(embedding) and counts its rows in releases.
         self.noise: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.releases: ReleaseCounter | None = None

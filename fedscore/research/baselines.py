@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedscore import metrics
 from fedscore.data.preprocess import Encoded, PreprocessConfig, Preprocessor
 from fedscore.data.table import PartyTable, load_table
-from fedscore.model import SplitArchitecture
-from fedscore.training import (
+from fedscore.ml import metrics
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,
     NoPlatformLink,
@@ -299,7 +299,10 @@ def run_all(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fedscore.baselines --seed 0``: every baseline on default-credit, as JSON."""
+    """``python -m fedscore.research.baselines --seed 0``: every baseline on default-credit.
+
+    Prints JSON.
+    """
     import argparse
     import json
 

@@ -25,7 +25,7 @@ Label leakage (the platform attacks a bank)
     against the true labels; 0.5 is no leakage, 1 is the labels in the clear.
 
 :func:`collect` trains the split model in process exactly as
-:func:`fedscore.baselines.federated_reference` does, through a
+:func:`fedscore.research.baselines.federated_reference` does, through a
 :class:`RecordingLink` that keeps copies of what crosses, optionally behind a
 :class:`NoisyLink` (the platform's embedding-side mechanism, e.g.
 :func:`gaussian_mechanism`); :func:`measure` runs both attacks on the recording.
@@ -43,12 +43,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedscore import dp, metrics
-from fedscore.baselines import PlatformSide, Scenario, align, load_scenario
+from fedscore.crypto import dp
 from fedscore.data.preprocess import PreprocessConfig, Preprocessor
 from fedscore.data.table import PartyTable
-from fedscore.model import SplitArchitecture
-from fedscore.training import (
+from fedscore.ml import metrics
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,
     PlatformBottom,
@@ -58,6 +58,7 @@ from fedscore.training import (
     predict,
     train_bank_model,
 )
+from fedscore.research.baselines import PlatformSide, Scenario, align, load_scenario
 
 EmbeddingNoise = Callable[[torch.Tensor], torch.Tensor]
 """Maps the platform's embeddings [B, d] to what the bank receives [B, d]; must be
@@ -204,12 +205,14 @@ def label_leakage(gradients: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 # ---------------------------------------------------------------- embedding noise
 def gaussian_mechanism(clip: float, sigma: float, seed: int = 0) -> EmbeddingNoise:
-    """The platform's embedding-side Gaussian mechanism, :func:`fedscore.dp.gaussian_mechanism`
-    (the one the live platform uses): clip each row's L2 norm to ``clip``, add
-    N(0, (sigma * clip)²) to every coordinate; seeded (default 0) so measurements repeat.
+    """The platform's embedding-side Gaussian mechanism.
+
+    :func:`fedscore.crypto.dp.gaussian_mechanism` (the one the live platform uses): clip
+    each row's L2 norm to ``clip``, add N(0, (sigma * clip)²) to every coordinate; seeded
+    (default 0) so measurements repeat.
 
     Per release of one row this is the Gaussian mechanism with sensitivity 2 * ``clip``
-    under replacement; :func:`fedscore.dp.embedding_epsilon` accounts for it.
+    under replacement; :func:`fedscore.crypto.dp.embedding_epsilon` accounts for it.
     """
     return dp.gaussian_mechanism(clip, sigma, seed)
 
@@ -399,7 +402,7 @@ def collect(
     platform: PlatformSide | None = None,
 ) -> Recording:
     """Train bank ``bank``'s split model with a fresh platform bottom (as
-    :func:`fedscore.baselines.federated_reference` does) and record what crossed.
+    :func:`fedscore.research.baselines.federated_reference` does) and record what crossed.
 
     ``embedding_noise`` is applied to every embedding the platform releases (training
     and scoring) before the bank sees it. After training the bank scores all its own

@@ -2,9 +2,9 @@
 
 The bank's scoring server calls the platform from an event loop (a sync channel costs
 several times the CPU per call). Its messages reach the ledger exactly as a sync
-channel's do, through the same :class:`fedscore.ledger.SerializerTap`: same kinds,
+channel's do, through the same :class:`fedscore.ledger.writer.SerializerTap`: same kinds,
 purposes, rounds, rows and bytes, so ``fedscore audit verify`` matches them with the
-platform's :class:`fedscore.ledger.LedgerTap` entries.
+platform's :class:`fedscore.ledger.writer.LedgerTap` entries.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from fedscore.ledger import HEALTH_METHODS, Ledger, SerializerTap, TappedFactories
-from fedscore.provision import StartupKit
-from fedscore.transport import channel_credentials, channel_options
+from fedscore.federation.provision import StartupKit
+from fedscore.ledger.writer import HEALTH_METHODS, Ledger, SerializerTap, TappedFactories
+from fedscore.wire.transport import channel_credentials, channel_options
 
 
 class AioLedgerChannel(TappedFactories, grpc.aio.Channel):
@@ -57,7 +57,7 @@ def secure_aio_channel(
     *,
     ledger: Ledger | None = None,
 ) -> grpc.aio.Channel:
-    """:func:`fedscore.transport.secure_channel` for ``grpc.aio``: create it on the event
+    """:func:`fedscore.wire.transport.secure_channel` for ``grpc.aio``: create it on the event
     loop that will use it. With ``ledger``, every message is recorded (health probes
     aside)."""
     channel = grpc.aio.secure_channel(

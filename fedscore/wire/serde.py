@@ -12,8 +12,8 @@ from typing import TypeVar
 import numpy as np
 
 from fedscore.api.v1 import common_pb2, psi_pb2
-from fedscore.crypto import Direction, SealedBox
-from fedscore.psi import Blinded, Done, DoubleBlinded, Hello, PsiMessage, PsiProtocolError
+from fedscore.crypto.primitives import Direction, SealedBox
+from fedscore.crypto.psi import Blinded, Done, DoubleBlinded, Hello, PsiMessage, PsiProtocolError
 
 PsiStep = TypeVar("PsiStep", psi_pb2.IntersectRequest, psi_pb2.IntersectResponse)
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from fedscore.provision import KitError, PeerInfo, StartupKit
+from fedscore.federation.provision import KitError, PeerInfo, StartupKit
 
 if TYPE_CHECKING:
-    from fedscore.ledger import Ledger
+    from fedscore.ledger.writer import Ledger
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -103,7 +103,7 @@ def secure_channel(
     )
     if ledger is None:
         return channel
-    from fedscore.ledger import HEALTH_METHODS, LedgerChannel, SerializerTap
+    from fedscore.ledger.writer import HEALTH_METHODS, LedgerChannel, SerializerTap
 
     return LedgerChannel(channel, SerializerTap(ledger, server_party, ignore=HEALTH_METHODS))
 

@@ -13,8 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedscore.api.v1 import psi_pb2
-from fedscore.audit import audit_app, verify_ledgers
-from fedscore.audit_report import (
+from fedscore.audit.report import (
     PRIVACY_FILE,
     REFUSALS_FILE,
     build_report,
@@ -22,9 +21,10 @@ from fedscore.audit_report import (
     human_bytes,
     render_html,
 )
-from fedscore.cli import app
-from fedscore.ledger import LEDGER_FILE, Ledger, default_rows, message_kind
-from fedscore.provision import StartupKit, load_kit, provision
+from fedscore.audit.verify import audit_app, verify_ledgers
+from fedscore.cli.main import app
+from fedscore.federation.provision import StartupKit, load_kit, provision
+from fedscore.ledger.writer import LEDGER_FILE, Ledger, default_rows, message_kind
 
 PARTIES = ("platform", "bank-1", "bank-2", "coordinator")
 HOSTILE = "<script>alert(1)</script>"

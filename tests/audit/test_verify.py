@@ -17,10 +17,11 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 from typer.testing import CliRunner
 
-from fedscore.audit import Unmatched, audit_app, verify_ledgers
-from fedscore.crypto import SigningPrivateKey, VerifyKey
-from fedscore.interceptors import Flow
-from fedscore.ledger import (
+from fedscore.audit.verify import Unmatched, audit_app, verify_ledgers
+from fedscore.crypto.primitives import SigningPrivateKey, VerifyKey
+from fedscore.federation.provision import StartupKit, load_kit, provision
+from fedscore.ledger.flow import Flow
+from fedscore.ledger.writer import (
     LEDGER_FILE,
     Entry,
     Ledger,
@@ -30,8 +31,7 @@ from fedscore.ledger import (
     default_kind,
     read_ledger,
 )
-from fedscore.provision import StartupKit, load_kit, provision
-from fedscore.transport import GRPC_OPTIONS, add_secure_port, secure_channel
+from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port, secure_channel
 from tests.conftest import Federation
 
 PARTIES = ("platform", "bank-1", "coordinator")

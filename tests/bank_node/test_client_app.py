@@ -40,7 +40,7 @@ def test_a_bank_larger_than_max_weight_refuses_before_training(
     from bank_node.federated import BankClient
     from bank_node.trainer import BankTables
     from fedscore.data.preprocess import Preprocessor
-    from fedscore.runconfig import ConfigError
+    from fedscore.federation.runconfig import ConfigError
 
     node = module.BankNode("bank-1", federation.data.bank_dirs["bank-1"],
                            federation.kits / "bank-1", "127.0.0.1:1", tmp_path)

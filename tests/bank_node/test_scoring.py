@@ -24,10 +24,10 @@ from bank_node.policy import Policy
 from bank_node.scoring import CustomerStore, ScoringModel, _source
 from bank_node.scoring_service import build_scorer, create_server
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
-from fedscore.consent import issue_consent
+from fedscore.crypto.consent import issue_consent
 from fedscore.data.preprocess import Encoded
-from fedscore.model import BottomModel
-from fedscore.transport import add_secure_port, secure_channel
+from fedscore.ml.model import BottomModel
+from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.embedding_service import REFUSALS_FILE
 from platform_node.server import PlatformNode
 from platform_node.server import create_server as create_platform_server
@@ -247,7 +247,7 @@ def test_consent_tokens_open_the_platform_only_when_valid(live: Live) -> None:
     ok = score(token())
     assert ok.platform == scoring_pb2.PLATFORM_PART_JOINED
     assert ok.pd != pytest.approx(score("").pd, abs=1e-4)
-    from fedscore.crypto import SigningPrivateKey
+    from fedscore.crypto.primitives import SigningPrivateKey
 
     refused = {
         "expired": token(ttl=60, at=time.time() - 3600),
@@ -316,7 +316,7 @@ def test_a_slow_platform_times_out_to_the_fallback(live: Live, federation: Feder
 
 
 def _session_of(scorer: object) -> object:
-    from fedscore.psi import PsiResult
+    from fedscore.crypto.psi import PsiResult
 
     handles = scorer.store.handles  # type: ignore[attr-defined]
     rows = np.flatnonzero(handles >= 0)
@@ -372,7 +372,7 @@ def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> No
 
     from typer.testing import CliRunner
 
-    from fedscore.cli import app
+    from fedscore.cli.main import app
 
     inside, _ = _ids(live)
     applicant = tmp_path / "applicant.json"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedscore.cli import app
-from fedscore.demo import DemoError, DemoOptions, _events, write_plots
+from fedscore.cli.demo import DemoError, DemoOptions, _events, write_plots
+from fedscore.cli.main import app
 
 
 @pytest.mark.parametrize(

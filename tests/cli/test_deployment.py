@@ -14,9 +14,8 @@ import psutil
 import pytest
 from rich.console import Console
 
-from coordinator.release import MODEL_FILE, ReleaseError, verify_release
-from fedscore.demo import DemoOptions, run_demo
-from fedscore.deploy import (
+from fedscore.cli.demo import DemoOptions, run_demo
+from fedscore.cli.deploy import (
     DeployError,
     Process,
     SuperNodeSpec,
@@ -25,7 +24,8 @@ from fedscore.deploy import (
     free_ports,
     local_deployment,
 )
-from fedscore.provision import SUPERNODE_KEY, SUPERNODE_PUB, load_kit, provision
+from fedscore.federation.provision import SUPERNODE_KEY, SUPERNODE_PUB, load_kit, provision
+from fedscore.federation.release import MODEL_FILE, ReleaseError, verify_release
 
 
 @contextmanager

@@ -26,23 +26,23 @@ from flwr.common import bytes_to_ndarray
 from flwr.server import ServerApp
 from flwr.serverapp import Grid
 
-import coordinator.simulation as simulation
+import fedscore.cli.simulation as simulation
 from bank_node.client_app import BankNode
 from bank_node.trainer import BankTables
 from coordinator.app import RELEASE_DIR, run_rounds
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
-from coordinator.release import PREPROCESSING_FILE, verify_release
+from fedscore.cli.local import platform_process
+from fedscore.crypto.secure_sum import encoded_size
 from fedscore.data.preprocess import MOMENTS, Moments, Preprocessor
 from fedscore.data.scenarios import ScenarioManifest
 from fedscore.data.synth import synth_population
-from fedscore.ledger import Ledger
-from fedscore.local import platform_process
-from fedscore.metrics import auc
-from fedscore.provision import load_kit, provision
-from fedscore.runconfig import RunSettings
-from fedscore.secure_sum import encoded_size
-from fedscore.transport import secure_channel
+from fedscore.federation.provision import load_kit, provision
+from fedscore.federation.release import PREPROCESSING_FILE, verify_release
+from fedscore.federation.runconfig import RunSettings
+from fedscore.ledger.writer import Ledger
+from fedscore.ml.metrics import auc
+from fedscore.wire.transport import secure_channel
 
 PEOPLE = 9000
 EVAL_KEYS = {"bank", "auc", "ks", "loss", "aligned", "fingerprint", "hist-pos", "hist-neg"}
@@ -370,8 +370,8 @@ def test_the_coordinator_receives_aggregates_only(world: World, full: FullRun) -
 
 def test_every_message_is_on_both_ends_ledgers(world: World, full: FullRun) -> None:
     """The coordinator's Grid, the banks' ledger mod and the gRPC taps, audited together."""
-    from fedscore.audit import verify_ledgers
-    from fedscore.ledger import read_ledger
+    from fedscore.audit.verify import verify_ledgers
+    from fedscore.ledger.writer import read_ledger
 
     folders = [world.root / "coordinator" / "ledger", world.root / "harness-ledger",
                *(world.root / "bank-state" / b / "ledger" for b in world.banks),
@@ -441,10 +441,10 @@ def _local_models(world: World, settings: RunSettings) -> tuple[list[list[np.nda
     (preprocessing from the run's pooled statistics, the platform's bottom through
     LocalPlatformLink, the customers aligned by a plaintext join of ids instead of PSI)."""
     from bank_node.federated import BankClient
-    from fedscore.baselines import PlatformSide, align
     from fedscore.data.table import load_table
-    from fedscore.model import BankModel, SplitArchitecture, load_arrays, to_arrays
-    from fedscore.training import BankData, LocalPlatformLink, PlatformBottom, train_round
+    from fedscore.ml.model import BankModel, SplitArchitecture, load_arrays, to_arrays
+    from fedscore.ml.training import BankData, LocalPlatformLink, PlatformBottom, train_round
+    from fedscore.research.baselines import PlatformSide, align
 
     cfg = settings.train_config()
     platform = PlatformSide(load_table(world.data.platform_features,
@@ -536,7 +536,7 @@ def test_fedprox_runs_and_stays_nearer_the_global_model(world: World, full: Full
 def test_update_dp_clips_each_bank_and_noises_the_unweighted_mean(
         world: World, full: FullRun) -> None:
     from coordinator.privacy import FILE as PRIVACY_FILE
-    from fedscore.dp import gaussian_epsilon
+    from fedscore.crypto.dp import gaussian_epsilon
 
     models, _ = _local_models(world, full.settings)  # round 1 from the seeded start
     from bank_node.federated import BankClient

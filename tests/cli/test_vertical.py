@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from bank_node.psi_client import run_psi
-from fedscore.provision import load_kit, provision
-from fedscore.psi import PsiError
-from fedscore.training import TrainConfig
-from fedscore.transport import secure_channel
-from fedscore.vertical import run_vertical
+from fedscore.cli.vertical import run_vertical
+from fedscore.crypto.psi import PsiError
+from fedscore.federation.provision import load_kit, provision
+from fedscore.ml.training import TrainConfig
+from fedscore.wire.transport import secure_channel
 from tests.conftest import Federation, LivePlatform
 
 
@@ -53,7 +53,7 @@ def test_a_bank_from_another_ca_is_refused(
 def test_platform_refuses_to_start_without_a_valid_kit(
     federation: Federation, tmp_path: Path
 ) -> None:
-    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+    cmd = [sys.executable, "-m", "fedscore.cli.main", "platform", "serve",
            "--kit", str(tmp_path / "nowhere"), "--data", str(federation.data.platform_features),
            "--schema", str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -63,7 +63,7 @@ def test_platform_refuses_to_start_without_a_valid_kit(
 
 
 def test_platform_refuses_to_start_without_a_ledger(federation: Federation) -> None:
-    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+    cmd = [sys.executable, "-m", "fedscore.cli.main", "platform", "serve",
            "--kit", str(federation.kits / "platform"), "--data",
            str(federation.data.platform_features), "--schema",
            str(federation.data.platform_schema), "--address", "127.0.0.1:0"]
@@ -73,7 +73,7 @@ def test_platform_refuses_to_start_without_a_ledger(federation: Federation) -> N
 
 
 def test_bank_kit_cannot_run_the_platform(federation: Federation, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "fedscore.cli", "platform", "serve",
+    cmd = [sys.executable, "-m", "fedscore.cli.main", "platform", "serve",
            "--kit", str(federation.kits / "bank-1"), "--data",
            str(federation.data.platform_features), "--schema",
            str(federation.data.platform_schema), "--address", "127.0.0.1:0",

@@ -26,8 +26,8 @@ from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import FinishedRound
 from coordinator.statistics import PooledStatistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, pooled_metrics
-from fedscore import metrics
-from fedscore.runconfig import RunSettings
+from fedscore.federation.runconfig import RunSettings
+from fedscore.ml import metrics
 
 # ---------------------------------------------------------------------------------------------
 # pooled metrics

@@ -1,4 +1,4 @@
-"""Tests for fedscore.consent: issuing, encoding and verifying online-scoring consent tokens."""
+"""Tests for fedscore.crypto.consent: issuing, encoding and verifying consent tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from fedscore.consent import (
+from fedscore.crypto.consent import (
     MAGIC,
     MAX_TTL_S,
     ConsentError,
@@ -19,7 +19,7 @@ from fedscore.consent import (
     issue_consent,
     verify_consent,
 )
-from fedscore.crypto import SigningPrivateKey, VerifyKey
+from fedscore.crypto.primitives import SigningPrivateKey, VerifyKey
 
 T0 = 1_700_000_000
 TTL = 600

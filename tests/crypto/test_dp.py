@@ -21,10 +21,10 @@ from coordinator.checkpoint import Checkpoints
 from coordinator.privacy import FILE as PRIVACY_FILE
 from coordinator.privacy import PrivacyLog
 from coordinator.strategy import CoordinatorStrategy
-from fedscore import dp
-from fedscore.dp import DpSettings, ReleaseCounter, embedding_epsilon, gaussian_epsilon
-from fedscore.runconfig import ConfigError, RunSettings
-from fedscore.training import train_round
+from fedscore.crypto import dp
+from fedscore.crypto.dp import DpSettings, ReleaseCounter, embedding_epsilon, gaussian_epsilon
+from fedscore.federation.runconfig import ConfigError, RunSettings
+from fedscore.ml.training import train_round
 from platform_node.embedding_service import EmbeddingTable
 from tests.conftest import Federation as FederationFixture
 from tests.conftest import LivePlatform

@@ -1,4 +1,4 @@
-"""Tests for fedscore.crypto: PSI blinding, node keys, sealing."""
+"""Tests for fedscore.crypto.primitives: PSI blinding, node keys, sealing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedscore.crypto import (
+from fedscore.crypto.primitives import (
     POINT_SIZE,
     CertificateKey,
     CryptoError,

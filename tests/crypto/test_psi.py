@@ -14,9 +14,8 @@ import pytest
 
 from bank_node.psi_client import run_psi
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
-from fedscore.crypto import POINT_SIZE
-from fedscore.provision import StartupKit, load_kit, provision
-from fedscore.psi import (
+from fedscore.crypto.primitives import POINT_SIZE
+from fedscore.crypto.psi import (
     Blinded,
     Done,
     DoubleBlinded,
@@ -30,7 +29,8 @@ from fedscore.psi import (
     PsiResult,
     intersect_prefixes,
 )
-from fedscore.transport import add_secure_port, secure_channel
+from fedscore.federation.provision import StartupKit, load_kit, provision
+from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.psi_service import PsiServicer, add_psi_service
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from fedscore.secure_sum import (
+from fedscore.crypto.secure_sum import (
     LIMIT,
     SECAGG_CLIPPING_RANGE,
     SECAGG_QUANTIZATION_RANGE,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedscore.data.cli import app
+from fedscore.cli.data import app
 from fedscore.data.scenarios import (
     BANK_SCHEMA,
     PLATFORM_SCHEMA,

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from fedscore.data.cli import app
+from fedscore.cli.data import app
 from fedscore.data.schema import Feature, Schema, SchemaError
 from fedscore.data.table import (
     DataError,

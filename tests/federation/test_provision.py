@@ -1,4 +1,4 @@
-"""Tests for fedscore.provision: kit layout, permissions, and load_kit refusals."""
+"""Tests for fedscore.federation.provision: kit layout, permissions, and load_kit refusals."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from typer.testing import CliRunner
 
-from fedscore.crypto import Direction, Opener, Sealer, derive_session_key, new_session_id
-from fedscore.provision import (
+from fedscore.crypto.primitives import Direction, Opener, Sealer, derive_session_key, new_session_id
+from fedscore.federation.provision import (
     DEFAULT_PARTIES,
     KitError,
     ProvisionError,

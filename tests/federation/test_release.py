@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.release import (
+from coordinator.statistics import PooledStatistics
+from fedscore.crypto.primitives import SigningPrivateKey
+from fedscore.federation.release import (
     FORMAT,
     MANIFEST,
     MODEL_FILE,
@@ -19,8 +21,6 @@ from coordinator.release import (
     verify_release,
     write_release,
 )
-from coordinator.statistics import PooledStatistics
-from fedscore.crypto import SigningPrivateKey
 
 KEY = SigningPrivateKey.generate()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bank_node.client_app import BankNode
-from fedscore.runconfig import ConfigError, RunSettings, require
+from fedscore.federation.runconfig import ConfigError, RunSettings, require
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 
 from bank_node.client_app import BankNode
-from bank_node.ledger_mod import handle
-from coordinator.ledger_grid import IdentityError, LedgeredGrid
-from fedscore.audit import verify_ledgers
-from fedscore.ledger import Ledger, read_ledger
-from fedscore.provision import load_kit, provision
+from fedscore.audit.verify import verify_ledgers
+from fedscore.federation.provision import load_kit, provision
+from fedscore.ledger.client_mod import handle
+from fedscore.ledger.grid import IdentityError, LedgeredGrid
+from fedscore.ledger.writer import Ledger, read_ledger
 
 RUN_ID = 77
 PARTIES = ("platform", "bank-1", "bank-2", "coordinator")

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from fedscore.api.v1 import common_pb2, psi_pb2, round_control_pb2, split_learning_pb2
-from fedscore.crypto import SigningPrivateKey
-from fedscore.interceptors import Flow
-from fedscore.ledger import (
+from fedscore.crypto.primitives import SigningPrivateKey
+from fedscore.ledger.flow import Flow
+from fedscore.ledger.writer import (
     ENTRY_DOMAIN,
     HEAD_FILE,
     HEAD_INTERVAL_S,
@@ -303,7 +303,7 @@ def test_a_torn_last_line_is_recovered(tmp_path: Path, key: SigningPrivateKey,
     torn = b'{"bytes":4096,"direction":"received","kind":"embeddings'  # a crash mid-line
     path.write_bytes(whole + torn)
     assert f"{LEDGER_FILE}:4: last line has no newline" in problems_of(tmp_path, key)
-    with (caplog.at_level(logging.WARNING, logger="fedscore.ledger"),
+    with (caplog.at_level(logging.WARNING, logger="fedscore.ledger.writer"),
           Ledger(tmp_path, key, PARTY) as ledger):
         e = ledger.record("platform", "received", "embeddings", b"after the crash")
     assert f"torn last line of {len(torn)} bytes" in caplog.text
@@ -672,7 +672,7 @@ def test_a_crash_mid_batch_resumes_from_the_last_signature(tmp_path: Path,
 @pytest.mark.parametrize("text", ["platform", "é\u2028\"\\\n</script>", "\ud800", "", "x" * 300])
 @pytest.mark.parametrize("t", [1_750_000_000.125, 0.1 + 0.2, 1e22, 5e-324, 3.0])
 def test_the_fast_entry_encoding_is_the_canonical_one(text: str, t: float) -> None:
-    from fedscore.ledger import _dumps, _entry_line
+    from fedscore.ledger.writer import _dumps, _entry_line
 
     fields = {"seq": 7, "time": t, "party": text, "peer": text + "p", "direction": "sent",
               "kind": text, "rows": 0, "bytes": 2**40, "payload_sha256": "a" * 64,

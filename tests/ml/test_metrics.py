@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedscore import metrics
+from fedscore.ml import metrics
 
 
 def test_auc_known_values() -> None:

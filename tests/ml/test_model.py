@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedscore.model import (
+from fedscore.ml.model import (
     BankModel,
     BottomConfig,
     BottomModel,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedscore import metrics
 from fedscore.data.preprocess import Encoded
-from fedscore.model import BankModel, BottomModel, SeededDropout, SplitArchitecture
-from fedscore.training import (
+from fedscore.ml import metrics
+from fedscore.ml.model import BankModel, BottomModel, SeededDropout, SplitArchitecture
+from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,
     PlatformBottom,

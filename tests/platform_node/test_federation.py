@@ -18,11 +18,11 @@ from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
 from coordinator.platform_control import PlatformControl, PlatformControlError
+from fedscore.crypto.psi import PsiResult
 from fedscore.data.preprocess import Preprocessor
-from fedscore.model import BankModel, SplitArchitecture
-from fedscore.psi import PsiResult
-from fedscore.training import BankData, TrainConfig, predict, train_round
-from fedscore.transport import secure_channel
+from fedscore.ml.model import BankModel, SplitArchitecture
+from fedscore.ml.training import BankData, TrainConfig, predict, train_round
+from fedscore.wire.transport import secure_channel
 from platform_node.federation import Federation, FederationError, weighted_average
 from platform_node.model_store import ModelStore, StateDict, model_version
 from platform_node.server import PlatformNode, create_server

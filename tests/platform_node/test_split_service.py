@@ -11,25 +11,25 @@ import pytest
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
-from fedscore import serde
 from fedscore.api.v1 import (
     round_control_pb2,
     round_control_pb2_grpc,
     split_learning_pb2,
     split_learning_pb2_grpc,
 )
-from fedscore.baselines import PlatformSide, train_and_score
-from fedscore.crypto import Direction, Sealer, derive_session_key
+from fedscore.crypto.primitives import Direction, Sealer, derive_session_key
+from fedscore.crypto.psi import PsiResult
 from fedscore.data.preprocess import Preprocessor
-from fedscore.model import SplitArchitecture
-from fedscore.psi import PsiResult
-from fedscore.training import (
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import (
     BankData,
     TrainConfig,
     predict,
     train_bank_model,
 )
-from fedscore.transport import secure_channel
+from fedscore.research.baselines import PlatformSide, train_and_score
+from fedscore.wire import serde
+from fedscore.wire.transport import secure_channel
 from tests.conftest import Federation, LivePlatform
 
 CFG = TrainConfig(epochs=3, patience=10, batch_size=128, seed=3)

@@ -11,11 +11,17 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from fedscore import leakage
-from fedscore.baselines import PlatformSide, Scenario, align, load_scenario, train_and_score
 from fedscore.data.synth import synth_population
-from fedscore.model import SplitArchitecture
-from fedscore.training import TrainConfig
+from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.training import TrainConfig
+from fedscore.research import leakage
+from fedscore.research.baselines import (
+    PlatformSide,
+    Scenario,
+    align,
+    load_scenario,
+    train_and_score,
+)
 
 SMALL = TrainConfig(epochs=5, patience=2, refit=False, seed=0)
 

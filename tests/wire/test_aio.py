@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 
-from fedscore.aio import AioLedgerChannel, secure_aio_channel
-from fedscore.audit import verify_ledgers
-from fedscore.ledger import LEDGER_FILE, Entry, SerializerTap, read_ledger
-from fedscore.transport import channel_credentials, channel_options
+from fedscore.audit.verify import verify_ledgers
+from fedscore.ledger.writer import LEDGER_FILE, Entry, SerializerTap, read_ledger
+from fedscore.wire.aio import AioLedgerChannel, secure_aio_channel
+from fedscore.wire.transport import channel_credentials, channel_options
 from tests.test_audit import ECHO, Kits, echo_kind, echo_server, kits  # noqa: F401
 
 

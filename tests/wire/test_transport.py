@@ -1,4 +1,4 @@
-"""Tests for fedscore.transport: mutual TLS between kits of one federation, and refusals."""
+"""Tests for fedscore.wire.transport: mutual TLS between kits of one federation, and refusals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedscore.provision import KitError, StartupKit, load_kit, provision
-from fedscore.transport import (
+from fedscore.federation.provision import KitError, StartupKit, load_kit, provision
+from fedscore.wire.transport import (
     GRPC_OPTIONS,
     MAX_MESSAGE_BYTES,
     add_secure_port,
