@@ -16,7 +16,7 @@ from fedscore.audit.verify import verify_ledgers
 from fedscore.ledger.writer import LEDGER_FILE, Entry, SerializerTap, read_ledger
 from fedscore.wire.aio import AioLedgerChannel, secure_aio_channel
 from fedscore.wire.transport import channel_credentials, channel_options
-from tests.test_audit import ECHO, Kits, echo_kind, echo_server, kits  # noqa: F401
+from tests.audit.test_verify import ECHO, Kits, echo_kind, echo_server, kits  # noqa: F401
 
 
 async def _aio_traffic(parties: Kits, port: int, folder: Path, wait: bool) -> None:
