@@ -15,6 +15,7 @@ install:
 lint:
 	$(BIN)/python tools/gen_proto.py --check
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy fedscore platform_node bank_node coordinator benchmarks tools
 
 test: lint

@@ -85,7 +85,7 @@ class DemoOptions:
 
 def app_dir() -> Path:
     """The repository root: the Flower app that ``flwr run`` builds and submits."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     project = root / "pyproject.toml"
     if not project.is_file() or "[tool.flwr.app]" not in project.read_text():
         raise DemoError(f"{root}: no pyproject.toml with [tool.flwr.app]; run the demo from a "
