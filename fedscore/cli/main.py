@@ -293,7 +293,7 @@ def release_verify(
 
 
 def _register() -> None:
-    from fedscore.audit.verify import audit_app
+    from fedscore.cli.audit import audit_app
     from fedscore.cli.data import app as data_app
     from fedscore.federation.provision import provision_command
 
