@@ -386,7 +386,7 @@ def _audit(out: Path, kit: Path, state: Path, banks: list[str], run_dir: Path,
            leakage: Path | None) -> dict[str, Any]:
     """Verify every node's ledger against the others and write the reviewer's report;
     a failed verification fails the demo (after the report is written)."""
-    from fedscore.audit.verify import audit_and_report
+    from fedscore.audit.report import audit_and_report
 
     folders = [state / p / "ledger" for p in ("platform", *banks, "coordinator")]
     report, _, (html, md) = audit_and_report(

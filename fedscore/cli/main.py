@@ -293,9 +293,9 @@ def release_verify(
 
 
 def _register() -> None:
-    from fedscore.audit.verify import audit_app
+    from fedscore.cli.audit import audit_app
     from fedscore.cli.data import app as data_app
-    from fedscore.federation.provision import provision_command
+    from fedscore.cli.provision import provision_command
 
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
     app.add_typer(platform_app, name="platform")

@@ -13,15 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fedscore.api.v1 import psi_pb2
-from fedscore.audit.report import (
-    PRIVACY_FILE,
-    REFUSALS_FILE,
-    build_report,
-    collect_messages,
-    human_bytes,
-    render_html,
-)
-from fedscore.audit.verify import audit_app, verify_ledgers
+from fedscore.audit.data import PRIVACY_FILE, REFUSALS_FILE, build_report, collect_messages
+from fedscore.audit.formatting import human_bytes
+from fedscore.audit.render import render_html
+from fedscore.audit.verify import verify_ledgers
+from fedscore.cli.audit import audit_app
 from fedscore.cli.main import app
 from fedscore.federation.provision import StartupKit, load_kit, provision
 from fedscore.ledger.writer import LEDGER_FILE, Ledger, default_rows, message_kind

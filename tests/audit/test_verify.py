@@ -17,7 +17,9 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 from typer.testing import CliRunner
 
-from fedscore.audit.verify import Unmatched, audit_app, verify_ledgers
+from fedscore.audit.findings import Unmatched
+from fedscore.audit.verify import verify_ledgers
+from fedscore.cli.audit import audit_app
 from fedscore.crypto.primitives import SigningPrivateKey, VerifyKey
 from fedscore.federation.provision import StartupKit, load_kit, provision
 from fedscore.ledger.flow import Flow

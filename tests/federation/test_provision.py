@@ -19,7 +19,6 @@ from fedscore.federation.provision import (
     ProvisionError,
     load_kit,
     provision,
-    provision_command,
     role_of,
 )
 
@@ -153,6 +152,8 @@ def test_role_of() -> None:
 
 def test_cli(tmp_path: Path) -> None:
     import typer
+
+    from fedscore.cli.provision import provision_command
 
     app = typer.Typer()
     app.command("provision")(provision_command)
