@@ -139,11 +139,13 @@ class NormProbe:
         self.norms: list[np.ndarray] = []
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        """Note the norms of an evaluation release and return ``emb`` unchanged."""
         if not torch.is_grad_enabled():
             self.norms.append(emb.detach().norm(dim=1).numpy().copy())
         return emb
 
     def median(self) -> float:
+        """The median L2 norm over every noted release: the default clip C."""
         return float(np.median(np.concatenate(self.norms)))
 
 
@@ -499,6 +501,7 @@ def ledger_microbench(folder: Path, kit: Any, n: int = 2000, size: int = 8192) -
 
 # --------------------------------------------------------------------------------- main
 def main() -> None:
+    """Run the leakage settings and the ledger-overhead arms; print the result as JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigmas", default="0.5,1,2",

@@ -205,6 +205,7 @@ def _median_ratio(pairs: list[dict[str, dict[str, Any]]],
 
 
 def main() -> None:
+    """Train a release, serve it, drive the load levels and the floor; print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
     parser.add_argument("--chunk", type=int, default=2000, help="ids per ScoreBatch message")
