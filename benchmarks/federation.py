@@ -112,6 +112,7 @@ def federate(root: Path, banks: list[str], data_dirs: dict[str, Path], address: 
 
 
 def main() -> None:
+    """Run the federations and the references, print progress and the result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")

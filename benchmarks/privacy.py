@@ -29,14 +29,13 @@ stop, no refit), with the audit ledger at both nodes ("on": ``create_server(ledg
 or at neither ("off"; ``fedscore platform serve`` always ledgers, so the platforms are
 this script's child, ``serve`` less the mandatory ledger). Each repetition runs both arms
 at the same time, each against its own platform process (they stay up; one warm-up run
-each is discarded), so both see the same load from the shared VM's other tenants, which
-drifts a run's speed by up to 40% over tens of seconds: back-to-back runs, the previous
-method, read -6% to +7% with the ledger off in both arms. Two trainings at once also
-leave the ledger no idle core: what it costs in CPU it costs in wall time, so the figure
-errs high. ``ledger_overhead`` = the median over repetitions of on / off - 1 of the
-bank's training wall time; ``aa_overhead`` the same for ``--aa-reps`` repetitions with
-the ledger off in both arms (the method's own noise, which should read near 0);
-``median_overhead`` = median on / median off - 1. The two ledgers are verified at the
+each is discarded), so both see the same load from the shared VM's other tenants, whose
+drift over tens of seconds swamped the overhead when the arms ran back to back. Two
+trainings at once also leave the ledger no idle core: what it costs in CPU it costs in
+wall time, so the figure errs high. ``ledger_overhead`` = the median over repetitions of
+on / off - 1 of the bank's training wall time; ``aa_overhead`` the same for ``--aa-reps``
+repetitions with the ledger off in both arms (the method's own noise, which should read
+near 0); ``median_overhead`` = median on / median off - 1. The two ledgers are verified at the
 end with :func:`fedscore.audit.verify.verify_ledgers` (chains, signatures, every message on both
 ends); ``us_per_entry`` is the median time added per split-learning entry (both ends
 counted), ``microbench`` the in-process cost of one entry on the message path
@@ -44,13 +43,8 @@ counted), ``microbench`` the in-process cost of one entry on the message path
 
     python benchmarks/privacy.py [--seed 0] [--sigmas 0.5,1,2] [--reps 12] [--aa-reps 4]
 
-About 8 minutes on the 2-core development machine (the ledger part about 4). The last
-stdout line is one JSON object.
-
-Measured there (2026-12-01): ledger_overhead 0.15 with one Ed25519 signature per entry and
-client interceptors; after batch signing, a template, client taps on the (de)serializers
-(no second ``SerializeToString``) and the head once a second: 0.038 (A/A 0.007; pairs
--0.011 to 0.059) with both arms at once, where back-to-back runs had read 0.06-0.15.
+The last stdout line is one JSON object. Run time and the figures measured so far, with
+the method's history: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -139,11 +133,13 @@ class NormProbe:
         self.norms: list[np.ndarray] = []
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        """Note the norms of an evaluation release and return ``emb`` unchanged."""
         if not torch.is_grad_enabled():
             self.norms.append(emb.detach().norm(dim=1).numpy().copy())
         return emb
 
     def median(self) -> float:
+        """The median L2 norm over every noted release: the default clip C."""
         return float(np.median(np.concatenate(self.norms)))
 
 
@@ -499,6 +495,7 @@ def ledger_microbench(folder: Path, kit: Any, n: int = 2000, size: int = 8192) -
 
 # --------------------------------------------------------------------------------- main
 def main() -> None:
+    """Run the leakage settings and the ledger-overhead arms; print the result as JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigmas", default="0.5,1,2",

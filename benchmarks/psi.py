@@ -67,16 +67,19 @@ def make_ids(start: int, n: int, seed: int) -> np.ndarray:
 
 
 def party_ids(party: str, n: int, overlap: int, seed: int) -> np.ndarray:
+    """``party``'s ids: the platform's n, the bank's n of which ``overlap`` are the platform's."""
     if party == PLATFORM:
         return make_ids(0, n, seed)
     return make_ids(n - overlap, n, seed + 1)
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux ``ru_maxrss``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def cpu_s() -> float:
+    """User + system CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -167,6 +170,7 @@ def serve(kit_dir: Path, n: int, overlap: int, seed: int, chunk: int) -> None:
 
 
 def main() -> None:
+    """Run the platform side (``--serve``) or the bank side with the floor; print JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="ids per party")
     ap.add_argument("--overlap", type=int, default=None, help="ids in common (default n/2)")

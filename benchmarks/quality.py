@@ -29,6 +29,7 @@ from fedscore.research.baselines import bank_alone, centralized, gbdt, load_scen
 
 
 def main() -> None:
+    """Train the split model between real node processes and the baselines; print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -66,6 +66,7 @@ class MemoryWatch:
         self._thread.join()
 
     def sample(self) -> None:
+        """Take one RSS sample of this process tree and update the peaks."""
         me = psutil.Process(os.getpid())
         procs = [me, *me.children(recursive=True)]
         total = 0
@@ -95,6 +96,7 @@ def _say(msg: str) -> None:
 
 
 def main() -> None:
+    """Synthesise the population, run the federation, watch memory; print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--banks", type=int, default=20)

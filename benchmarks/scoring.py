@@ -22,8 +22,8 @@ default-credit banks (Flower Simulation Engine, SecAgg+) trains it first.
   the same cores (``pairs_at_8``); ``levels["8"]`` and ``floor`` are the pair with the
   median p99, and ``p99_over_floor_at_8`` and ``cpu_us_per_score_over_floor_at_8`` the
   medians of the pairs' ratios: what fedscore adds to gRPC Python's own per-call work,
-  a ratio the shared machine's load moves less than the p99 itself (1.6-2.2x while
-  the p99 moved 10.8-20.4 ms in eleven runs of 2026-12-01).
+  a ratio the shared machine's load moves less than the p99 itself (figures:
+  docs/benchmarks.md).
   Each level also reports ``cpu_us_per_score`` per process (load generator, bank,
   platform; Linux ``/proc``).
 
@@ -205,6 +205,7 @@ def _median_ratio(pairs: list[dict[str, dict[str, Any]]],
 
 
 def main() -> None:
+    """Train a release, serve it, drive the load levels and the floor; print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
     parser.add_argument("--chunk", type=int, default=2000, help="ids per ScoreBatch message")

@@ -32,6 +32,7 @@ from fedscore.research.baselines import PlatformSide, load_scenario, train_and_s
 
 
 def main() -> None:
+    """Train one bank split across two processes, then centralized; print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bank", default="bank-1")
     parser.add_argument("--epochs", type=int, default=10)

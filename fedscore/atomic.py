@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries to disk, so a rename or new file in it survives a crash."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

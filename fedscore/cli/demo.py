@@ -53,6 +53,8 @@ class DemoError(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """What ``fedscore demo`` was asked for: scenario, rounds, epochs, banks and run config."""
+
     scenario: str = "default-credit"
     rounds: int = 5
     epochs: int = 3
@@ -62,6 +64,7 @@ class DemoOptions:
     run_config: dict[str, Any] = field(default_factory=dict)  # e.g. the DP settings
 
     def check(self) -> None:
+        """Refuse options the demo cannot run, naming the command-line flag."""
         if self.scenario not in SCENARIOS:
             raise DemoError(f"--scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)}")
         if self.scenario == "default-credit" and self.banks != 3:

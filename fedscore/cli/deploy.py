@@ -87,6 +87,7 @@ def last_lines(text: str, lines: int = 25) -> str:
 
 
 def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of the log at ``path``, or a note that there is none."""
     try:
         return last_lines(path.read_text(errors="replace"), lines)
     except OSError:
@@ -112,6 +113,7 @@ class Process:
 
     @classmethod
     def start(cls, name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str]) -> Process:
+        """Start ``cmd`` in a process group of its own (so :meth:`stop` reaches its children)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         sink = log.open("wb")
         popen = subprocess.Popen(
@@ -121,12 +123,14 @@ class Process:
         return cls(name, popen, log, sink)
 
     def failed(self, what: str) -> DeployError:
+        """A DeployError for ``what`` went wrong, with the exit state and the log's last lines."""
         code = self.popen.poll()
         state = "is still running" if code is None else f"exited with code {code}"
         return DeployError(f"{self.name} {what} ({state}); last lines of {self.log}:\n"
                            f"{tail(self.log)}")
 
     def check(self) -> None:
+        """Raise :meth:`failed` if the process has exited."""
         if self.popen.poll() is not None:
             raise self.failed("stopped unexpectedly")
 

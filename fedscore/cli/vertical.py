@@ -32,6 +32,11 @@ def run_vertical(
     scenario: str, out: Path, *, seed: int = 0, progress: Console | None = None,
     cfg: TrainConfig | None = None,
 ) -> dict[str, Any]:
+    """Train every bank of ``scenario`` with the platform node and score the test sets.
+
+    Provisions kits under ``out`` if needed, runs the platform as its own process and
+    each bank here over mutual TLS, and writes ``out/results.json`` (returned too).
+    """
     import torch
 
     from bank_node.trainer import run_bank

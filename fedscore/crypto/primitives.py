@@ -86,6 +86,7 @@ class PsiKey:
 
     @classmethod
     def generate(cls) -> PsiKey:
+        """A fresh random scalar, for one PSI session only."""
         return cls(X25519PrivateKey.generate())
 
     def blind(self, points: bytes) -> bytes:
@@ -206,9 +207,11 @@ class _PublicKeyBase:
     _raw: bytes
 
     def public_bytes(self) -> bytes:
+        """The key's 32 raw bytes, as the federation manifest stores them."""
         return self._raw
 
     def hex(self) -> str:
+        """The raw bytes in hex, for logs and error messages."""
         return self._raw.hex()
 
     def __eq__(self, other: object) -> bool:
@@ -232,14 +235,17 @@ class SealingPublicKey(_PublicKeyBase):
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str = "<bytes>") -> SealingPublicKey:
+        """Load from the 32 raw bytes; ``source`` names the origin in errors."""
         raw = _check_raw(raw, source, "X25519 public key")
         return cls(X25519PublicKey.from_public_bytes(raw))
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "<pem>") -> SealingPublicKey:
+        """Load from a SubjectPublicKeyInfo PEM; refuses any other key type."""
         return cls(_load_public_pem(data, source, X25519PublicKey, "an X25519 public key"))
 
     def to_pem(self) -> bytes:
+        """SubjectPublicKeyInfo PEM, as written into a startup kit."""
         return self._key.public_bytes(_PEM, _SPKI)
 
 
@@ -253,28 +259,35 @@ class SealingPrivateKey:
 
     @classmethod
     def generate(cls) -> SealingPrivateKey:
+        """A new random sealing key (provisioning only)."""
         return cls(X25519PrivateKey.generate())
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str = "<bytes>") -> SealingPrivateKey:
+        """Load from the 32 raw secret bytes; ``source`` names the origin in errors."""
         raw = _check_raw(raw, source, "X25519 private key")
         return cls(X25519PrivateKey.from_private_bytes(raw))
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "<pem>") -> SealingPrivateKey:
+        """Load from an unencrypted PKCS#8 PEM; refuses any other key type."""
         return cls(_load_private_pem(data, source, X25519PrivateKey, "an X25519 private key"))
 
     @classmethod
     def from_file(cls, path: Path) -> SealingPrivateKey:
+        """Load a kit's PEM key file; errors name the path."""
         return cls.from_pem(_read(path), source=str(path))
 
     def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM, as written into a startup kit."""
         return self._key.private_bytes(_PEM, _PKCS8, _NOENC)
 
     def public_key(self) -> SealingPublicKey:
+        """The public half, which peers use to derive session keys with this node."""
         return SealingPublicKey(self._key.public_key())
 
     def public_bytes(self) -> bytes:
+        """The public half's 32 raw bytes."""
         return self.public_key().public_bytes()
 
     def __repr__(self) -> str:
@@ -292,6 +305,7 @@ class VerifyKey(_PublicKeyBase):
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str = "<bytes>") -> VerifyKey:
+        """Load from the 32 raw bytes; an invalid point raises CryptoError."""
         raw = _check_raw(raw, source, "Ed25519 public key")
         try:
             return cls(Ed25519PublicKey.from_public_bytes(raw))
@@ -300,12 +314,15 @@ class VerifyKey(_PublicKeyBase):
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "<pem>") -> VerifyKey:
+        """Load from a SubjectPublicKeyInfo PEM; refuses any other key type."""
         return cls(_load_public_pem(data, source, Ed25519PublicKey, "an Ed25519 public key"))
 
     def to_pem(self) -> bytes:
+        """SubjectPublicKeyInfo PEM, as written into a startup kit."""
         return self._key.public_bytes(_PEM, _SPKI)
 
     def verify(self, signature: bytes, data: bytes) -> None:
+        """Check an Ed25519 ``signature`` over ``data``; raise SignatureError if it fails."""
         if not isinstance(signature, bytes | bytearray) or len(signature) != 64:
             got = len(signature) if isinstance(signature, bytes | bytearray) else signature
             raise SignatureError(f"Ed25519 signature must be 64 bytes, got {got!r}")
@@ -327,31 +344,39 @@ class SigningPrivateKey:
 
     @classmethod
     def generate(cls) -> SigningPrivateKey:
+        """A new random signing key (provisioning only)."""
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str = "<bytes>") -> SigningPrivateKey:
+        """Load from the 32 raw secret bytes; ``source`` names the origin in errors."""
         raw = _check_raw(raw, source, "Ed25519 private key")
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "<pem>") -> SigningPrivateKey:
+        """Load from an unencrypted PKCS#8 PEM; refuses any other key type."""
         return cls(_load_private_pem(data, source, Ed25519PrivateKey, "an Ed25519 private key"))
 
     @classmethod
     def from_file(cls, path: Path) -> SigningPrivateKey:
+        """Load a kit's PEM key file; errors name the path."""
         return cls.from_pem(_read(path), source=str(path))
 
     def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM, as written into a startup kit."""
         return self._key.private_bytes(_PEM, _PKCS8, _NOENC)
 
     def sign(self, data: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``data``."""
         return self._key.sign(data)
 
     def verify_key(self) -> VerifyKey:
+        """The public half, which the manifest publishes for others to verify with."""
         return VerifyKey(self._key.public_key())
 
     def public_bytes(self) -> bytes:
+        """The public half's 32 raw bytes."""
         return self.verify_key().public_bytes()
 
     def __repr__(self) -> str:
@@ -374,10 +399,12 @@ class CertificateKey:
 
     @classmethod
     def generate(cls) -> CertificateKey:
+        """A new random P-256 key (provisioning only)."""
         return cls(ec.generate_private_key(ec.SECP256R1()))
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "<pem>") -> CertificateKey:
+        """Load from an unencrypted PKCS#8 PEM; refuses keys on any curve but P-256."""
         key = _load_private_pem(data, source, ec.EllipticCurvePrivateKey, "a P-256 private key")
         if not isinstance(key.curve, ec.SECP256R1):
             raise CryptoError(f"{source}: expected a P-256 private key, found {_key_kind(key)}")
@@ -385,9 +412,11 @@ class CertificateKey:
 
     @classmethod
     def from_file(cls, path: Path) -> CertificateKey:
+        """Load a kit's PEM key file; errors name the path."""
         return cls.from_pem(_read(path), source=str(path))
 
     def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM, the form gRPC's TLS credentials read."""
         return self._key.private_bytes(_PEM, _PKCS8, _NOENC)
 
     def x509_public_key(self) -> Any:
@@ -395,9 +424,11 @@ class CertificateKey:
         return self._key.public_key()
 
     def public_der(self) -> bytes:
+        """SubjectPublicKeyInfo DER, to match the key against a certificate."""
         return self._key.public_key().public_bytes(serialization.Encoding.DER, _SPKI)
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """Sign a certificate builder with this key (ECDSA-SHA256)."""
         return builder.sign(self._key, hashes.SHA256())
 
     def sign(self, data: bytes) -> bytes:
@@ -409,6 +440,7 @@ class CertificateKey:
 
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
+    """A certificate as PEM, the form written into kits and read by gRPC."""
     return cert.public_bytes(_PEM)
 
 
@@ -594,13 +626,16 @@ class Sealer:
 
     @property
     def direction(self) -> Direction:
+        """The direction every box this sealer makes is marked with."""
         return self._direction
 
     @property
     def next_seq(self) -> int:
+        """The seq the next box will get (the count of boxes sealed so far)."""
         return self._seq
 
     def seal(self, plaintext: bytes, *, round: int, batch: int) -> SealedBox:
+        """Encrypt ``plaintext`` under the next seq, with ``round`` and ``batch`` authenticated."""
         if not 0 <= round <= _U32:
             raise SealError(f"round must fit uint32, got {round}")
         if not 0 <= batch <= _U64:
@@ -629,10 +664,12 @@ class Opener:
 
     @property
     def direction(self) -> Direction:
+        """The direction this opener accepts boxes from."""
         return self._direction
 
     @property
     def expected_seq(self) -> int:
+        """The seq the next box must carry."""
         return self._expected
 
     def open(self, box: SealedBox, *, round: int | None = None, batch: int | None = None) -> bytes:

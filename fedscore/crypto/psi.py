@@ -72,6 +72,8 @@ class PsiProtocolError(PsiError):
 
 @dataclass(frozen=True)
 class Hello:
+    """The first message each side sends: who it is, how many ids it has, its session nonce."""
+
     party: str
     set_size: int
     nonce: bytes
@@ -96,6 +98,8 @@ class DoubleBlinded:
 
 @dataclass(frozen=True)
 class Done:
+    """The last message: the sender's intersection size and digest, for both to compare."""
+
     intersection_size: int
     intersection_digest: bytes
 
@@ -141,6 +145,7 @@ class PsiIds:
         return int(self.values.size)
 
     def chunk_as_str(self, start: int, stop: int) -> list[str]:
+        """Ids ``start:stop`` as Python str (bytes ids decoded as UTF-8), ready to hash."""
         chunk = self.values[start:stop].tolist()
         if self.values.dtype.kind != "S":
             return chunk
@@ -191,6 +196,7 @@ class PsiResult:
 
     @property
     def size(self) -> int:
+        """The number of aligned customers (handles run 0..size-1)."""
         return int(self.rows.size)
 
     def handles_for_rows(self, n_rows: int) -> np.ndarray:
@@ -203,6 +209,7 @@ class PsiResult:
 
 
 def session_id_of(bank_nonce: bytes, platform_nonce: bytes) -> bytes:
+    """The session id both sides derive from the two hello nonces (so neither picks it alone)."""
     return hashlib.sha256(bank_nonce + platform_nonce).digest()[:SESSION_ID_SIZE]
 
 

@@ -47,6 +47,7 @@ class SecureSumError(ValueError):
 
 
 def encoded_size(n_values: int) -> int:
+    """Length of the vector :func:`encode` makes of ``n_values`` numbers (limbs and tag)."""
     return n_values * LIMBS + _TAG_DIGITS
 
 

@@ -1,17 +1,17 @@
-"""Each party's data: schema files, validated loading, the bundled reference scenario and
-the synthetic population generator. See docs/data.md."""
+"""Each party's data: schema files, validated loading, per-party preprocessing, the
+bundled reference scenario and the synthetic population generator. See docs/data.md.
 
-from fedscore.data.schema import Feature, FeatureKind, Schema, SchemaError
-from fedscore.data.table import DataError, PartyTable, Problem, load_table, write_table
+``schema`` reads and writes schema files, ``table`` loads, checks and writes a party's
+table, ``preprocess`` turns a table into model inputs, ``scenarios`` builds reference
+scenario folders, ``synth`` a synthetic population of any size.
 
-__all__ = [
-    "DataError",
-    "Feature",
-    "FeatureKind",
-    "PartyTable",
-    "Problem",
-    "Schema",
-    "SchemaError",
-    "load_table",
-    "write_table",
-]
+May import: ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
+``fedscore.errors``, ``fedscore.atomic``); never ``fedscore.ml``, which builds on this
+room, nor any room above it or a party package.
+
+A new table format, schema field, validation check, feature transform or scenario goes
+here. This package imports nothing (so ``fedscore.data.schema`` stays free of pandas and
+pyarrow): import from the submodule.
+"""
+
+__all__ = ["preprocess", "scenarios", "schema", "synth", "table"]

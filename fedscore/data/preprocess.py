@@ -85,6 +85,7 @@ class Encoded:
         return int(self.numeric.shape[0])
 
     def take(self, rows: np.ndarray) -> Encoded:
+        """The rows ``rows`` only (any numpy index), as a new Encoded."""
         return Encoded(self.numeric[rows], self.categorical[rows])
 
 
@@ -408,6 +409,7 @@ class Preprocessor:
         return names, raw
 
     def transform(self, table: PartyTable) -> Encoded:
+        """Encode ``table`` with the fitted state; the table must carry the fitted columns."""
         s = self._s
         _check_columns(
             table, s.numeric_features + s.categorical_features, fitted=True
@@ -455,10 +457,12 @@ class Preprocessor:
 
     @property
     def n_numeric(self) -> int:
+        """Width of the numeric block (transformed features and missing indicators)."""
         return len(self._s.numeric) + len(self._s.missing_features)
 
     @property
     def cat_cardinalities(self) -> tuple[int, ...]:
+        """Codes per categorical column, 0 included: the embedding table sizes the model needs."""
         s = self._s
         cards = [len(s.vocabularies[n]) + 1 for n in s.categorical_features]
         cards += [len(spec.edges) + 2 for k, spec in enumerate(s.numeric) if self._binned(k)]
@@ -466,17 +470,20 @@ class Preprocessor:
 
     @property
     def numeric_names(self) -> tuple[str, ...]:
+        """Names of the numeric block's columns, in order (``NAME:missing`` for indicators)."""
         return tuple(spec.name for spec in self._s.numeric) + tuple(
             f"{n}:missing" for n in self._s.missing_features
         )
 
     @property
     def categorical_names(self) -> tuple[str, ...]:
+        """Names of the categorical block's columns, in order (``NAME:bin`` for quantile bins)."""
         s = self._s
         bins = [f"{spec.name}:bin" for k, spec in enumerate(s.numeric) if self._binned(k)]
         return tuple(s.categorical_features) + tuple(bins)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-ready data, saved with a model so scoring encodes alike."""
         s = self._s
         return {
             "format": FORMAT_VERSION,
@@ -492,6 +499,7 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        """Rebuild a fitted preprocessor from :meth:`to_dict`'s output; refuses another format."""
         try:
             if d["format"] != FORMAT_VERSION:
                 raise ValueError(

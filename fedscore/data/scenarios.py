@@ -73,6 +73,8 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class BankStats:
+    """One bank's row counts in a scenario folder, as its manifest records them."""
+
     customers: int
     train_rows: int
     test_rows: int
@@ -84,10 +86,12 @@ class BankStats:
 
     @property
     def positives(self) -> int:
+        """Defaulters among the bank's customers, train and test."""
         return self.train_positives + self.test_positives
 
     @property
     def default_rate(self) -> float:
+        """Share of the bank's customers who default (0 for a bank without customers)."""
         return self.positives / self.customers if self.customers else 0.0
 
 
@@ -109,26 +113,33 @@ class ScenarioManifest:
 
     @property
     def default_rate(self) -> float:
+        """Share of the whole population who default."""
         return self.positives / self.people if self.people else 0.0
 
     @property
     def platform_features(self) -> Path:
+        """Path of the platform's feature table."""
         return self.platform_dir / f"features.{self.file_format}"
 
     @property
     def platform_schema(self) -> Path:
+        """Path of the platform's schema file."""
         return self.platform_dir / "schema.toml"
 
     def bank_train(self, bank: str) -> Path:
+        """Path of ``bank``'s training table."""
         return self.bank_dirs[bank] / f"train.{self.file_format}"
 
     def bank_test(self, bank: str) -> Path:
+        """Path of ``bank``'s held-out test table."""
         return self.bank_dirs[bank] / f"test.{self.file_format}"
 
     def bank_schema(self, bank: str) -> Path:
+        """Path of ``bank``'s schema file."""
         return self.bank_dirs[bank] / "schema.toml"
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data, paths relative to the folder."""
         banks: dict[str, Any] = {}
         for name, b in self.banks.items():
             banks[name] = {
@@ -164,6 +175,7 @@ class ScenarioManifest:
         }
 
     def write(self) -> None:
+        """Write the manifest file into the scenario folder."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         (self.root / MANIFEST).write_text(text, encoding="utf-8")
 
@@ -359,6 +371,7 @@ SCENARIOS: dict[str, Callable[[Path, int], ScenarioManifest]] = {
 
 
 def prepare_scenario(name: str, out: Path, seed: int = 0) -> ScenarioManifest:
+    """Build the scenario ``name`` into ``out`` from ``seed``; unknown names raise ScenarioError."""
     try:
         build = SCENARIOS[name]
     except KeyError:

@@ -42,6 +42,8 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class Feature:
+    """One feature column: its kind, whether it may be missing, and any declared codes."""
+
     name: str
     kind: FeatureKind
     allow_missing: bool = False
@@ -50,6 +52,8 @@ class Feature:
 
 @dataclass(frozen=True)
 class Schema:
+    """A party's schema file, validated: id column, features in file order, optional label."""
+
     id_column: str
     features: tuple[Feature, ...]
     label_column: str | None = None
@@ -103,14 +107,17 @@ class Schema:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
+        """Every feature's name, in file order."""
         return tuple(f.name for f in self.features)
 
     @property
     def numeric(self) -> tuple[str, ...]:
+        """The numeric features' names, in file order."""
         return tuple(f.name for f in self.features if f.kind == "numeric")
 
     @property
     def categorical(self) -> tuple[str, ...]:
+        """The categorical features' names, in file order."""
         return tuple(f.name for f in self.features if f.kind == "categorical")
 
     @property
@@ -120,6 +127,7 @@ class Schema:
         return (self.id_column, *self.feature_names, *label)
 
     def feature(self, name: str) -> Feature:
+        """The feature called ``name``; KeyError if there is none."""
         for feat in self.features:
             if feat.name == name:
                 return feat
@@ -187,6 +195,7 @@ class Schema:
 
     @classmethod
     def load(cls, path: Path) -> Schema:
+        """Read and validate a schema TOML file; any problem raises SchemaError naming the file."""
         path = Path(path)
         try:
             text = path.read_bytes().decode("utf-8")
@@ -204,6 +213,7 @@ class Schema:
         return cls.from_mapping(data, source=path)
 
     def to_toml(self) -> str:
+        """The schema as TOML text that :meth:`load` reads back to an equal schema."""
         lines = [f"id = {_toml_str(self.id_column)}"]
         if self.label_column is not None:
             lines.append(f"label = {_toml_str(self.label_column)}")
@@ -221,6 +231,7 @@ class Schema:
         return "\n".join(lines) + "\n"
 
     def dump(self, path: Path) -> None:
+        """Write :meth:`to_toml` to ``path``."""
         Path(path).write_text(self.to_toml(), encoding="utf-8")
 
 

@@ -134,6 +134,7 @@ ALPHA = _solve_intercept()
 
 
 def bank_weights(banks: int) -> np.ndarray:
+    """Expected bank shares, proportional to 1/k so the banks differ in size."""
     w = 1.0 / np.arange(1, banks + 1)
     return np.asarray(w / w.sum())
 

@@ -58,6 +58,8 @@ _SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem found in a table file, located by row and column where it has one."""
+
     file: Path
     row: int | None
     column: str | None
@@ -92,6 +94,8 @@ class DataError(ValueError):
 
 @dataclass
 class PartyTable:
+    """A party's table, loaded and validated against its schema: ids, features and labels."""
+
     schema: Schema
     source: Path
     ids: np.ndarray  # dtype object, Python str

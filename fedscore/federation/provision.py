@@ -106,6 +106,7 @@ class StartupKit:
             ) from None
 
     def peers_with_role(self, role: str) -> list[PeerInfo]:
+        """The manifest's parties of ``role``, sorted by name."""
         return [p for _, p in sorted(self.peers.items()) if p.role == role]
 
 

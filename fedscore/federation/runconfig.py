@@ -35,6 +35,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunSettings:
+    """Every setting of one federated run, validated; field names are the run config keys."""
+
     run_id: str = "fedscore-run"  # the platform keeps its models per run id; resume key
     num_rounds: int = 5
     local_epochs: int = 3
@@ -95,9 +97,11 @@ class RunSettings:
         return cls(**values)  # type: ignore[arg-type]
 
     def to_run_config(self) -> dict[str, int | float | str]:
+        """The settings as a Flower run config (kebab-case keys), e.g. for ``--run-config``."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
     def train_config(self) -> TrainConfig:
+        """The banks' local :class:`TrainConfig` for one round (no early stopping, no refit)."""
         from fedscore.ml.training import TrainConfig
 
         return TrainConfig(seed=self.seed, batch_size=self.batch_size, lr=self.lr,
@@ -117,6 +121,7 @@ class RunSettings:
 
     @property
     def run_dir(self) -> Path:
+        """The coordinator's folder for this run: ``state_dir/run_id``."""
         return Path(self.state_dir) / self.run_id
 
 

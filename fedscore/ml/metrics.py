@@ -78,5 +78,6 @@ def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """KS from per-class score histograms: the largest gap between TPR and FPR over bin edges."""
     fpr, tpr = roc_from_histograms(pos, neg)
     return float(np.max(np.abs(tpr - fpr)))

@@ -53,6 +53,8 @@ PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank'
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Training settings both sides must share (seed, optimiser, early stopping, averaging)."""
+
     epochs: int = 40
     batch_size: int = 128
     lr: float = 2e-3
@@ -169,6 +171,7 @@ class PlatformBottom:
 
     @property
     def out_dim(self) -> int:
+        """Width of the embeddings this bottom sends the bank."""
         return self.config.out_dim
 
     def fresh(self) -> PlatformBottom:
@@ -213,6 +216,7 @@ class PlatformBottom:
         self._out = None
 
     def snapshot(self, epoch: int) -> None:
+        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best one."""
         self._snapshots[epoch] = copy.deepcopy(self._ema.model.state_dict())
 
     def restore(self, epoch: int) -> None:
@@ -228,6 +232,7 @@ class PlatformBottom:
         return self._ema.model.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load scoring weights (into the model and, when averaging, into the average too)."""
         self._ema.load(self.model, state)
 
 
@@ -235,15 +240,20 @@ class PlatformLink(Protocol):
     """What the bank's loop talks to; handles are per-session, never raw ids."""
 
     @property
-    def embedding_dim(self) -> int: ...
+    def embedding_dim(self) -> int:
+        """Width of the embeddings :meth:`forward` returns."""
 
-    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor: ...
+    def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The platform's embeddings of the customers ``handles``, one row each, in that order."""
 
-    def backward(self, grad: torch.Tensor) -> None: ...
+    def backward(self, grad: torch.Tensor) -> None:
+        """Send dL/d(the last training forward's embeddings); the platform steps on it."""
 
-    def end_epoch(self, epoch: int) -> None: ...
+    def end_epoch(self, epoch: int) -> None:
+        """Tell the platform ``epoch`` is over, so it snapshots the weights it scores with."""
 
-    def commit(self, epoch: int) -> None: ...
+    def commit(self, epoch: int) -> None:
+        """Tell the platform to keep the weights of ``epoch`` (the chosen one) for good."""
 
 
 @runtime_checkable
@@ -251,7 +261,8 @@ class RestartableLink(PlatformLink, Protocol):
     """A link whose platform can start over (the refit pass): after ``restart()`` the
     platform's bottom is as freshly initialised at session start, snapshots gone."""
 
-    def restart(self) -> None: ...
+    def restart(self) -> None:
+        """Have the platform drop its bottom and build a fresh one, as at session start."""
 
 
 class LocalPlatformLink:
@@ -263,21 +274,27 @@ class LocalPlatformLink:
 
     @property
     def embedding_dim(self) -> int:
+        """The in-process bottom's embedding width."""
         return self.platform.out_dim
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The bottom's embeddings of the platform rows behind ``handles``."""
         return self.platform.forward(self.rows_of_handle[handles], train)
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Step the in-process bottom on the bank's gradient."""
         self.platform.backward(grad)
 
     def end_epoch(self, epoch: int) -> None:
+        """Snapshot the bottom's weights for ``epoch``."""
         self.platform.snapshot(epoch)
 
     def commit(self, epoch: int) -> None:
+        """Restore the bottom's weights of ``epoch``."""
         self.platform.restore(epoch)
 
     def restart(self) -> None:
+        """Replace the bottom with a fresh one built as at session start."""
         self.platform = self.platform.fresh()
 
 
@@ -289,26 +306,31 @@ class NoPlatformLink:
 
     @property
     def embedding_dim(self) -> int:
+        """The width the bank model expects; nothing ever fills it."""
         return self._dim
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """Refused: with no platform every handle is -1 and the loop never asks."""
         raise RuntimeError("NoPlatformLink has no platform; every handle must be -1")
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Refused: with no platform there is no embedding to send a gradient for."""
         raise RuntimeError("NoPlatformLink has no platform")
 
     def end_epoch(self, epoch: int) -> None:
-        pass
+        """Nothing to snapshot."""
 
     def commit(self, epoch: int) -> None:
-        pass
+        """Nothing to keep."""
 
     def restart(self) -> None:
-        pass
+        """Nothing to rebuild."""
 
 
 @dataclass
 class BankData:
+    """One bank's rows as the loop uses them: encoded features, labels and platform handles."""
+
     encoded: Encoded
     labels: np.ndarray  # int 0/1 per row (ignored by predict)
     handles: np.ndarray  # int64 per row, -1 = not aligned with the platform
@@ -326,6 +348,8 @@ class BankData:
 
 @dataclass
 class TrainedBank:
+    """What :func:`train_bank_model` gives: the bank model, its epoch count and history."""
+
     model: BankModel
     best_epoch: int  # chosen on the validation rows (0-based)
     epochs_run: int  # by the early-stopped pass
@@ -468,6 +492,8 @@ class _Proximal:
 
 @dataclass
 class RoundResult:
+    """What one bank's local training in a federated round gives back to the round."""
+
     model: BankModel  # the averaged (EMA) weights: what the bank contributes to the round
     train_loss: float  # mean BCE of the last local epoch
     rows: int  # training rows (the bank's FedAvg weight)

@@ -42,6 +42,8 @@ from fedscore.ml.training import (
 
 @dataclass
 class Scenario:
+    """A scenario folder loaded in memory: the platform's table and each bank's train and test."""
+
     platform: PartyTable
     banks: list[tuple[PartyTable, PartyTable]]  # (train, test) per bank
 

@@ -233,9 +233,11 @@ class NoisyLink:
 
     @property
     def embedding_dim(self) -> int:
+        """The inner link's embedding width (noise keeps the shape)."""
         return self.inner.embedding_dim
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The inner link's embeddings with noise; in training, remembered for :meth:`backward`."""
         emb = self.inner.forward(handles, train)
         if not train:
             with torch.no_grad():
@@ -246,6 +248,7 @@ class NoisyLink:
         return noisy.detach()
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Pull ``grad`` back through the noise and pass the result to the inner link."""
         if self._pending is None:
             raise RuntimeError("NoisyLink: backward without a training forward before it")
         leaf, noisy = self._pending
@@ -255,12 +258,15 @@ class NoisyLink:
         self.inner.backward(leaf.grad)
 
     def end_epoch(self, epoch: int) -> None:
+        """Passed through to the inner link."""
         self.inner.end_epoch(epoch)
 
     def commit(self, epoch: int) -> None:
+        """Passed through to the inner link."""
         self.inner.commit(epoch)
 
     def restart(self) -> None:
+        """Restart the inner link (it must be restartable) and drop any pending forward."""
         if not isinstance(self.inner, RestartableLink):
             raise TypeError(f"{type(self.inner).__name__} cannot restart")
         self._pending = None
@@ -302,9 +308,11 @@ class RecordingLink:
 
     @property
     def embedding_dim(self) -> int:
+        """The inner link's embedding width."""
         return self.inner.embedding_dim
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The inner link's embeddings, with a copy kept (training, or scoring when recording)."""
         emb = self.inner.forward(handles, train)
         copy = _Batch(np.array(handles, dtype=np.int64), emb.detach().numpy().astype(np.float32))
         if train:
@@ -316,6 +324,7 @@ class RecordingLink:
         return emb
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Keep the gradient with its batch, then pass it to the inner link."""
         if self._open is None:
             raise RuntimeError("RecordingLink: backward without a training forward before it")
         self._open.gradients = grad.detach().numpy().astype(np.float32)
@@ -325,6 +334,7 @@ class RecordingLink:
         self.inner.backward(grad)
 
     def end_epoch(self, epoch: int) -> None:
+        """Tag the epoch's batches with ``epoch`` and keep them as ``keep`` says."""
         for b in self._current:
             b.epoch = epoch
         if self.keep == "last_epoch":
@@ -335,9 +345,11 @@ class RecordingLink:
         self.inner.end_epoch(epoch)
 
     def commit(self, epoch: int) -> None:
+        """Passed through to the inner link."""
         self.inner.commit(epoch)
 
     def restart(self) -> None:
+        """Restart the inner link and count a new pass (the refit) for what follows."""
         if not isinstance(self.inner, RestartableLink):
             raise TypeError(f"{type(self.inner).__name__} cannot restart")
         self._pass += 1
@@ -387,6 +399,7 @@ class Recording:
 
     @property
     def test_auc(self) -> float:
+        """The bank's test AUC with the model that was recorded."""
         return metrics.auc(self.test_labels, self.test_pd)
 
 

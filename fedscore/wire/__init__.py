@@ -1,1 +1,20 @@
-"""TODO"""
+"""How the nodes talk: protobuf <-> domain conversion, the mTLS gRPC transport, asyncio
+helpers, error-to-status mapping and request batching. The generated wire types stay in
+``fedscore.api.v1`` (``make proto``).
+
+``serde`` converts between protobuf messages and fedscore's own types, ``transport``
+builds mTLS servers and channels from a startup kit, ``aio`` the ``grpc.aio`` channel
+(ledgered like the sync one), ``status`` maps :class:`~fedscore.errors.FedscoreError`
+to a gRPC status on every server, ``batching`` lets concurrent callers share one call
+(threads or asyncio).
+
+May import: ``fedscore.ledger``, ``fedscore.federation``, ``fedscore.ml``,
+``fedscore.data``, ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
+``fedscore.errors``, ``fedscore.atomic``); no room above, no party package.
+
+New gRPC plumbing shared by the nodes (a channel option, an interceptor, a conversion)
+goes here; a new message goes into ``proto/`` first. This package imports nothing:
+import from the submodule.
+"""
+
+__all__ = ["aio", "batching", "serde", "status", "transport"]
