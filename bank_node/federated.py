@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import grpc
 import numpy as np
 import torch
 from flwr.client import NumPyClient
@@ -130,11 +131,15 @@ class _RunState:
         atomic_write(self._meta, json.dumps(meta).encode())
 
 
+SESSION_LOST = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED})
+"""OpenSession's codes for a session the bank cannot go on with: the platform does not
+know it (it restarted, or closed it), or the session is past the round asked for (the
+bank's saved round counter is behind). Either way the bank runs PSI for a new one."""
+
+
 def _is_session_lost(exc: PlatformError) -> bool:
-    """The platform no longer knows the session (it restarted, or the round was reused)."""
-    return exc.code == "PERMISSION_DENIED" or (
-        exc.code == "FAILED_PRECONDITION" and "is not after the session's round" in str(exc)
-    )
+    """The platform refused the session itself (see :data:`SESSION_LOST`), not the round."""
+    return exc.code in SESSION_LOST
 
 
 def _histogram(pd: np.ndarray) -> bytes:

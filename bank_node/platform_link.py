@@ -25,6 +25,7 @@ from fedscore.api.v1 import (
 )
 from fedscore.crypto.primitives import Direction, Opener, Sealer, derive_session_key
 from fedscore.crypto.psi import PsiResult
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ml.training import TrainConfig
 from fedscore.wire import serde
@@ -34,23 +35,24 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class PlatformError(RuntimeError):
+class PlatformError(FedscoreError, RuntimeError):
     """The platform refused or failed a call; the message is the platform's own.
 
-    ``code`` is the gRPC status code name ("" when the platform answered but the
-    answer was wrong); PERMISSION_DENIED on a call naming the session means the
-    platform does not know it (it restarted, or closed it): run PSI again.
+    ``code`` is the platform's gRPC status; the class's INTERNAL when the platform
+    answered but the answer was wrong. On the calls that name the session, two codes mean
+    the bank must run PSI again: PERMISSION_DENIED (the platform does not know the
+    session: it restarted, or closed it) and, from OpenSession, ABORTED (the session is
+    already past the round asked for: the bank's saved round counter is behind).
     """
 
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+    code = grpc.StatusCode.INTERNAL
 
     @classmethod
     def from_rpc(cls, what: str, exc: grpc.RpcError) -> PlatformError:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        return cls(f"platform {what} failed: {code}: {details}", code)
+        """The error for a failed call ``what``, with the platform's code and message."""
+        code = (exc.code() if isinstance(exc, grpc.Call) else None) or grpc.StatusCode.UNKNOWN
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return cls(f"platform {what} failed: {code.name}: {details}", code=code)
 
 
 class GrpcPlatformLink:

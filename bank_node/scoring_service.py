@@ -37,8 +37,10 @@ from bank_node.scoring import (
     ScoringModel,
 )
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
+from fedscore.wire.status import AioStatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 
 log = logging.getLogger(__name__)
@@ -121,11 +123,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         if not (math.isfinite(amount) and amount >= 0):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"requested_amount = {amount}: expected a finite amount >= 0")
-        try:
-            scored = await self._scorer.score(request.applicant_id, dict(request.features),
-                                              request.consent_token, amount or None)
-        except ScoringError as exc:
-            await context.abort(exc.code, str(exc))
+        scored = await self._scorer.score(request.applicant_id, dict(request.features),
+                                          request.consent_token, amount or None)
         return decision_to_pb(scored)
 
     def _batch(self, ids: list[str]) -> scoring_pb2.ScoreBatchResponse:
@@ -137,21 +136,17 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                          ) -> AsyncIterator[scoring_pb2.ScoreBatchResponse]:
         await self._only_own_party(context)
         async for request in request_iterator:
-            try:
-                reply = await self._off_loop(self._batch, list(request.applicant_ids))
-            except ScoringError as exc:
-                await context.abort(exc.code, str(exc))
-            yield reply
+            yield await self._off_loop(self._batch, list(request.applicant_ids))
 
     async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
                           context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
         await self._only_own_party(context)
         try:
             new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
-        except ScoringError as exc:
-            await context.abort(exc.code, str(exc))
+        except ScoringError:
+            raise  # with its own code
         except Exception as exc:  # ReleaseError, a missing folder: the old release stays
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise FedscoreError(str(exc), code=grpc.StatusCode.FAILED_PRECONDITION) from exc
         log.info("scoring: release %s replaces %s", new, old)
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
@@ -182,7 +177,8 @@ class ScoringServer:
 
     async def _build(self, address: str, scorer: Scorer, kit: StartupKit) -> int:
         self._channel = scorer.aio_channel() if scorer.aio_channel is not None else None
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(interceptors=[AioStatusInterceptor()],
+                                       options=GRPC_OPTIONS)
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
             ScoringServicer(AsyncScorer(scorer, self._channel), kit.party, self._pool),
             self._server)

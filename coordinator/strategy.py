@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 from flwr.common import (
     EvaluateIns,
@@ -39,14 +40,17 @@ from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
 from coordinator.statistics import PooledStatistics
+from fedscore.errors import FedscoreError
 from fedscore.federation.runconfig import RunSettings
 from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms
 
 log = logging.getLogger(__name__)
 
 
-class CoordinatorError(RuntimeError):
+class CoordinatorError(FedscoreError, RuntimeError):
     """The run cannot go on (a bank failed mid-round, the platform disagrees, ...)."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 def pooled_metrics(bank_metrics: list[dict[str, Any]]) -> dict[str, float]:

@@ -27,14 +27,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._federation = federation
 
     def _serve(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+        """``call()`` for an authorized coordinator; a FederationError ends the call with its
+        own code, a StoreError with INTERNAL and a message that names the store."""
         authorize_peer(context, self._kit, "coordinator")
         try:
             return call()
-        except FederationError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
         except StoreError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"platform model store: {exc}")
-        raise AssertionError("unreachable: abort raises")
+            raise StoreError(f"platform model store: {exc}") from exc
 
     def StartRound(
         self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
@@ -75,4 +74,4 @@ def _embedding_dp(request: federation_pb2.StartRoundRequest) -> DpSettings | Non
     try:
         return DpSettings(request.embedding_dp_noise, request.embedding_dp_clip)
     except ValueError as exc:
-        raise FederationError("INVALID_ARGUMENT", f"StartRound: {exc}") from None
+        raise FederationError(f"StartRound: {exc}", code=grpc.StatusCode.INVALID_ARGUMENT) from None

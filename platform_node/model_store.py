@@ -24,21 +24,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import torch
 
 from fedscore.atomic import atomic_write
+from fedscore.errors import FedscoreError
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"r(\d+)-[0-9a-f]{12}")
 StateDict = dict[str, torch.Tensor]
 
 
-class StoreError(Exception):
+class StoreError(FedscoreError):
     """A run id, round or version the store cannot accept or does not hold."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class UnknownVersion(StoreError):
     """No committed model has this version."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 def model_version(round_: int, state: Mapping[str, torch.Tensor]) -> str:

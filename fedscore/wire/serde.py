@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import grpc
 import numpy as np
 
 from fedscore.api.v1 import common_pb2, psi_pb2
 from fedscore.crypto.primitives import Direction, SealedBox
 from fedscore.crypto.psi import Blinded, Done, DoubleBlinded, Hello, PsiMessage, PsiProtocolError
+from fedscore.errors import FedscoreError
 
 PsiStep = TypeVar("PsiStep", psi_pb2.IntersectRequest, psi_pb2.IntersectResponse)
 
@@ -21,8 +23,10 @@ _F32 = np.dtype("<f4")
 _U32 = np.dtype("<u4")
 
 
-class WireError(ValueError):
+class WireError(FedscoreError, ValueError):
     """A message from a peer that does not have the expected shape."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def tensor_to_pb(array: np.ndarray) -> common_pb2.Tensor:
