@@ -148,6 +148,9 @@ def _histogram(pd: np.ndarray) -> bytes:
 
 
 class BankClient(NumPyClient):
+    """The bank's Flower client: one split-learning round per ``fit``, its test set per
+    ``evaluate``."""
+
     def __init__(self, node: BankNode, seed: int = 0) -> None:
         torch.set_num_threads(1)
         self.node = node
@@ -163,6 +166,8 @@ class BankClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
     ) -> tuple[list[np.ndarray], int, dict[str, bool | bytes | float | int | str]]:
+        """Train the global bank-side model for one round against the platform (or, for the
+        statistics task, send this bank's preprocessing sums); returns the update and its weight."""
         if config.get(TASK_KEY) == STATISTICS_TASK:
             moments = Preprocessor.moments(BankTables.load(self.node.data_dir).train)
             vector = encode(moments.sums.ravel(), bytes.fromhex(moments.layout))
@@ -199,6 +204,8 @@ class BankClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
     ) -> tuple[float, int, dict[str, bool | bytes | float | int | str]]:
+        """Score the bank's test set with the round's pair of models; returns loss, rows and
+        the metrics the coordinator pools (no row leaves the bank)."""
         settings, round_ = _settings(config), _int(config, "round")
         version = str(config.get("platform-version", ""))
         if not version:

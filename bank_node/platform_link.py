@@ -109,21 +109,25 @@ class GrpcPlatformLink:
     # -- PlatformLink -------------------------------------------------------------------------
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The platform's embeddings of ``handles`` (``train``: in training mode)."""
         mode = split_learning_pb2.STEP_MODE_TRAIN if train else split_learning_pb2.STEP_MODE_EVAL
         embedding = self._exchange(mode, handles)
         return torch.from_numpy(embedding.copy())  # [b, embedding_dim]
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Keep the gradient for the embeddings; it rides with the next request."""
         if self._pending is not None:
             raise RuntimeError("backward called twice without a forward in between")
         self._pending = grad.detach().to(torch.float32).numpy()
 
     def end_epoch(self, epoch: int) -> None:
+        """Have the platform snapshot its bottom model as of ``epoch``."""
         self._flush()
         self._call("EndEpoch", self._control.EndEpoch,
                    round_control_pb2.EndEpochRequest(session_id=self._session_id, epoch=epoch))
 
     def commit(self, epoch: int) -> None:
+        """Commit the platform's bottom model as of ``epoch``; keeps its version."""
         self._flush()
         reply = self._call(
             "CommitRound",

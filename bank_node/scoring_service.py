@@ -55,6 +55,7 @@ _OUTCOME_INDEX_PB = np.array([_OUTCOME_PB[o] for o in OUTCOMES], np.int32)
 
 
 def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
+    """One applicant's decision as the Score reply."""
     d: Decision = scored.decision
     return scoring_pb2.ScoreResponse(
         pd=d.pd if d.pd is not None else 0.0,
@@ -75,6 +76,7 @@ def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
 
 
 def batch_to_pb(batch: ScoredBatch, policy: Policy) -> scoring_pb2.ScoreBatchResponse:
+    """A portfolio chunk's decisions as one ScoreBatch reply (columns, not rows)."""
     d = batch.decisions
     grades = [g.name for g in policy.grades]
     return scoring_pb2.ScoreBatchResponse(
@@ -116,6 +118,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     async def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.aio.ServicerContext
                     ) -> scoring_pb2.ScoreResponse:
+        """Score one applicant: the bank's own party only; refusals end with their code."""
         await self._only_own_party(context)
         if not request.applicant_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
@@ -134,12 +137,15 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def ScoreBatch(self, request_iterator: AsyncIterator[scoring_pb2.ScoreBatchRequest],
                          context: grpc.aio.ServicerContext
                          ) -> AsyncIterator[scoring_pb2.ScoreBatchResponse]:
+        """Score each chunk of a portfolio stream off the event loop, one reply per chunk."""
         await self._only_own_party(context)
         async for request in request_iterator:
             yield await self._off_loop(self._batch, list(request.applicant_ids))
 
     async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
                           context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
+        """Switch to the release at ``request.path``; a refused one leaves the old in place
+        (FAILED_PRECONDITION)."""
         await self._only_own_party(context)
         try:
             new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
@@ -188,6 +194,7 @@ class ScoringServer:
         return add_secure_port(self._server, address, kit)
 
     def start(self) -> None:
+        """Start serving."""
         self._run(self._server.start())
 
     async def _shutdown(self, grace: float | None) -> None:

@@ -30,6 +30,8 @@ class PlatformControlError(FedscoreError, RuntimeError):
 
 @dataclass(frozen=True)
 class FinishedRound:
+    """What the platform committed for a finished round."""
+
     version: str  # the platform model version committed for the round
     sessions: int  # bank sessions averaged
     rows: int  # training rows the platform forwarded in the round, over those sessions

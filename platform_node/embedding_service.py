@@ -108,6 +108,8 @@ class EmbeddingTable:
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """Answers a bank's sealed embedding queries for its scoring session (see the module)."""
+
     def __init__(
         self,
         registry: SessionRegistry,

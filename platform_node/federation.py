@@ -49,6 +49,8 @@ class FederationError(FedscoreError):
 
 @dataclass(frozen=True)
 class FinishedRound:
+    """A finished round: its committed version, the sessions averaged and their rows."""
+
     version: str
     sessions: int
     rows: int
@@ -218,6 +220,7 @@ class Federation:
             return FinishedRound(version, len(parts), rows)
 
     def by_version(self, version: str) -> StateDict:
+        """The committed model with ``version``; FederationError NOT_FOUND if none."""
         try:
             return self.store.by_version(version)
         except UnknownVersion as exc:

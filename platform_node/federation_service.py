@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+    """The coordinator's round control on the platform; every call checks the caller's role."""
+
     def __init__(self, kit: StartupKit, federation: Federation) -> None:
         self._kit = kit
         self._federation = federation
@@ -38,6 +40,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def StartRound(
         self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.StartRoundResponse:
+        """Open a round of a run (with its embedding DP); answers the version it starts from."""
         dp = self._serve(context, lambda: _embedding_dp(request))
         version = self._serve(
             context,
@@ -49,6 +52,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def FinishRound(
         self, request: federation_pb2.FinishRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.FinishRoundResponse:
+        """Average and commit the round's sessions; answers the version and what went in."""
         done = self._serve(
             context, lambda: self._federation.finish_round(request.run_id, request.round)
         )
@@ -59,6 +63,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def GetRunState(
         self, request: federation_pb2.GetRunStateRequest, context: grpc.ServicerContext
     ) -> federation_pb2.GetRunStateResponse:
+        """The run's last finished round, its version and the embedding releases counted."""
         last, version = self._serve(context, lambda: self._federation.run_state(request.run_id))
         most, rows = self._federation.releases(request.run_id)
         return federation_pb2.GetRunStateResponse(

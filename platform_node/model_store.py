@@ -67,6 +67,7 @@ def check_run_id(run_id: str) -> str:
 
 
 def round_of_version(version: str) -> int:
+    """The round a version names; UnknownVersion when it is not a version."""
     match = _VERSION.fullmatch(version)
     if match is None:
         raise UnknownVersion(f"{version!r} is not a platform model version (r<round>-<12 hex>)")
@@ -188,6 +189,7 @@ class ModelStore:
             return run.last_round, run.rounds[run.last_round]
 
     def version(self, run_id: str, round_: int) -> str | None:
+        """The version of round ``round_`` of ``run_id``; None when the store has none."""
         with self._lock:
             run = self._runs.get(check_run_id(run_id))
             return None if run is None else run.rounds.get(round_)

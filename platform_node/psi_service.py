@@ -74,6 +74,7 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         request_iterator: Iterator[psi_pb2.IntersectRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[psi_pb2.IntersectResponse]:
+        """Run one PSI session with the calling bank over the stream; stores it on success."""
         peer = _peer_party(context)
         engine = PsiParty(  # PsiInputError (FAILED_PRECONDITION): an empty id column
             self._ids,
@@ -122,4 +123,5 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
 
 
 def add_psi_service(server: grpc.Server, servicer: PsiServicer) -> None:
+    """Register ``servicer`` on ``server``."""
     psi_pb2_grpc.add_PsiServiceServicer_to_server(servicer, server)

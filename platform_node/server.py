@@ -88,6 +88,7 @@ class PlatformNode:
     def make_bottom(
         self, seed: int, lr: float, weight_decay: float, ema_decay: float
     ) -> PlatformBottom:
+        """A fresh platform bottom for one session, with the bank's optimizer settings."""
         hyper = TrainConfig(seed=seed, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay)
         return PlatformBottom(self.encoded, self.bottom_config, hyper)
 

@@ -45,6 +45,8 @@ class StaleRoundError(SessionError):
 
 @dataclass
 class Session:
+    """One bank's session: its PSI alignment, keys, round and bottom-model copy."""
+
     session_id: bytes
     peer: str
     psi: PsiResult
@@ -68,6 +70,8 @@ class Session:
     def open_round(
         self, round_: int, bottom: PlatformBottom, *, run_id: str = "", federation_round: int = 0
     ) -> None:
+        """Start session round ``round_`` with ``bottom``, under the round's own keys;
+        StaleRoundError unless it is after the current round."""
         if self.bottom is not None and round_ <= self.round:
             raise StaleRoundError(
                 f"round {round_} is not after the session's round {self.round}")
@@ -92,6 +96,8 @@ class SessionRegistry:
         self.listeners: list[Callable[[Session], None]] = []
 
     def on_psi_complete(self, peer: str, result: PsiResult) -> None:
+        """Store the session of a finished PSI with ``peer``; SessionError for a party the
+        manifest does not know."""
         if peer not in self._kit.peers:
             raise SessionError(f"peer {peer!r} is not in the federation manifest")
         key = derive_session_key(
@@ -104,6 +110,7 @@ class SessionRegistry:
             listener(session)
 
     def get(self, session_id: bytes, peer: str) -> Session:
+        """The session ``session_id`` of ``peer``; SessionError if unknown or another's."""
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
@@ -113,6 +120,7 @@ class SessionRegistry:
         return session
 
     def close(self, session_id: bytes, peer: str) -> None:
+        """Forget the session (``peer``'s own only); its handles mean nothing any more."""
         self.get(session_id, peer)
         with self._lock:
             del self._sessions[session_id]

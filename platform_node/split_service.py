@@ -58,6 +58,8 @@ def _opened(
 
 
 class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer):
+    """The Step stream: a bank's sealed forward and backward commands for its session."""
+
     def __init__(self, registry: SessionRegistry) -> None:
         self._registry = registry
 
@@ -66,6 +68,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         request_iterator: Iterator[split_learning_pb2.StepRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[split_learning_pb2.StepResponse]:
+        """Answer each sealed step command of one open session round, in order; one stream
+        per session at a time."""
         session: Session | None = None
         try:
             for request in request_iterator:
@@ -109,6 +113,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
 
 
 class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
+    """Opens, snapshots, commits and closes a bank's session rounds on the platform."""
+
     def __init__(
         self,
         registry: SessionRegistry,
@@ -122,6 +128,7 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def OpenSession(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.OpenSessionResponse:
+        """Start the session's next round with a fresh (or the run's base) bottom model."""
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
@@ -176,6 +183,7 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.EndEpochResponse:
+        """Snapshot the session's bottom model as of ``request.epoch``."""
         _, bottom = _opened(self._registry, request.session_id, context)
         bottom.snapshot(request.epoch)
         return round_control_pb2.EndEpochResponse()
@@ -183,6 +191,8 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def CommitRound(
         self, request: round_control_pb2.CommitRoundRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CommitRoundResponse:
+        """Restore the epoch's snapshot as the round's model; counts it in its federated
+        round's average."""
         session, bottom = _opened(self._registry, request.session_id, context)
         try:
             bottom.restore(request.epoch)
@@ -203,5 +213,6 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def CloseSession(
         self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CloseSessionResponse:
+        """Forget the caller's session."""
         self._registry.close(request.session_id, peer_party(context))
         return round_control_pb2.CloseSessionResponse()

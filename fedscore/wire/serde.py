@@ -30,6 +30,7 @@ class WireError(FedscoreError, ValueError):
 
 
 def tensor_to_pb(array: np.ndarray) -> common_pb2.Tensor:
+    """A float32 tensor message of ``array`` (little-endian, C order)."""
     data = np.ascontiguousarray(array, dtype=_F32)
     return common_pb2.Tensor(shape=list(data.shape), data=data.tobytes())
 
@@ -46,6 +47,7 @@ def tensor_from_pb(msg: common_pb2.Tensor, *, rows: int | None = None) -> np.nda
 
 
 def handles_to_bytes(handles: np.ndarray) -> bytes:
+    """Per-session handles as little-endian uint32 bytes."""
     return np.ascontiguousarray(handles, dtype=_U32).tobytes()
 
 
@@ -60,6 +62,7 @@ def handles_from_bytes(data: bytes, *, limit: int) -> np.ndarray:
 
 
 def sealed_to_pb(box: SealedBox) -> common_pb2.Sealed:
+    """A sealed box as its wire message."""
     return common_pb2.Sealed(
         session_id=box.session_id,
         round=box.round,
@@ -71,6 +74,7 @@ def sealed_to_pb(box: SealedBox) -> common_pb2.Sealed:
 
 
 def sealed_from_pb(msg: common_pb2.Sealed) -> SealedBox:
+    """The sealed box of a wire message; WireError when a field is out of range."""
     try:
         direction = Direction(int(msg.direction))
     except ValueError:
@@ -99,6 +103,7 @@ def psi_to_pb(msg: PsiMessage, cls: type[PsiStep]) -> PsiStep:
 
 
 def psi_from_pb(msg: psi_pb2.IntersectRequest | psi_pb2.IntersectResponse) -> PsiMessage:
+    """The PSI engine message a request or response carries; PsiProtocolError if none."""
     step = msg.WhichOneof("step")
     if step == "hello":
         h = msg.hello
