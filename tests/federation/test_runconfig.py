@@ -11,7 +11,7 @@ import pytest
 from bank_node.client_app import BankNode
 from fedscore.federation.runconfig import ConfigError, RunSettings, require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_overrides() -> None:
