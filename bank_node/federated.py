@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import grpc
 import numpy as np
 import torch
 from flwr.client import NumPyClient
@@ -130,11 +131,15 @@ class _RunState:
         atomic_write(self._meta, json.dumps(meta).encode())
 
 
+SESSION_LOST = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED})
+"""OpenSession's codes for a session the bank cannot go on with: the platform does not
+know it (it restarted, or closed it), or the session is past the round asked for (the
+bank's saved round counter is behind). Either way the bank runs PSI for a new one."""
+
+
 def _is_session_lost(exc: PlatformError) -> bool:
-    """The platform no longer knows the session (it restarted, or the round was reused)."""
-    return exc.code == "PERMISSION_DENIED" or (
-        exc.code == "FAILED_PRECONDITION" and "is not after the session's round" in str(exc)
-    )
+    """The platform refused the session itself (see :data:`SESSION_LOST`), not the round."""
+    return exc.code in SESSION_LOST
 
 
 def _histogram(pd: np.ndarray) -> bytes:
@@ -143,6 +148,9 @@ def _histogram(pd: np.ndarray) -> bytes:
 
 
 class BankClient(NumPyClient):
+    """The bank's Flower client: one split-learning round per ``fit``, its test set per
+    ``evaluate``."""
+
     def __init__(self, node: BankNode, seed: int = 0) -> None:
         torch.set_num_threads(1)
         self.node = node
@@ -158,6 +166,8 @@ class BankClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
     ) -> tuple[list[np.ndarray], int, dict[str, bool | bytes | float | int | str]]:
+        """Train the global bank-side model for one round against the platform (or, for the
+        statistics task, send this bank's preprocessing sums); returns the update and its weight."""
         if config.get(TASK_KEY) == STATISTICS_TASK:
             moments = Preprocessor.moments(BankTables.load(self.node.data_dir).train)
             vector = encode(moments.sums.ravel(), bytes.fromhex(moments.layout))
@@ -194,6 +204,8 @@ class BankClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: Mapping[str, object]
     ) -> tuple[float, int, dict[str, bool | bytes | float | int | str]]:
+        """Score the bank's test set with the round's pair of models; returns loss, rows and
+        the metrics the coordinator pools (no row leaves the bank)."""
         settings, round_ = _settings(config), _int(config, "round")
         version = str(config.get("platform-version", ""))
         if not version:

@@ -25,6 +25,7 @@ from fedscore.api.v1 import (
 )
 from fedscore.crypto.primitives import Direction, Opener, Sealer, derive_session_key
 from fedscore.crypto.psi import PsiResult
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ml.training import TrainConfig
 from fedscore.wire import serde
@@ -34,23 +35,24 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class PlatformError(RuntimeError):
+class PlatformError(FedscoreError, RuntimeError):
     """The platform refused or failed a call; the message is the platform's own.
 
-    ``code`` is the gRPC status code name ("" when the platform answered but the
-    answer was wrong); PERMISSION_DENIED on a call naming the session means the
-    platform does not know it (it restarted, or closed it): run PSI again.
+    ``code`` is the platform's gRPC status; the class's INTERNAL when the platform
+    answered but the answer was wrong. On the calls that name the session, two codes mean
+    the bank must run PSI again: PERMISSION_DENIED (the platform does not know the
+    session: it restarted, or closed it) and, from OpenSession, ABORTED (the session is
+    already past the round asked for: the bank's saved round counter is behind).
     """
 
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+    code = grpc.StatusCode.INTERNAL
 
     @classmethod
     def from_rpc(cls, what: str, exc: grpc.RpcError) -> PlatformError:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        return cls(f"platform {what} failed: {code}: {details}", code)
+        """The error for a failed call ``what``, with the platform's code and message."""
+        code = (exc.code() if isinstance(exc, grpc.Call) else None) or grpc.StatusCode.UNKNOWN
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return cls(f"platform {what} failed: {code.name}: {details}", code=code)
 
 
 class GrpcPlatformLink:
@@ -107,21 +109,25 @@ class GrpcPlatformLink:
     # -- PlatformLink -------------------------------------------------------------------------
 
     def forward(self, handles: np.ndarray, train: bool) -> torch.Tensor:
+        """The platform's embeddings of ``handles`` (``train``: in training mode)."""
         mode = split_learning_pb2.STEP_MODE_TRAIN if train else split_learning_pb2.STEP_MODE_EVAL
         embedding = self._exchange(mode, handles)
         return torch.from_numpy(embedding.copy())  # [b, embedding_dim]
 
     def backward(self, grad: torch.Tensor) -> None:
+        """Keep the gradient for the embeddings; it rides with the next request."""
         if self._pending is not None:
             raise RuntimeError("backward called twice without a forward in between")
         self._pending = grad.detach().to(torch.float32).numpy()
 
     def end_epoch(self, epoch: int) -> None:
+        """Have the platform snapshot its bottom model as of ``epoch``."""
         self._flush()
         self._call("EndEpoch", self._control.EndEpoch,
                    round_control_pb2.EndEpochRequest(session_id=self._session_id, epoch=epoch))
 
     def commit(self, epoch: int) -> None:
+        """Commit the platform's bottom model as of ``epoch``; keeps its version."""
         self._flush()
         reply = self._call(
             "CommitRound",

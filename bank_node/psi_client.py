@@ -1,8 +1,8 @@
 """The bank's side of PSI: opens the ``Intersect`` stream and runs the engine against it.
 
 gRPC's own threads send the engine's messages and deliver the platform's, while the calling
-thread does the blinding; failures reach the caller as PsiError with the platform's message,
-never as a raw RpcError.
+thread does the blinding; failures reach the caller as PsiError with the platform's status
+code (``.code``, what a caller decides on) and message, never as a raw RpcError.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def run_psi(
     try:
         return engine.run(_responses(call))
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
+        code = (exc.code() if isinstance(exc, grpc.Call) else None) or grpc.StatusCode.UNKNOWN
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        name = code.name if code is not None else "UNKNOWN"
-        raise PsiError(f"PSI with the platform failed ({name}): {details}") from None
+        raise PsiError(f"PSI with the platform failed ({code.name}): {details}",
+                       code=code) from None
     finally:
         call.cancel()  # a no-op once the stream ended; otherwise tells the platform to stop

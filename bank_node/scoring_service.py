@@ -37,8 +37,10 @@ from bank_node.scoring import (
     ScoringModel,
 )
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
+from fedscore.wire.status import AioStatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ _OUTCOME_INDEX_PB = np.array([_OUTCOME_PB[o] for o in OUTCOMES], np.int32)
 
 
 def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
+    """One applicant's decision as the Score reply."""
     d: Decision = scored.decision
     return scoring_pb2.ScoreResponse(
         pd=d.pd if d.pd is not None else 0.0,
@@ -73,6 +76,7 @@ def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
 
 
 def batch_to_pb(batch: ScoredBatch, policy: Policy) -> scoring_pb2.ScoreBatchResponse:
+    """A portfolio chunk's decisions as one ScoreBatch reply (columns, not rows)."""
     d = batch.decisions
     grades = [g.name for g in policy.grades]
     return scoring_pb2.ScoreBatchResponse(
@@ -114,6 +118,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     async def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.aio.ServicerContext
                     ) -> scoring_pb2.ScoreResponse:
+        """Score one applicant: the bank's own party only; refusals end with their code."""
         await self._only_own_party(context)
         if not request.applicant_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
@@ -121,11 +126,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         if not (math.isfinite(amount) and amount >= 0):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"requested_amount = {amount}: expected a finite amount >= 0")
-        try:
-            scored = await self._scorer.score(request.applicant_id, dict(request.features),
-                                              request.consent_token, amount or None)
-        except ScoringError as exc:
-            await context.abort(exc.code, str(exc))
+        scored = await self._scorer.score(request.applicant_id, dict(request.features),
+                                          request.consent_token, amount or None)
         return decision_to_pb(scored)
 
     def _batch(self, ids: list[str]) -> scoring_pb2.ScoreBatchResponse:
@@ -135,23 +137,22 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def ScoreBatch(self, request_iterator: AsyncIterator[scoring_pb2.ScoreBatchRequest],
                          context: grpc.aio.ServicerContext
                          ) -> AsyncIterator[scoring_pb2.ScoreBatchResponse]:
+        """Score each chunk of a portfolio stream off the event loop, one reply per chunk."""
         await self._only_own_party(context)
         async for request in request_iterator:
-            try:
-                reply = await self._off_loop(self._batch, list(request.applicant_ids))
-            except ScoringError as exc:
-                await context.abort(exc.code, str(exc))
-            yield reply
+            yield await self._off_loop(self._batch, list(request.applicant_ids))
 
     async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
                           context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
+        """Switch to the release at ``request.path``; a refused one leaves the old in place
+        (FAILED_PRECONDITION)."""
         await self._only_own_party(context)
         try:
             new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
-        except ScoringError as exc:
-            await context.abort(exc.code, str(exc))
+        except ScoringError:
+            raise  # with its own code
         except Exception as exc:  # ReleaseError, a missing folder: the old release stays
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise FedscoreError(str(exc), code=grpc.StatusCode.FAILED_PRECONDITION) from exc
         log.info("scoring: release %s replaces %s", new, old)
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
@@ -182,7 +183,8 @@ class ScoringServer:
 
     async def _build(self, address: str, scorer: Scorer, kit: StartupKit) -> int:
         self._channel = scorer.aio_channel() if scorer.aio_channel is not None else None
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(interceptors=[AioStatusInterceptor()],
+                                       options=GRPC_OPTIONS)
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
             ScoringServicer(AsyncScorer(scorer, self._channel), kit.party, self._pool),
             self._server)
@@ -192,6 +194,7 @@ class ScoringServer:
         return add_secure_port(self._server, address, kit)
 
     def start(self) -> None:
+        """Start serving."""
         self._run(self._server.start())
 
     async def _shutdown(self, grace: float | None) -> None:

@@ -29,11 +29,14 @@ from fedscore.wire.transport import secure_channel
 
 @dataclass(frozen=True)
 class BankTables:
+    """A bank's labelled training and test tables, read with its schema."""
+
     train: PartyTable
     test: PartyTable
 
     @classmethod
     def load(cls, data_dir: Path) -> BankTables:
+        """The tables in ``data_dir`` (``train.*``, ``test.*``, ``schema.toml``)."""
         schema = data_dir / "schema.toml"
         train = load_table(find_table(data_dir, "train"), schema, require_label=True)
         test = load_table(find_table(data_dir, "test"), schema, require_label=True)
@@ -42,6 +45,8 @@ class BankTables:
 
 @dataclass
 class BankRunResult:
+    """What one bank's vertical run produced; the test PDs and labels stay at the bank."""
+
     party: str
     n_train: int
     n_test: int
@@ -58,6 +63,7 @@ class BankRunResult:
     test_pd: np.ndarray
 
     def summary(self) -> dict[str, object]:
+        """The result without its per-row arrays, fit for a JSON report."""
         out = asdict(self)
         out.pop("test_labels")
         out.pop("test_pd")

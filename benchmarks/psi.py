@@ -46,6 +46,7 @@ from bank_node.psi_client import run_psi
 from fedscore.crypto.primitives import POINT_SIZE, PsiKey
 from fedscore.crypto.psi import PsiResult
 from fedscore.federation.provision import load_kit, provision
+from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.psi_service import PsiServicer, add_psi_service
 
@@ -144,7 +145,8 @@ def serve(kit_dir: Path, n: int, overlap: int, seed: int, chunk: int) -> None:
         results.append(result)
         done.set()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         interceptors=[StatusInterceptor()])  # as the platform's server
     add_psi_service(server, PsiServicer(ids, on_complete, chunk_size=chunk))
     port = add_secure_port(server, "127.0.0.1:0", kit)
     server.start()

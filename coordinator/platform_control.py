@@ -15,21 +15,23 @@ import grpc
 
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
 from fedscore.crypto.dp import DpSettings
+from fedscore.errors import FedscoreError
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class PlatformControlError(RuntimeError):
-    """The platform refused or failed a federation call; ``code`` is the gRPC status name."""
+class PlatformControlError(FedscoreError, RuntimeError):
+    """The platform refused or failed a federation call; ``code`` is the platform's gRPC
+    status (UNKNOWN when the call failed without one)."""
 
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+    code = grpc.StatusCode.UNKNOWN
 
 
 @dataclass(frozen=True)
 class FinishedRound:
+    """What the platform committed for a finished round."""
+
     version: str  # the platform model version committed for the round
     sessions: int  # bank sessions averaged
     rows: int  # training rows the platform forwarded in the round, over those sessions
@@ -88,6 +90,7 @@ class PlatformControl:
         try:
             return method(request, timeout=self._timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise PlatformControlError(f"platform {what} failed: {code}: {details}", code) from exc
+            code = (exc.code() if isinstance(exc, grpc.Call) else None) or grpc.StatusCode.UNKNOWN
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            raise PlatformControlError(f"platform {what} failed: {code.name}: {details}",
+                                       code=code) from exc

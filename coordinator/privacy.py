@@ -33,6 +33,7 @@ class PrivacyLog:
         self.path = run_dir / FILE
 
     def lines(self) -> list[dict[str, Any]]:
+        """Every line written so far, oldest first; [] before the first."""
         if not self.path.exists():
             return []
         return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]

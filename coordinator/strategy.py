@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 from flwr.common import (
     EvaluateIns,
@@ -39,14 +40,17 @@ from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
 from coordinator.statistics import PooledStatistics
+from fedscore.errors import FedscoreError
 from fedscore.federation.runconfig import RunSettings
 from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms
 
 log = logging.getLogger(__name__)
 
 
-class CoordinatorError(RuntimeError):
+class CoordinatorError(FedscoreError, RuntimeError):
     """The run cannot go on (a bank failed mid-round, the platform disagrees, ...)."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 def pooled_metrics(bank_metrics: list[dict[str, Any]]) -> dict[str, float]:
@@ -74,6 +78,8 @@ def instructions(settings: RunSettings) -> dict[str, Scalar]:
 
 
 class CoordinatorStrategy(FedAvg):
+    """FedAvg over the bank-side model that keeps the platform's rounds in step (see the module)."""
+
     def __init__(
         self,
         settings: RunSettings,
@@ -114,6 +120,8 @@ class CoordinatorStrategy(FedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        """Open the round on the platform, then send every bank the model and the round's
+        instructions."""
         r = self._round(server_round)
         if not parameters.tensors:
             raise CoordinatorError(
@@ -141,6 +149,8 @@ class CoordinatorStrategy(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Average the banks' models (noised under update DP), have the platform average its
+        own and commit, and checkpoint both."""
         r = self._round(server_round)
         if failures:
             raise CoordinatorError(
@@ -175,6 +185,8 @@ class CoordinatorStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Have every bank evaluate the round's pair of models (the last round closes the
+        sessions)."""
         r = self._round(server_round)
         if self._trained != r:
             raise CoordinatorError(
@@ -193,6 +205,8 @@ class CoordinatorStrategy(FedAvg):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        """Pool the banks' metrics into the round's summary, record it and the embedding DP
+        releases; returns the weighted loss and the numeric metrics."""
         r = self._round(server_round)
         if failures:
             raise CoordinatorError(f"round {r}: {len(failures)} bank(s) failed to evaluate: "

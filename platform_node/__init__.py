@@ -1,7 +1,18 @@
-"""The lending platform's node: the gRPC server that holds the platform's features.
+"""The platform node: PSI, split learning, round control, federated averaging and online
+embeddings, served over mutual-TLS gRPC (``fedscore platform serve``).
 
-PSI, split-learning forward and backward, embeddings for online scoring and the
-federation's round control, each a thin servicer over the platform's sessions, model
-store and federated rounds. It may import the shared rooms of ``fedscore`` and nothing
-of the other parties (``bank_node``, ``coordinator``). Platform-specific features go here.
+A party package: it may import the shared package (``fedscore.*``), never ``bank_node``
+or ``coordinator``. Its servers map errors to gRPC status through
+:mod:`fedscore.wire.status`, so its handlers raise errors that carry their own code.
 """
+
+__all__ = [
+    "embedding_service",
+    "federation",
+    "federation_service",
+    "model_store",
+    "psi_service",
+    "server",
+    "sessions",
+    "split_service",
+]

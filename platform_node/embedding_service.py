@@ -26,7 +26,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -37,10 +36,10 @@ from fedscore.crypto.consent import ConsentError, verify_consent
 from fedscore.crypto.dp import DpSettings, gaussian_mechanism
 from fedscore.crypto.primitives import Direction, Sealer, SealError, VerifyKey, WindowOpener
 from fedscore.data.preprocess import Encoded
+from fedscore.errors import FedscoreError
 from fedscore.ml.model import BottomConfig, BottomModel
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
-from platform_node.federation import FederationError
 from platform_node.model_store import StateDict
 from platform_node.sessions import Session, SessionError, SessionRegistry
 
@@ -48,6 +47,21 @@ log = logging.getLogger(__name__)
 
 SCORING_ROUND = 0
 REFUSALS_FILE = "scoring-refusals.jsonl"
+
+
+class ScoringRefusal(FedscoreError):
+    """A scoring query the platform refuses as a whole (PERMISSION_DENIED, INVALID_ARGUMENT
+    for a malformed one); recorded before the bank hears of it. ``reason``: the refusals
+    file's reason (the message unless a consent check names one); ``token_id``: the
+    refused consent token's, if any."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
+                 reason: str = "", token_id: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.reason = reason or message
+        self.token_id = token_id
 
 
 class EmbeddingTable:
@@ -94,6 +108,8 @@ class EmbeddingTable:
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """Answers a bank's sealed embedding queries for its scoring session (see the module)."""
+
     def __init__(
         self,
         registry: SessionRegistry,
@@ -116,27 +132,36 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     def GetEmbeddings(
         self, request: embedding_pb2.GetEmbeddingsRequest, context: grpc.ServicerContext
     ) -> embedding_pb2.GetEmbeddingsResponse:
+        """The embeddings a bank may have for one sealed query, sealed back; a refused
+        query is recorded (:meth:`_refuse`) before the call ends with its code."""
         peer = peer_party(context)
+        try:
+            return self._answer(request, peer)
+        except ScoringRefusal as refusal:
+            self._refuse(peer, refusal)
+            raise
+
+    def _answer(self, request: embedding_pb2.GetEmbeddingsRequest, peer: str
+                ) -> embedding_pb2.GetEmbeddingsResponse:
         try:
             box = serde.sealed_from_pb(request.sealed)
         except serde.WireError as exc:
-            self._refuse(context, peer, grpc.StatusCode.INVALID_ARGUMENT, f"malformed: {exc}")
+            raise ScoringRefusal(f"malformed: {exc}",
+                                 code=grpc.StatusCode.INVALID_ARGUMENT) from None
         try:
             session = self._registry.get(box.session_id, peer)
         except SessionError as exc:
-            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise ScoringRefusal(str(exc)) from None
         opener, sealer = self._scoring_pair(session)
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(
                 opener.open(box, round=SCORING_ROUND))
         except SealError as exc:
-            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED,
-                         f"sealed query refused: {exc}")
+            raise ScoringRefusal(f"sealed query refused: {exc}") from None
         try:
             handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
         except serde.WireError as exc:
-            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED,
-                         f"not in this bank's intersection: {exc}")
+            raise ScoringRefusal(f"not in this bank's intersection: {exc}") from None
         rows = [session.psi.rows[handles]]
         present = [np.ones(handles.size, np.uint8)]
         for applicant in query.consented:
@@ -145,18 +170,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                                        applicant_id=applicant.applicant_id,
                                        issuer=self._issuer, now=self._now)
             except ConsentError as exc:
-                self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED, str(exc),
-                             reason=str(exc.reason), token_id=exc.token_id)
+                raise ScoringRefusal(str(exc), reason=str(exc.reason),
+                                     token_id=exc.token_id) from None
             row = self._user_rows.get(applicant.applicant_id, -1)
             rows.append(np.array([max(row, 0)], np.int64))
             present.append(np.array([row >= 0], np.uint8))
             log.info("scoring: consented applicant served to %s (token %s)", peer,
                      token.token_id)
         all_rows, mask = np.concatenate(rows), np.concatenate(present)
-        try:
-            emb = self._table.rows(query.platform_model_version, all_rows)
-        except FederationError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+        # FederationError (NOT_FOUND: no such version) is not a refusal: not recorded
+        emb = self._table.rows(query.platform_model_version, all_rows)
         emb[mask == 0] = 0.0
         answer = embedding_pb2.EmbeddingAnswer(embeddings=serde.tensor_to_pb(emb),
                                                present=mask.tobytes())
@@ -173,16 +196,14 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 )
             return session.scoring
 
-    def _refuse(self, context: grpc.ServicerContext, peer: str, code: grpc.StatusCode,
-                message: str, *, reason: str = "", token_id: str | None = None) -> NoReturn:
-        """Record the refusal (no applicant id in it) and abort the call."""
-        entry = {"time": self._now(), "peer": peer, "status": code.name,
-                 "reason": reason or message, "token_id": token_id}
-        log.warning("scoring: refused %s: %s", peer, message)
+    def _refuse(self, peer: str, refusal: ScoringRefusal) -> None:
+        """Record a refusal (no applicant id in it): the log, and a line in the refusals
+        file, synced before the peer hears of it."""
+        entry = {"time": self._now(), "peer": peer, "status": refusal.code.name,
+                 "reason": refusal.reason, "token_id": refusal.token_id}
+        log.warning("scoring: refused %s: %s", peer, refusal.message)
         if self._refusals is not None:
             with self._lock, self._refusals.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        context.abort(code, message)
-        raise AssertionError("unreachable: abort raises")

@@ -23,9 +23,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import grpc
 import torch
 
 from fedscore.crypto.dp import DpSettings, ReleaseCounter
+from fedscore.errors import FedscoreError
 from platform_node.model_store import (
     ModelStore,
     StateDict,
@@ -38,16 +40,17 @@ BaseFactory = Callable[[int], StateDict]
 """seed -> the initial platform bottom weights of a run (round 0)."""
 
 
-class FederationError(Exception):
-    """A federation call that cannot be served; ``status`` is the gRPC status code name."""
+class FederationError(FedscoreError):
+    """A federation call that cannot be served; most often a round that is not open
+    (FAILED_PRECONDITION), else the raise names its ``code``."""
 
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)
 class FinishedRound:
+    """A finished round: its committed version, the sessions averaged and their rows."""
+
     version: str
     sessions: int
     rows: int
@@ -100,7 +103,7 @@ class Federation:
         try:
             return check_run_id(run_id)
         except StoreError as exc:
-            raise FederationError("INVALID_ARGUMENT", str(exc)) from None
+            raise FederationError(str(exc), code=grpc.StatusCode.INVALID_ARGUMENT) from None
 
     def run_state(self, run_id: str) -> tuple[int, str]:
         """(last finished round, its version); (0, "") when none."""
@@ -115,14 +118,15 @@ class Federation:
         release counts start again from 0."""
         self._run_id(run_id)
         if round_ < 1:
-            raise FederationError("INVALID_ARGUMENT", f"rounds are 1-based, got {round_}")
+            raise FederationError(f"rounds are 1-based, got {round_}",
+                                  code=grpc.StatusCode.INVALID_ARGUMENT)
         if not 0 <= seed < 2**62:
-            raise FederationError("INVALID_ARGUMENT", f"seed must be in [0, 2**62), got {seed}")
+            raise FederationError(f"seed must be in [0, 2**62), got {seed}",
+                                  code=grpc.StatusCode.INVALID_ARGUMENT)
         with self._lock:
             last, _ = self.run_state(run_id)
             if round_ > last + 1:
                 raise FederationError(
-                    "FAILED_PRECONDITION",
                     f"run {run_id!r} cannot start round {round_}: its last finished round "
                     f"is {last}, so the next is {last + 1}",
                 )
@@ -180,7 +184,7 @@ class Federation:
         if current is None or current.round != round_:
             now = f"round {current.round} is open" if current else "no round is open"
             raise FederationError(
-                "FAILED_PRECONDITION", f"cannot {what} round {round_} of run {run_id!r}: {now}"
+                f"cannot {what} round {round_} of run {run_id!r}: {now}"
             )
         return current
 
@@ -203,12 +207,10 @@ class Federation:
             rows = sum(r for _, r in parts)
             if not parts:
                 raise FederationError(
-                    "FAILED_PRECONDITION",
                     f"round {round_} of run {run_id!r} has no committed bank session",
                 )
             if rows <= 0:
                 raise FederationError(
-                    "FAILED_PRECONDITION",
                     f"round {round_} of run {run_id!r}: no committed session forwarded a "
                     "training row",
                 )
@@ -218,7 +220,8 @@ class Federation:
             return FinishedRound(version, len(parts), rows)
 
     def by_version(self, version: str) -> StateDict:
+        """The committed model with ``version``; FederationError NOT_FOUND if none."""
         try:
             return self.store.by_version(version)
         except UnknownVersion as exc:
-            raise FederationError("NOT_FOUND", str(exc)) from None
+            raise FederationError(str(exc), code=grpc.StatusCode.NOT_FOUND) from None

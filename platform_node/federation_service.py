@@ -22,23 +22,25 @@ T = TypeVar("T")
 
 
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+    """The coordinator's round control on the platform; every call checks the caller's role."""
+
     def __init__(self, kit: StartupKit, federation: Federation) -> None:
         self._kit = kit
         self._federation = federation
 
     def _serve(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+        """``call()`` for an authorized coordinator; a FederationError ends the call with its
+        own code, a StoreError with INTERNAL and a message that names the store."""
         authorize_peer(context, self._kit, "coordinator")
         try:
             return call()
-        except FederationError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
         except StoreError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"platform model store: {exc}")
-        raise AssertionError("unreachable: abort raises")
+            raise StoreError(f"platform model store: {exc}") from exc
 
     def StartRound(
         self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.StartRoundResponse:
+        """Open a round of a run (with its embedding DP); answers the version it starts from."""
         dp = self._serve(context, lambda: _embedding_dp(request))
         version = self._serve(
             context,
@@ -50,6 +52,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def FinishRound(
         self, request: federation_pb2.FinishRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.FinishRoundResponse:
+        """Average and commit the round's sessions; answers the version and what went in."""
         done = self._serve(
             context, lambda: self._federation.finish_round(request.run_id, request.round)
         )
@@ -60,6 +63,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def GetRunState(
         self, request: federation_pb2.GetRunStateRequest, context: grpc.ServicerContext
     ) -> federation_pb2.GetRunStateResponse:
+        """The run's last finished round, its version and the embedding releases counted."""
         last, version = self._serve(context, lambda: self._federation.run_state(request.run_id))
         most, rows = self._federation.releases(request.run_id)
         return federation_pb2.GetRunStateResponse(
@@ -75,4 +79,4 @@ def _embedding_dp(request: federation_pb2.StartRoundRequest) -> DpSettings | Non
     try:
         return DpSettings(request.embedding_dp_noise, request.embedding_dp_clip)
     except ValueError as exc:
-        raise FederationError("INVALID_ARGUMENT", f"StartRound: {exc}") from None
+        raise FederationError(f"StartRound: {exc}", code=grpc.StatusCode.INVALID_ARGUMENT) from None

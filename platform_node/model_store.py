@@ -24,21 +24,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import torch
 
 from fedscore.atomic import atomic_write
+from fedscore.errors import FedscoreError
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"r(\d+)-[0-9a-f]{12}")
 StateDict = dict[str, torch.Tensor]
 
 
-class StoreError(Exception):
+class StoreError(FedscoreError):
     """A run id, round or version the store cannot accept or does not hold."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class UnknownVersion(StoreError):
     """No committed model has this version."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 def model_version(round_: int, state: Mapping[str, torch.Tensor]) -> str:
@@ -61,6 +67,7 @@ def check_run_id(run_id: str) -> str:
 
 
 def round_of_version(version: str) -> int:
+    """The round a version names; UnknownVersion when it is not a version."""
     match = _VERSION.fullmatch(version)
     if match is None:
         raise UnknownVersion(f"{version!r} is not a platform model version (r<round>-<12 hex>)")
@@ -182,6 +189,7 @@ class ModelStore:
             return run.last_round, run.rounds[run.last_round]
 
     def version(self, run_id: str, round_: int) -> str | None:
+        """The version of round ``round_`` of ``run_id``; None when the store has none."""
         with self._lock:
             run = self._runs.get(check_run_id(run_id))
             return None if run is None else run.rounds.get(round_)

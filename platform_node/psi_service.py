@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -21,11 +20,11 @@ from fedscore.crypto.psi import (
     DEFAULT_CHUNK_SIZE,
     PsiError,
     PsiIds,
-    PsiInputError,
     PsiMessage,
     PsiParty,
     PsiResult,
 )
+from fedscore.errors import FedscoreError
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
 
@@ -75,17 +74,15 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         request_iterator: Iterator[psi_pb2.IntersectRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[psi_pb2.IntersectResponse]:
+        """Run one PSI session with the calling bank over the stream; stores it on success."""
         peer = _peer_party(context)
-        try:
-            engine = PsiParty(
-                self._ids,
-                party=self._party,
-                role="platform",
-                chunk_size=self._chunk_size,
-                expected_peer=None if peer == UNKNOWN_PEER else peer,
-            )
-        except PsiInputError as exc:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        engine = PsiParty(  # PsiInputError (FAILED_PRECONDITION): an empty id column
+            self._ids,
+            party=self._party,
+            role="platform",
+            chunk_size=self._chunk_size,
+            expected_peer=None if peer == UNKNOWN_PEER else peer,
+        )
         outcome: dict[str, object] = {}
 
         def work() -> None:
@@ -105,18 +102,17 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
             if not context.is_active():
                 return  # the bank cancelled or went away; nobody to tell
             log.warning("PSI with %s failed: %s", peer, error)
-            if isinstance(error, PsiInputError):
-                _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
             if isinstance(error, PsiError):
-                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            _abort(context, grpc.StatusCode.INTERNAL, "PSI failed on the platform")
+                raise error  # its own code: INVALID_ARGUMENT; FAILED_PRECONDITION for our ids
+            assert isinstance(error, BaseException)
+            raise FedscoreError("PSI failed on the platform") from error  # INTERNAL
         result = outcome["result"]
         assert isinstance(result, PsiResult)
         try:
             self._on_complete(peer, result)
-        except Exception:
+        except Exception as exc:
             log.exception("storing PSI session with %s failed", peer)
-            _abort(context, grpc.StatusCode.INTERNAL, "the platform could not store the session")
+            raise FedscoreError("the platform could not store the session") from exc
         log.info(
             "PSI with %s: %d aligned of %d (theirs %d)",
             peer,
@@ -126,10 +122,6 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         )
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")
-
-
 def add_psi_service(server: grpc.Server, servicer: PsiServicer) -> None:
+    """Register ``servicer`` on ``server``."""
     psi_pb2_grpc.add_PsiServiceServicer_to_server(servicer, server)

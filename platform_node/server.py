@@ -31,6 +31,7 @@ from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import HEALTH_METHODS, Ledger, LedgerTap
 from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
+from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
 from platform_node.federation import Federation
@@ -87,6 +88,7 @@ class PlatformNode:
     def make_bottom(
         self, seed: int, lr: float, weight_decay: float, ema_decay: float
     ) -> PlatformBottom:
+        """A fresh platform bottom for one session, with the bank's optimizer settings."""
         hyper = TrainConfig(seed=seed, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay)
         return PlatformBottom(self.encoded, self.bottom_config, hyper)
 
@@ -100,11 +102,12 @@ def create_server(
     ledger: Ledger | None = None,
 ) -> tuple[grpc.Server, int]:
     """The platform's server on ``address``; with ``ledger``, every message it receives or
-    sends (health probes aside: they carry nothing) is recorded there first."""
+    sends (health probes aside: they carry nothing) is recorded there first. What its
+    handlers raise becomes gRPC status in one place (:class:`StatusInterceptor`)."""
     taps = [LedgerTap(ledger, ignore=HEALTH_METHODS)] if ledger is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[*taps, *interceptors],
+        interceptors=[StatusInterceptor(), *taps, *interceptors],
         options=GRPC_OPTIONS,
     )
     psi_pb2_grpc.add_PsiServiceServicer_to_server(

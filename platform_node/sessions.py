@@ -13,18 +13,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from fedscore.crypto.primitives import Direction, Opener, Sealer, SessionKey, derive_session_key
 from fedscore.crypto.psi import PsiResult
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ml.training import PlatformBottom
 
 
-class SessionError(Exception):
-    """A call names a session that does not exist or belongs to another peer."""
+class SessionError(FedscoreError):
+    """A call names a session that does not exist or belongs to another peer: the caller
+    may not use it (PERMISSION_DENIED), and a bank that gets this runs PSI again."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class StaleRoundError(SessionError):
+    """A bank asked to open a session round that is not after the session's current one.
+
+    ABORTED, in gRPC's sense of a failed sequencer check: the bank's saved round counter
+    is behind the platform's session (its state was restored, or another process of the
+    bank used the session), and since a round's key may only ever seal one round, the bank
+    must not reuse the session but start again at a higher level: run PSI for a new one.
+    The code is distinct from every other refusal of OpenSession, so the bank decides on it
+    alone (never on the text), as it does on PERMISSION_DENIED for an unknown session.
+    """
+
+    code = grpc.StatusCode.ABORTED
 
 
 @dataclass
 class Session:
+    """One bank's session: its PSI alignment, keys, round and bottom-model copy."""
+
     session_id: bytes
     peer: str
     psi: PsiResult
@@ -48,8 +70,11 @@ class Session:
     def open_round(
         self, round_: int, bottom: PlatformBottom, *, run_id: str = "", federation_round: int = 0
     ) -> None:
+        """Start session round ``round_`` with ``bottom``, under the round's own keys;
+        StaleRoundError unless it is after the current round."""
         if self.bottom is not None and round_ <= self.round:
-            raise SessionError(f"round {round_} is not after the session's round {self.round}")
+            raise StaleRoundError(
+                f"round {round_} is not after the session's round {self.round}")
         self.round = round_
         self.bottom = bottom
         self.run_id, self.federation_round = run_id, federation_round
@@ -71,6 +96,8 @@ class SessionRegistry:
         self.listeners: list[Callable[[Session], None]] = []
 
     def on_psi_complete(self, peer: str, result: PsiResult) -> None:
+        """Store the session of a finished PSI with ``peer``; SessionError for a party the
+        manifest does not know."""
         if peer not in self._kit.peers:
             raise SessionError(f"peer {peer!r} is not in the federation manifest")
         key = derive_session_key(
@@ -83,6 +110,7 @@ class SessionRegistry:
             listener(session)
 
     def get(self, session_id: bytes, peer: str) -> Session:
+        """The session ``session_id`` of ``peer``; SessionError if unknown or another's."""
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
@@ -92,6 +120,7 @@ class SessionRegistry:
         return session
 
     def close(self, session_id: bytes, peer: str) -> None:
+        """Forget the session (``peer``'s own only); its handles mean nothing any more."""
         self.get(session_id, peer)
         with self._lock:
             del self._sessions[session_id]

@@ -21,25 +21,30 @@ from fedscore.api.v1 import (
 )
 from fedscore.crypto.dp import gaussian_mechanism
 from fedscore.crypto.primitives import SealedBox, SealError
+from fedscore.errors import FedscoreError
 from fedscore.ml.training import PlatformBottom
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
-from platform_node.federation import Federation, FederationError, RunPrivacy
-from platform_node.model_store import StateDict, StoreError, model_version
-from platform_node.sessions import Session, SessionError, SessionRegistry
+from platform_node.federation import Federation, RunPrivacy
+from platform_node.model_store import StateDict, model_version
+from platform_node.sessions import Session, SessionRegistry
 
 BottomFactory = Callable[[int, float, float, float], PlatformBottom]
 """(seed, learning rate, weight decay, EMA decay) -> a fresh platform bottom for one session."""
 
 
+class StepRejected(FedscoreError):
+    """A step the platform will not run: a payload that does not open or is for another
+    round, a malformed command, a gradient of the wrong shape."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 def _session(
     registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
 ) -> Session:
-    try:
-        return registry.get(session_id, peer_party(context))
-    except SessionError as exc:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        raise  # unreachable: abort raises
+    """The caller's session; SessionError (PERMISSION_DENIED) if it is not theirs."""
+    return registry.get(session_id, peer_party(context))
 
 
 def _opened(
@@ -53,6 +58,8 @@ def _opened(
 
 
 class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer):
+    """The Step stream: a bank's sealed forward and backward commands for its session."""
+
     def __init__(self, registry: SessionRegistry) -> None:
         self._registry = registry
 
@@ -61,6 +68,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         request_iterator: Iterator[split_learning_pb2.StepRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[split_learning_pb2.StepResponse]:
+        """Answer each sealed step command of one open session round, in order; one stream
+        per session at a time."""
         session: Session | None = None
         try:
             for request in request_iterator:
@@ -73,7 +82,7 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
                         context.abort(grpc.StatusCode.ABORTED, "a step stream is already open")
                 yield self._step(session, box)
         except (SealError, ValueError) as exc:  # WireError, bad gradient shapes
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"step rejected: {exc}")
+            raise StepRejected(f"step rejected: {exc}") from exc
         finally:
             if session is not None and session.stream_lock.locked():
                 session.stream_lock.release()
@@ -104,6 +113,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
 
 
 class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
+    """Opens, snapshots, commits and closes a bank's session rounds on the platform."""
+
     def __init__(
         self,
         registry: SessionRegistry,
@@ -117,6 +128,7 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def OpenSession(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.OpenSessionResponse:
+        """Start the session's next round with a fresh (or the run's base) bottom model."""
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
@@ -137,13 +149,10 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             bottom.noise = gaussian_mechanism(privacy.settings.clip,
                                               privacy.settings.noise_multiplier)
             bottom.releases = privacy.releases
-        try:
-            session.open_round(
-                request.round, bottom, run_id=request.run_id if request.federation_round else "",
-                federation_round=request.federation_round,
-            )
-        except SessionError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        session.open_round(  # StaleRoundError (ABORTED): the bank runs PSI again
+            request.round, bottom, run_id=request.run_id if request.federation_round else "",
+            federation_round=request.federation_round,
+        )
         return round_control_pb2.OpenSessionResponse(
             embedding_dim=bottom.out_dim,
             platform_model_version=base_version or session.committed_version or "",
@@ -167,19 +176,14 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         if self._federation is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not federate")
         assert self._federation is not None
-        try:
-            if request.federation_round:
-                return self._federation.base(request.run_id, request.federation_round)
-            return self._federation.by_version(request.base_version), request.base_version
-        except FederationError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
-        raise AssertionError("unreachable: abort raises")
+        if request.federation_round:
+            return self._federation.base(request.run_id, request.federation_round)
+        return self._federation.by_version(request.base_version), request.base_version
 
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.EndEpochResponse:
+        """Snapshot the session's bottom model as of ``request.epoch``."""
         _, bottom = _opened(self._registry, request.session_id, context)
         bottom.snapshot(request.epoch)
         return round_control_pb2.EndEpochResponse()
@@ -187,6 +191,8 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def CommitRound(
         self, request: round_control_pb2.CommitRoundRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CommitRoundResponse:
+        """Restore the epoch's snapshot as the round's model; counts it in its federated
+        round's average."""
         session, bottom = _opened(self._registry, request.session_id, context)
         try:
             bottom.restore(request.epoch)
@@ -195,13 +201,10 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         state = bottom.state_dict()
         if session.federation_round:
             assert self._federation is not None  # OpenSession refused it otherwise
-            try:
-                self._federation.contribute(
-                    session.run_id, session.federation_round, session.session_id, state,
-                    session.train_rows,
-                )
-            except FederationError as exc:
-                context.abort(grpc.StatusCode[exc.status], str(exc))
+            self._federation.contribute(
+                session.run_id, session.federation_round, session.session_id, state,
+                session.train_rows,
+            )
         session.committed_version = model_version(request.round, state)
         return round_control_pb2.CommitRoundResponse(
             platform_model_version=session.committed_version
@@ -210,8 +213,6 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def CloseSession(
         self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CloseSessionResponse:
-        try:
-            self._registry.close(request.session_id, peer_party(context))
-        except SessionError as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        """Forget the caller's session."""
+        self._registry.close(request.session_id, peer_party(context))
         return round_control_pb2.CloseSessionResponse()

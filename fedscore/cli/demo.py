@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
@@ -37,6 +38,7 @@ from fedscore.cli.deploy import (
     last_lines,
     local_deployment,
 )
+from fedscore.errors import FedscoreError
 
 SCENARIOS = ("default-credit", "synth")
 LEAKAGE_FILE = Path("benchmarks/results/privacy.json")
@@ -47,8 +49,10 @@ DEMO_KEYS = ("run-id", "num-rounds", "local-epochs", "seed", "max-weight", "stat
 STATUS_EVERY = 15.0  # seconds between run-status checks (each is a `flwr ls` process)
 
 
-class DemoError(RuntimeError):
+class DemoError(FedscoreError, RuntimeError):
     """The demo was refused or failed; the message says which part and why."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)

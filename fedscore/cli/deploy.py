@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import grpc
 import psutil
+
+from fedscore.errors import FedscoreError
 
 FEDERATION = "local"  # the name of the SuperLink connection in FLWR_HOME/config.toml
 FLWR_TIMEOUT = 120.0  # seconds for one `flwr` CLI call
@@ -45,9 +48,11 @@ TASK_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class DeployError(RuntimeError):
+class DeployError(FedscoreError, RuntimeError):
     """A process of the deployment failed or did not become ready; the message names it
     and ends with the tail of its log."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
+
+from fedscore.errors import FedscoreError
+
 _READY = "platform node listening on "
 
 
-class LaunchError(RuntimeError):
+class LaunchError(FedscoreError, RuntimeError):
     """A node process failed to start; the message carries the tail of its output."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 @contextmanager

@@ -50,7 +50,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import grpc
+
 from fedscore.crypto.primitives import SignatureError, SigningPrivateKey, VerifyKey
+from fedscore.errors import FedscoreError
 
 __all__ = [
     "DEFAULT_LEEWAY_S",
@@ -104,8 +107,10 @@ class ConsentRefusal(StrEnum):
     MALFORMED = "malformed"
 
 
-class ConsentError(Exception):
+class ConsentError(FedscoreError):
     """A consent token was refused. ``reason`` says why; the message never holds a raw id."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
     def __init__(
         self, reason: ConsentRefusal, message: str, *, token_id: str | None = None

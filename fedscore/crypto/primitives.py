@@ -17,6 +17,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,20 +27,28 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from fedscore.errors import FedscoreError
+
 POINT_SIZE = 32
 """Bytes per X25519 u-coordinate (a hashed id, a blinded id, a doubly blinded id)."""
 
 
-class CryptoError(Exception):
+class CryptoError(FedscoreError):
     """A cryptographic operation was refused: malformed input, bad key, failed check."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class SignatureError(CryptoError):
     """A signature did not verify. Verification raises; it never returns False."""
 
+    code = grpc.StatusCode.PERMISSION_DENIED
+
 
 class SealError(CryptoError):
     """A sealed box was refused: tampered, replayed, reordered, or for another session."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 # --------------------------------------------------------------------------------------------

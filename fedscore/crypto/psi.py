@@ -31,9 +31,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import grpc
 import numpy as np
 
 from fedscore.crypto.primitives import POINT_SIZE, CryptoError, PsiKey, hash_ids_to_points
+from fedscore.errors import FedscoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +55,22 @@ _PREFIX_DTYPE = np.dtype(">u8")
 Role = Literal["bank", "platform"]
 
 
-class PsiError(ValueError):
+class PsiError(FedscoreError, ValueError):
     """PSI could not run or did not complete; the message says why."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class PsiInputError(PsiError):
     """This node's own id set is unusable (empty, duplicates, not strings)."""
 
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
 
 class PsiProtocolError(PsiError):
     """The peer broke the protocol: wrong order, bad lengths, offsets out of range, mismatch."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --------------------------------------------------------------------------------------------

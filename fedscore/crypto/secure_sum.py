@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import math
 
+import grpc
 import numpy as np
+
+from fedscore.errors import FedscoreError
 
 FRACTION_BITS = 64
 LIMB_BITS = 20
@@ -42,8 +45,10 @@ SECAGG_QUANTIZATION_RANGE = 2**22
 SECAGG_MAX_WEIGHT = 1.0
 
 
-class SecureSumError(ValueError):
+class SecureSumError(FedscoreError, ValueError):
     """A value cannot be encoded exactly, or a summed vector is not a sum of encodings."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def encoded_size(n_values: int) -> int:

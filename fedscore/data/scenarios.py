@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from fedscore.data.schema import Feature, Schema
 from fedscore.data.table import PartyTable, load_table, write_table
+from fedscore.errors import FedscoreError
 
 BUNDLED = Path(__file__).parent / "bundled"
 DEFAULT_CREDIT_CSV = BUNDLED / "default_credit.csv.gz"
@@ -67,8 +69,10 @@ _BANK_PREFERENCE = np.array([
 ])
 
 
-class ScenarioError(ValueError):
+class ScenarioError(FedscoreError, ValueError):
     """An unknown scenario, or a scenario folder whose manifest is missing or malformed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import grpc
+
+from fedscore.errors import FedscoreError
+
 FeatureKind = Literal["numeric", "categorical"]
 FEATURE_KINDS: tuple[FeatureKind, ...] = ("numeric", "categorical")
 
@@ -35,9 +39,11 @@ _TOP_KEYS = ("id", "label", "features")
 _FEATURE_KEYS = ("kind", "allow_missing", "values")
 
 
-class SchemaError(ValueError):
+class SchemaError(FedscoreError, ValueError):
     """A schema file (or a Schema built in code) is malformed; the message names the
     file, the key, the value found and what was expected."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)

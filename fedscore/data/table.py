@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -34,6 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fedscore.data.schema import Schema, SchemaError
+from fedscore.errors import FedscoreError
 
 __all__ = [
     "MISSING_TOKENS",
@@ -74,8 +76,10 @@ class Problem:
         return f"{', '.join(where)}: {self.message}"
 
 
-class DataError(ValueError):
+class DataError(FedscoreError, ValueError):
     """Every problem found in one table; ``str()`` lists them one per line."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems: list[Problem] = list(problems)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -38,6 +39,7 @@ from fedscore.crypto.primitives import (
     supernode_auth_keypair,
     verify_with_certificate,
 )
+from fedscore.errors import FedscoreError
 
 DEFAULT_PARTIES: tuple[str, ...] = ("platform", "bank-1", "bank-2", "bank-3", "coordinator")
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1")
@@ -62,12 +64,16 @@ _PARTY_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _CLOCK_SKEW = timedelta(minutes=5)
 
 
-class ProvisionError(ValueError):
+class ProvisionError(FedscoreError, ValueError):
     """Provisioning was refused (bad party name, kit already there, ...)."""
 
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
-class KitError(ValueError):
+
+class KitError(FedscoreError, ValueError):
     """A startup kit is missing, malformed or inconsistent; the node must not start."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
+
+from fedscore.errors import FedscoreError
+
 if TYPE_CHECKING:  # torch stays unimported in the light SuperNode message processes
     from fedscore.crypto.dp import DpSettings
     from fedscore.ml.training import TrainConfig
@@ -29,8 +33,10 @@ LAYOUT_KEY = "preprocessing-layout"  # the pooled statistics, with every later m
 SUMS_KEY = "preprocessing-sums"
 
 
-class ConfigError(ValueError):
+class ConfigError(FedscoreError, ValueError):
     """A run or node config value is missing or of the wrong kind; names the key."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,20 @@ class AioLedgerChannel(TappedFactories, grpc.aio.Channel):
         self.tap = tap
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The wrapped channel's connectivity."""
         return self._channel.get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity
                                     ) -> None:
+        """Wait until the wrapped channel leaves ``last_observed_state``."""
         await self._channel.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
+        """Wait until the wrapped channel is ready."""
         await self._channel.channel_ready()
 
     async def close(self, grace: float | None = None) -> None:
+        """Close the wrapped channel (``grace`` seconds for calls in flight)."""
         await self._channel.close(grace)
 
     async def __aenter__(self) -> AioLedgerChannel:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import grpc
 import numpy as np
 
 from fedscore.api.v1 import common_pb2, psi_pb2
 from fedscore.crypto.primitives import Direction, SealedBox
 from fedscore.crypto.psi import Blinded, Done, DoubleBlinded, Hello, PsiMessage, PsiProtocolError
+from fedscore.errors import FedscoreError
 
 PsiStep = TypeVar("PsiStep", psi_pb2.IntersectRequest, psi_pb2.IntersectResponse)
 
@@ -21,11 +23,14 @@ _F32 = np.dtype("<f4")
 _U32 = np.dtype("<u4")
 
 
-class WireError(ValueError):
+class WireError(FedscoreError, ValueError):
     """A message from a peer that does not have the expected shape."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def tensor_to_pb(array: np.ndarray) -> common_pb2.Tensor:
+    """A float32 tensor message of ``array`` (little-endian, C order)."""
     data = np.ascontiguousarray(array, dtype=_F32)
     return common_pb2.Tensor(shape=list(data.shape), data=data.tobytes())
 
@@ -42,6 +47,7 @@ def tensor_from_pb(msg: common_pb2.Tensor, *, rows: int | None = None) -> np.nda
 
 
 def handles_to_bytes(handles: np.ndarray) -> bytes:
+    """Per-session handles as little-endian uint32 bytes."""
     return np.ascontiguousarray(handles, dtype=_U32).tobytes()
 
 
@@ -56,6 +62,7 @@ def handles_from_bytes(data: bytes, *, limit: int) -> np.ndarray:
 
 
 def sealed_to_pb(box: SealedBox) -> common_pb2.Sealed:
+    """A sealed box as its wire message."""
     return common_pb2.Sealed(
         session_id=box.session_id,
         round=box.round,
@@ -67,6 +74,7 @@ def sealed_to_pb(box: SealedBox) -> common_pb2.Sealed:
 
 
 def sealed_from_pb(msg: common_pb2.Sealed) -> SealedBox:
+    """The sealed box of a wire message; WireError when a field is out of range."""
     try:
         direction = Direction(int(msg.direction))
     except ValueError:
@@ -95,6 +103,7 @@ def psi_to_pb(msg: PsiMessage, cls: type[PsiStep]) -> PsiStep:
 
 
 def psi_from_pb(msg: psi_pb2.IntersectRequest | psi_pb2.IntersectResponse) -> PsiMessage:
+    """The PSI engine message a request or response carries; PsiProtocolError if none."""
     step = msg.WhichOneof("step")
     if step == "hello":
         h = msg.hello

@@ -30,6 +30,7 @@ from fedscore.crypto.psi import (
     intersect_prefixes,
 )
 from fedscore.federation.provision import StartupKit, load_kit, provision
+from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.psi_service import PsiServicer, add_psi_service
 
@@ -248,7 +249,8 @@ def kits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StartupKit]:
 class _Platform:
     def __init__(self, kits: dict[str, StartupKit], ids: list[str]) -> None:
         self.sessions: list[tuple[str, PsiResult]] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  interceptors=[StatusInterceptor()])
         add_psi_service(
             self.server,
             PsiServicer(ids, lambda peer, r: self.sessions.append((peer, r)), chunk_size=50),

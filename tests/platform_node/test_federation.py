@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bank_node.federated import _is_session_lost
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
@@ -62,7 +63,7 @@ def _raises(status: str, call: object, *args: object) -> str:
     assert callable(call)
     with pytest.raises(FederationError) as info:
         call(*args)
-    assert info.value.status == status, str(info.value)
+    assert info.value.code == grpc.StatusCode[status], str(info.value)
     return str(info.value)
 
 
@@ -424,18 +425,18 @@ def test_a_federated_round_over_grpc(
         # round 1 is finished: a session cannot join it any more
         with pytest.raises(PlatformError) as info:
             second.link.reopen(federation_round=1)
-        assert info.value.code == "FAILED_PRECONDITION"
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "no round is open" in str(info.value)
 
         # the next round starts from the committed model; rounds cannot be skipped
         assert control.start_round(run, 2, seed) == done.version
         with pytest.raises(PlatformControlError) as refused:
             control.start_round(run, 3, seed)
-        assert refused.value.code == "FAILED_PRECONDITION"
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "next is 2" in str(refused.value)
         with pytest.raises(PlatformControlError) as empty:
             control.finish_round(run, 2)
-        assert empty.value.code == "FAILED_PRECONDITION"
+        assert empty.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "no committed bank session" in str(empty.value)
         assert control.run_state(run) == (1, done.version)
 
@@ -455,7 +456,7 @@ def test_a_bank_cannot_control_rounds(
         ):
             with pytest.raises(PlatformControlError) as info:
                 call(*args)
-            assert info.value.code == "PERMISSION_DENIED"
+            assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
             assert f"{party!r} has role 'bank'" in str(info.value)
             assert "coordinator" in str(info.value)
     assert _node(live_platform).federation.open_round("run") == 0
@@ -468,7 +469,7 @@ def test_invalid_run_ids_over_grpc(
         for run_id in ("../x", "", "a/b"):
             with pytest.raises(PlatformControlError) as info:
                 control.start_round(run_id, 1, 0)
-            assert info.value.code == "INVALID_ARGUMENT"
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "invalid run id" in str(info.value)
 
 
@@ -480,8 +481,9 @@ def test_open_session_for_a_round_that_is_not_open(
             _open_bank(
                 stack, federation, live_platform, "bank-1", run_id="idle-run", federation_round=1
             )
-        assert info.value.code == "FAILED_PRECONDITION"
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "no round is open" in str(info.value)
+        assert not _is_session_lost(info.value)  # the session is fine: no new PSI
 
         control = stack.enter_context(_control(live_platform, federation, "coordinator"))
         control.start_round("open-run", 1, 0)
@@ -489,7 +491,7 @@ def test_open_session_for_a_round_that_is_not_open(
             _open_bank(
                 stack, federation, live_platform, "bank-2", run_id="open-run", federation_round=2
             )
-        assert info.value.code == "FAILED_PRECONDITION"
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "round 1 is open" in str(info.value)
 
 
@@ -499,7 +501,7 @@ def test_open_session_with_an_unknown_base_version(
 ) -> None:
     with contextlib.ExitStack() as stack, pytest.raises(PlatformError) as info:
         _open_bank(stack, federation, live_platform, "bank-1", base_version=version)
-    assert info.value.code == "NOT_FOUND"
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
     assert repr(version) in str(info.value)
 
 

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bank_node.federated import _is_session_lost
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables
@@ -145,5 +146,7 @@ def test_a_round_cannot_be_opened_twice(
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         link.restart()  # round 1: allowed, under round 1's key
-        with pytest.raises(PlatformError, match=r"FAILED_PRECONDITION.*not after"):
+        with pytest.raises(PlatformError, match=r"ABORTED.*not after") as info:
             GrpcPlatformLink(channel, kit, psi, CFG, round_=1)
+        assert info.value.code == grpc.StatusCode.ABORTED
+        assert _is_session_lost(info.value)  # the bank runs PSI again, on the code alone
