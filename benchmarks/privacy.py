@@ -86,7 +86,9 @@ from fedscore.data.preprocess import Preprocessor
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
 from fedscore.federation.provision import load_kit, provision
-from fedscore.ledger.writer import LEDGER_FILE, Ledger, read_ledger
+from fedscore.ledger.entry import LEDGER_FILE
+from fedscore.ledger.verify import read_ledger
+from fedscore.ledger.writer import Ledger
 from fedscore.ml.metrics import auc
 from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model

@@ -27,7 +27,9 @@ from typing import Any
 from fedscore.atomic import atomic_write
 from fedscore.audit.verify import AuditReport, Traffic, ledger_party
 from fedscore.crypto.primitives import VerifyKey
-from fedscore.ledger.writer import LEDGER_FILE, PSI_RESULT_KIND, Entry, LedgerError, check_chain
+from fedscore.ledger.entry import LEDGER_FILE, Entry, LedgerError
+from fedscore.ledger.taps import PSI_RESULT_KIND
+from fedscore.ledger.verify import check_chain
 
 SHOW_FIRST = 50
 """Problems, one-sided messages, PSI runs and refusals listed before "and N more"."""

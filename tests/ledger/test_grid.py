@@ -19,7 +19,8 @@ from fedscore.audit.verify import verify_ledgers
 from fedscore.federation.provision import load_kit, provision
 from fedscore.ledger.client_mod import handle
 from fedscore.ledger.grid import IdentityError, LedgeredGrid
-from fedscore.ledger.writer import Ledger, read_ledger
+from fedscore.ledger.verify import read_ledger
+from fedscore.ledger.writer import Ledger
 
 RUN_ID = 77
 PARTIES = ("platform", "bank-1", "bank-2", "coordinator")

@@ -18,27 +18,20 @@ import pytest
 
 from fedscore.api.v1 import common_pb2, psi_pb2, round_control_pb2, split_learning_pb2
 from fedscore.crypto.primitives import SigningPrivateKey
-from fedscore.ledger.flow import Flow
-from fedscore.ledger.writer import (
+from fedscore.ledger.entry import (
     ENTRY_DOMAIN,
     HEAD_FILE,
-    HEAD_INTERVAL_S,
     LEDGER_FILE,
     ZERO_HASH,
     Entry,
-    Ledger,
     LedgerError,
-    check_chain,
-    default_kind,
-    default_purpose,
-    default_round,
-    default_rows,
     entry_line,
     parse_line,
-    read_ledger,
     signed_bytes,
-    verify_chain,
 )
+from fedscore.ledger.taps import Flow, default_kind, default_purpose, default_round, default_rows
+from fedscore.ledger.verify import check_chain, read_ledger, verify_chain
+from fedscore.ledger.writer import HEAD_INTERVAL_S, Ledger
 
 PARTY = "bank-1"
 
@@ -672,11 +665,11 @@ def test_a_crash_mid_batch_resumes_from_the_last_signature(tmp_path: Path,
 @pytest.mark.parametrize("text", ["platform", "é\u2028\"\\\n</script>", "\ud800", "", "x" * 300])
 @pytest.mark.parametrize("t", [1_750_000_000.125, 0.1 + 0.2, 1e22, 5e-324, 3.0])
 def test_the_fast_entry_encoding_is_the_canonical_one(text: str, t: float) -> None:
-    from fedscore.ledger.writer import _dumps, _entry_line
+    from fedscore.ledger.entry import _entry_line, canonical_json
 
     fields = {"seq": 7, "time": t, "party": text, "peer": text + "p", "direction": "sent",
               "kind": text, "rows": 0, "bytes": 2**40, "payload_sha256": "a" * 64,
               "round": 3, "purpose": text, "prev": "b" * 64}
-    assert _entry_line(fields, None) == _dumps(fields)
+    assert _entry_line(fields, None) == canonical_json(fields)
     for sig in ("", "c" * 128):
-        assert _entry_line(fields, sig) == _dumps({**fields, "signature": sig})
+        assert _entry_line(fields, sig) == canonical_json({**fields, "signature": sig})
