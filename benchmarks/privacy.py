@@ -222,7 +222,7 @@ def update_dp_table(
     attacks above), so those fields are null here; what it bounds is one bank's influence
     on the model the coordinator and every bank get (ε per bank, from ``privacy.jsonl``).
     """
-    from bank_node.client_app import BankNode
+    from bank_node.node import BankNode
     from fedscore.cli.local import platform_process
     from fedscore.cli.simulation import simulate
     from fedscore.federation.runconfig import RunSettings

@@ -27,7 +27,7 @@ from flwr.server import ServerApp
 from flwr.serverapp import Grid
 
 import fedscore.cli.simulation as simulation
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from bank_node.trainer import BankTables
 from coordinator.app import RELEASE_DIR, run_rounds
 from coordinator.checkpoint import Checkpoints

@@ -14,7 +14,7 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from fedscore.audit.verify import verify_ledgers
 from fedscore.federation.provision import load_kit, provision
 from fedscore.ledger.client_mod import handle
