@@ -7,37 +7,15 @@ loaded (in :mod:`bank_node.federated`) for the messages that train or evaluate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 
 from bank_node.dp_mod import update_clipping_mod
-from fedscore.federation.runconfig import require
+from bank_node.node import BankNode
 from fedscore.ledger.client_mod import Mod, ledger_mod
-
-
-@dataclass(frozen=True)
-class BankNode:
-    bank: str
-    data_dir: Path
-    kit_dir: Path
-    platform_address: str
-    state_dir: Path
-
-    @classmethod
-    def from_node_config(cls, config: Mapping[str, object]) -> BankNode:
-        where = "SuperNode node config"
-        return cls(
-            bank=require(config, "bank", where),
-            data_dir=Path(require(config, "data-dir", where)),
-            kit_dir=Path(require(config, "kit-dir", where)),
-            platform_address=require(config, "platform-address", where),
-            state_dir=Path(require(config, "state-dir", where)),
-        )
 
 
 def client_app(
@@ -59,7 +37,7 @@ def client_app(
     def client_fn(context: Context) -> Client:
         node = bank(context)
         run_seed = context.run_config.get("seed", 0) if seed is None else seed
-        from bank_node.federated import BankClient
+        from bank_node.federated import BankClient  # torch: only for the messages that train
 
         return BankClient(node, int(run_seed) if isinstance(run_seed, int) else 0).to_client()
 
@@ -73,3 +51,4 @@ def client_app(
 
 
 app = client_app()
+"""The ClientApp a SuperNode runs (pyproject's ``clientapp``): the bank its node config names."""

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from bank_node.platform_link import GrpcPlatformLink, PlatformError
 from bank_node.psi_client import run_psi
 from bank_node.trainer import BankTables

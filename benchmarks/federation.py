@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from fedscore.cli.local import platform_process
 from fedscore.cli.simulation import simulate
 from fedscore.data.scenarios import prepare_default_credit

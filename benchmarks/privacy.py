@@ -80,7 +80,9 @@ from fedscore.data.preprocess import Preprocessor
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
 from fedscore.federation.provision import load_kit, provision
-from fedscore.ledger.writer import LEDGER_FILE, Ledger, read_ledger
+from fedscore.ledger.entry import LEDGER_FILE
+from fedscore.ledger.verify import read_ledger
+from fedscore.ledger.writer import Ledger
 from fedscore.ml.metrics import auc
 from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
@@ -216,7 +218,7 @@ def update_dp_table(
     attacks above), so those fields are null here; what it bounds is one bank's influence
     on the model the coordinator and every bank get (ε per bank, from ``privacy.jsonl``).
     """
-    from bank_node.client_app import BankNode
+    from bank_node.node import BankNode
     from fedscore.cli.local import platform_process
     from fedscore.cli.simulation import simulate
     from fedscore.federation.runconfig import RunSettings

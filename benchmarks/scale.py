@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from coordinator.checkpoint import Checkpoints
 from fedscore.cli.local import platform_process
 from fedscore.cli.simulation import simulate

@@ -54,7 +54,7 @@ import grpc_floor
 import numpy as np
 import torch
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from bank_node.policy import Policy
 from bank_node.scoring import CustomerStore, Scorer, ScoringModel
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc

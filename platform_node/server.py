@@ -28,7 +28,8 @@ from fedscore.crypto.dp import DpSettings
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.federation.provision import StartupKit
-from fedscore.ledger.writer import HEALTH_METHODS, Ledger, LedgerTap
+from fedscore.ledger.taps import HEALTH_METHODS, LedgerTap
+from fedscore.ledger.writer import Ledger
 from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
 from fedscore.wire.status import StatusInterceptor

@@ -22,7 +22,7 @@ from bank_node.trainer import BankTables, run_bank
 from fedscore.api.v1 import split_learning_pb2
 from fedscore.crypto.primitives import Direction, Sealer, hash_ids_to_points
 from fedscore.data.table import PartyTable, write_table
-from fedscore.ledger.flow import Flow, MessageTap
+from fedscore.ledger.taps import Flow, MessageTap
 from fedscore.ml.training import TrainConfig
 from platform_node.server import PlatformNode, create_server
 from tests.conftest import Federation, seeded_release

@@ -23,7 +23,9 @@ from typing import Any
 
 from fedscore.audit.findings import AuditReport, ledger_party
 from fedscore.crypto.primitives import VerifyKey
-from fedscore.ledger.writer import LEDGER_FILE, PSI_RESULT_KIND, Entry, LedgerError, check_chain
+from fedscore.ledger.entry import LEDGER_FILE, Entry, LedgerError
+from fedscore.ledger.taps import PSI_RESULT_KIND
+from fedscore.ledger.verify import check_chain
 
 REFUSALS_FILE = "scoring-refusals.jsonl"
 """As :data:`platform_node.embedding_service.REFUSALS_FILE` (not imported: torch)."""

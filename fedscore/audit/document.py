@@ -16,7 +16,7 @@ from fedscore.audit.data import REFUSALS_FILE, PrivacyRow, PsiRun, ReportData, k
 from fedscore.audit.diagram import diagram_mermaid, diagram_svg, edges
 from fedscore.audit.findings import AuditReport
 from fedscore.audit.formatting import fnum, fsci, human_bytes, when
-from fedscore.ledger.writer import PSI_RESULT_KIND
+from fedscore.ledger.taps import PSI_RESULT_KIND
 
 __all__ = ["Banner", "Block", "Bullets", "Cell", "Diagram", "Heading", "Inline", "Para",
            "Styled", "Table", "document"]

@@ -3,7 +3,7 @@
 :func:`fedscore.audit.verify.verify_ledgers` fills an :class:`AuditReport`; the report
 (:mod:`fedscore.audit.data` and the modules that render it) reads one. Both also need
 :func:`ledger_party`, the guess of whose ledger a folder holds. Nothing here verifies or
-renders; this module imports only :mod:`fedscore.ledger.writer` (file names, entry parser).
+renders; this module imports only :mod:`fedscore.ledger.entry` (file names, entry parser).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedscore.ledger.writer import HEAD_FILE, LEDGER_FILE, parse_line
+from fedscore.ledger.entry import HEAD_FILE, LEDGER_FILE, parse_line
 
 __all__ = ["AuditReport", "LedgerSummary", "Traffic", "Unmatched", "ledger_party"]
 

@@ -3,7 +3,7 @@
 One ledger proves little about its own writer (whoever holds the key can rewrite it); two
 ledgers that each recorded the same message, signed by two different parties, do. So the
 auditor collects the ledger folders of several nodes and :func:`verify_ledgers` checks each
-chain and every signature (:func:`fedscore.ledger.writer.check_chain`), then pairs every message
+chain and every signature (:func:`fedscore.ledger.verify.check_chain`), then pairs every message
 A recorded as sent to B with the one B recorded as received from A (same SHA-256 and size,
 same kind), and reports what only one side recorded. Verify keys come from the CA-signed
 federation manifest in any party's startup kit, never from the ledgers themselves. What it
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fedscore.audit.findings import AuditReport, LedgerSummary, Traffic, Unmatched, ledger_party
 from fedscore.crypto.primitives import VerifyKey
-from fedscore.ledger.writer import LEDGER_FILE, Entry, check_chain
+from fedscore.ledger.entry import LEDGER_FILE, Entry
+from fedscore.ledger.verify import check_chain
 
 __all__ = ["verify_ledgers"]
 

@@ -51,7 +51,7 @@ def platform_serve(
     """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
     from fedscore.federation.provision import KitError
-    from fedscore.ledger.writer import LedgerError
+    from fedscore.ledger.entry import LedgerError
     from platform_node.model_store import StoreError
     from platform_node.server import serve
 
@@ -80,7 +80,8 @@ def bank_train(
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
     from fedscore.federation.provision import KitError, load_kit
-    from fedscore.ledger.writer import Ledger, LedgerError
+    from fedscore.ledger.entry import LedgerError
+    from fedscore.ledger.writer import Ledger
     from fedscore.ml.training import TrainConfig
 
     cfg = TrainConfig(seed=seed)
@@ -120,7 +121,7 @@ def bank_score_server(
     from fedscore.data.table import DataError
     from fedscore.federation.provision import KitError
     from fedscore.federation.release import ReleaseError
-    from fedscore.ledger.writer import LedgerError
+    from fedscore.ledger.entry import LedgerError
 
     try:
         serve(kit, data, release, platform, address, policy, ledger_dir)

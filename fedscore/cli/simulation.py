@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from flwr.app import Context
 from flwr.simulation import run_simulation
 
-from bank_node.client_app import BankNode, client_app
+from bank_node.client_app import client_app
+from bank_node.node import BankNode
 from coordinator.app import server_app
 from fedscore.federation.runconfig import RunSettings
 

@@ -5,13 +5,17 @@ Every instruction the coordinator sends and every reply the bank gives is record
 the masked one that leaves the node). The same ledger, open for the message, records the
 bank's calls to the platform (:data:`CURRENT`). It also answers the coordinator's identity
 challenge, signing its party name with the kit's key.
+
+It knows a bank only by the two folders it needs (:class:`BankFolders`), so it never
+imports the bank's package: ``bank_node.node.BankNode`` is one such thing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
@@ -27,19 +31,33 @@ from fedscore.ledger.flower import (
 )
 from fedscore.ledger.writer import Ledger
 
-if TYPE_CHECKING:
-    from bank_node.client_app import BankNode
-
 CURRENT: ContextVar[Ledger | None] = ContextVar("fedscore_bank_ledger", default=None)
 """The ledger of the message being handled (None outside one)."""
 
 LEDGER_DIR = "ledger"
+"""The ledger's folder inside the bank's state folder."""
 LOCK_TIMEOUT_S = 60.0  # the previous message's process may still be closing the ledger
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+"""A Flower ClientApp mod: (message, context, the next mod or the app) -> reply."""
+
+
+class BankFolders(Protocol):
+    """What the mod needs of a bank: its startup kit's folder and its state folder."""
+
+    @property
+    def kit_dir(self) -> Path:
+        """The bank's startup kit (its key, its party name, the federation's peers)."""
+        ...
+
+    @property
+    def state_dir(self) -> Path:
+        """The bank-local folder whose ``ledger`` subfolder holds its ledger."""
+        ...
 
 
 def coordinator_of(kit: StartupKit) -> str:
+    """The party name of the federation's one coordinator; ValueError if not exactly one."""
     names = [n for n, p in kit.peers.items() if p.role == "coordinator"]
     if len(names) != 1:
         raise ValueError(f"{kit.path}: the federation must have one coordinator, has {names}")
@@ -47,6 +65,7 @@ def coordinator_of(kit: StartupKit) -> str:
 
 
 def answer_hello(message: Message, kit: StartupKit) -> Message:
+    """The bank's answer to the identity challenge: its party name, signed by its key."""
     meta = message.metadata
     signature = kit.signing_key.sign(identity_statement(meta.run_id, meta.dst_node_id,
                                                         kit.party))
@@ -55,7 +74,7 @@ def answer_hello(message: Message, kit: StartupKit) -> Message:
     return Message(content, reply_to=message)
 
 
-def ledger_mod(nodes: Callable[[Context], BankNode]) -> Mod:
+def ledger_mod(nodes: Callable[[Context], BankFolders]) -> Mod:
     """A mod recording each message of the bank ``nodes(context)`` in its state folder."""
 
     def mod(message: Message, context: Context,
@@ -65,7 +84,7 @@ def ledger_mod(nodes: Callable[[Context], BankNode]) -> Mod:
     return mod
 
 
-def handle(node: BankNode, message: Message, context: Context,
+def handle(node: BankFolders, message: Message, context: Context,
            call_next: Callable[[Message, Context], Message]) -> Message:
     """Record ``message``, answer it (the identity challenge here, else ``call_next``),
     record the reply. Module-level: Ray pickles the mod's closure, not this module."""

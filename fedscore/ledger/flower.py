@@ -27,7 +27,9 @@ from fedscore.federation.runconfig import STATISTICS_TASK, TASK_KEY
 HELLO_RECORD = "fedscore-hello"
 """The challenge's (and the answer's) ConfigRecord; a bank's ledger mod answers it itself."""
 HELLO_DOMAIN = b"fedscore-identity-v1\x00"
+"""Prefix of what a bank signs to prove its identity (domain separation)."""
 PURPOSE = "federation"
+"""The purpose of every ledger entry of a Flower message."""
 _SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants
 
 # SecAgg+ stage of the instruction -> (kind of the instruction, kind of the bank's reply)
@@ -59,6 +61,7 @@ def _configs(message: Message) -> list[ConfigRecord]:
 
 
 def is_hello(message: Message) -> bool:
+    """Whether ``message`` is the coordinator's identity challenge (or a bank's answer)."""
     return message.has_content() and HELLO_RECORD in message.content.config_records
 
 

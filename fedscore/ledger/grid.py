@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import grpc
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedscore.crypto.primitives import SignatureError
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.flower import (
     HELLO_RECORD,
@@ -29,10 +31,19 @@ from fedscore.ledger.flower import (
 from fedscore.ledger.writer import Ledger
 
 IDENTIFY_TIMEOUT_S = 300.0
+"""How long the coordinator waits for every SuperNode's answer to the identity challenge."""
 
 
-class IdentityError(RuntimeError):
-    """A SuperNode did not prove which bank it is."""
+class IdentityError(FedscoreError, RuntimeError):
+    """A SuperNode did not prove which bank it is; the run stops.
+
+    The class code is UNAUTHENTICATED: most often the node's answer carries no valid
+    signature of a bank. A node that claims a party it may not be (not a bank of the
+    manifest, or a bank another node already proved to be) raises it with
+    PERMISSION_DENIED; a node that does not answer in time with DEADLINE_EXCEEDED.
+    """
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class LedgeredGrid(Grid):
@@ -47,28 +58,35 @@ class LedgeredGrid(Grid):
 
     # -- plain delegation ----------------------------------------------------------------
     def set_run(self, run: Run) -> None:
+        """As the wrapped Grid's."""
         self._grid.set_run(run)
 
     @property
     def run(self) -> Run:
+        """The wrapped Grid's run."""
         return self._grid.run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
                        group_id: str, ttl: float | None = None) -> Message:
+        """As the wrapped Grid's (nothing is recorded until the message is sent)."""
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
+        """As the wrapped Grid's."""
         return self._grid.get_node_ids()
 
     def get_nodes(self) -> Iterable[NodeInfo]:
+        """As the wrapped Grid's."""
         return self._grid.get_nodes()
 
     # -- recorded ------------------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Record each message as sent (identifying new nodes first), then push them."""
         messages = self._before_sending(messages)
         return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull the replies and record each as received."""
         replies = list(self._grid.pull_messages(message_ids))
         for reply in replies:
             self._received(reply)
@@ -76,6 +94,7 @@ class LedgeredGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
+        """Record each message as sent, send them, and record each reply as received."""
         messages = self._before_sending(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
@@ -124,7 +143,8 @@ class LedgeredGrid(Grid):
         silent = sorted(set(challenges) - set(replies))
         if silent:
             raise IdentityError(f"SuperNode(s) {silent} did not answer the identity "
-                                f"challenge within {timeout:.0f} s")
+                                f"challenge within {timeout:.0f} s",
+                                code=grpc.StatusCode.DEADLINE_EXCEEDED)
         for nid, reply in replies.items():
             self._names[nid] = self._check_identity(nid, reply)
         for nid, challenge in challenges.items():
@@ -148,10 +168,12 @@ class LedgeredGrid(Grid):
         peer = self._kit.peers.get(party)
         if peer is None or peer.role != "bank":
             raise IdentityError(f"SuperNode {nid} claims to be {party!r}, which is not a bank "
-                                f"of federation {self._kit.federation!r}")
+                                f"of federation {self._kit.federation!r}",
+                                code=grpc.StatusCode.PERMISSION_DENIED)
         if party in self._names.values():
             raise IdentityError(f"SuperNode {nid} claims to be {party!r}, which another "
-                                "SuperNode already proved to be")
+                                "SuperNode already proved to be",
+                                code=grpc.StatusCode.PERMISSION_DENIED)
         try:
             peer.verify_key.verify(signature, identity_statement(self.run.run_id, nid, party))
         except SignatureError:

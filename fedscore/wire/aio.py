@@ -2,9 +2,9 @@
 
 The bank's scoring server calls the platform from an event loop (a sync channel costs
 several times the CPU per call). Its messages reach the ledger exactly as a sync
-channel's do, through the same :class:`fedscore.ledger.writer.SerializerTap`: same kinds,
+channel's do, through the same :class:`fedscore.ledger.taps.SerializerTap`: same kinds,
 purposes, rounds, rows and bytes, so ``fedscore audit verify`` matches them with the
-platform's :class:`fedscore.ledger.writer.LedgerTap` entries.
+platform's :class:`fedscore.ledger.taps.LedgerTap` entries.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import grpc
 import grpc.aio
 
 from fedscore.federation.provision import StartupKit
-from fedscore.ledger.writer import HEALTH_METHODS, Ledger, SerializerTap, TappedFactories
+from fedscore.ledger.taps import HEALTH_METHODS, SerializerTap, TappedFactories
+from fedscore.ledger.writer import Ledger
 from fedscore.wire.transport import channel_credentials, channel_options
 
 

@@ -103,7 +103,7 @@ def secure_channel(
     )
     if ledger is None:
         return channel
-    from fedscore.ledger.writer import HEALTH_METHODS, LedgerChannel, SerializerTap
+    from fedscore.ledger.taps import HEALTH_METHODS, LedgerChannel, SerializerTap
 
     return LedgerChannel(channel, SerializerTap(ledger, server_party, ignore=HEALTH_METHODS))
 

@@ -20,7 +20,9 @@ from fedscore.audit.verify import verify_ledgers
 from fedscore.cli.audit import audit_app
 from fedscore.cli.main import app
 from fedscore.federation.provision import StartupKit, load_kit, provision
-from fedscore.ledger.writer import LEDGER_FILE, Ledger, default_rows, message_kind
+from fedscore.ledger.entry import LEDGER_FILE
+from fedscore.ledger.taps import default_rows, message_kind
+from fedscore.ledger.writer import Ledger
 
 PARTIES = ("platform", "bank-1", "bank-2", "coordinator")
 HOSTILE = "<script>alert(1)</script>"

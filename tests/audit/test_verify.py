@@ -22,17 +22,10 @@ from fedscore.audit.verify import verify_ledgers
 from fedscore.cli.audit import audit_app
 from fedscore.crypto.primitives import SigningPrivateKey, VerifyKey
 from fedscore.federation.provision import StartupKit, load_kit, provision
-from fedscore.ledger.flow import Flow
-from fedscore.ledger.writer import (
-    LEDGER_FILE,
-    Entry,
-    Ledger,
-    LedgerChannel,
-    LedgerTap,
-    SerializerTap,
-    default_kind,
-    read_ledger,
-)
+from fedscore.ledger.entry import LEDGER_FILE, Entry
+from fedscore.ledger.taps import Flow, LedgerChannel, LedgerTap, SerializerTap, default_kind
+from fedscore.ledger.verify import read_ledger
+from fedscore.ledger.writer import Ledger
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port, secure_channel
 from tests.conftest import Federation
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from flwr.client.mod import secaggplus_mod
 
 from bank_node import client_app as module
+from bank_node.node import BankNode
 from tests.conftest import Federation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +43,8 @@ def test_a_bank_larger_than_max_weight_refuses_before_training(
     from fedscore.data.preprocess import Preprocessor
     from fedscore.federation.runconfig import ConfigError
 
-    node = module.BankNode("bank-1", federation.data.bank_dirs["bank-1"],
-                           federation.kits / "bank-1", "127.0.0.1:1", tmp_path)
+    node = BankNode("bank-1", federation.data.bank_dirs["bank-1"], federation.kits / "bank-1",
+                    "127.0.0.1:1", tmp_path)
     client = BankClient(node)
     init = client.get_parameters({})
     with pytest.raises(ConfigError, match="preprocessing-layout and preprocessing-sums"):

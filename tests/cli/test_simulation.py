@@ -27,7 +27,7 @@ from flwr.server import ServerApp
 from flwr.serverapp import Grid
 
 import fedscore.cli.simulation as simulation
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from bank_node.trainer import BankTables
 from coordinator.app import RELEASE_DIR, run_rounds
 from coordinator.checkpoint import Checkpoints
@@ -371,7 +371,7 @@ def test_the_coordinator_receives_aggregates_only(world: World, full: FullRun) -
 def test_every_message_is_on_both_ends_ledgers(world: World, full: FullRun) -> None:
     """The coordinator's Grid, the banks' ledger mod and the gRPC taps, audited together."""
     from fedscore.audit.verify import verify_ledgers
-    from fedscore.ledger.writer import read_ledger
+    from fedscore.ledger.verify import read_ledger
 
     folders = [world.root / "coordinator" / "ledger", world.root / "harness-ledger",
                *(world.root / "bank-state" / b / "ledger" for b in world.banks),

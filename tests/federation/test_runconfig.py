@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from fedscore.federation.runconfig import ConfigError, RunSettings, require
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,17 +9,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 
-from bank_node.client_app import BankNode
+from bank_node.node import BankNode
 from fedscore.audit.verify import verify_ledgers
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import load_kit, provision
 from fedscore.ledger.client_mod import handle
 from fedscore.ledger.grid import IdentityError, LedgeredGrid
-from fedscore.ledger.writer import Ledger, read_ledger
+from fedscore.ledger.verify import read_ledger
+from fedscore.ledger.writer import Ledger
 
 RUN_ID = 77
 PARTIES = ("platform", "bank-1", "bank-2", "coordinator")
@@ -119,12 +122,13 @@ def test_every_message_is_recorded_by_both_ends_under_the_proved_bank(kits: Path
     assert all(e.bytes > 24 for e in sent_models)  # the content's deflated size
 
 
-@pytest.mark.parametrize("claims, kit, message", [
-    ("bank-2", "bank-1", "does not verify under bank-2's key"),  # signs with another key
-    ("platform", "platform", "not a bank"),
+@pytest.mark.parametrize("claims, kit, message, code", [
+    # signs with another key
+    ("bank-2", "bank-1", "does not verify under bank-2's key", grpc.StatusCode.UNAUTHENTICATED),
+    ("platform", "platform", "not a bank", grpc.StatusCode.PERMISSION_DENIED),
 ])
 def test_a_node_must_prove_it_is_a_bank(kits: Path, tmp_path: Path, claims: str, kit: str,
-                                        message: str) -> None:
+                                        message: str, code: grpc.StatusCode) -> None:
     (tmp_path / "kits").symlink_to(kits / "kits")
     inner = FakeGrid({11: bank_node(tmp_path, claims, kit=kit)})
     if claims != kit:  # a kit that says it is bank-1, answering as bank-2
@@ -141,8 +145,9 @@ def test_a_node_must_prove_it_is_a_bank(kits: Path, tmp_path: Path, claims: str,
         inner.nodes[11] = liar
     with coordinator_ledger(tmp_path) as ledger:
         grid = LedgeredGrid(inner, ledger, load_kit(tmp_path / "kits" / "coordinator"))
-        with pytest.raises(IdentityError, match=message):
+        with pytest.raises(IdentityError, match=message) as info:
             grid.send_and_receive([grid.create_message(RecordDict(), "train", 11, "1")])
+    assert isinstance(info.value, FedscoreError) and info.value.code is code
 
 
 def test_two_nodes_cannot_be_the_same_bank(kits: Path, tmp_path: Path) -> None:

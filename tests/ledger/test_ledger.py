@@ -14,31 +14,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from fedscore.api.v1 import common_pb2, psi_pb2, round_control_pb2, split_learning_pb2
 from fedscore.crypto.primitives import SigningPrivateKey
-from fedscore.ledger.flow import Flow
-from fedscore.ledger.writer import (
+from fedscore.errors import FedscoreError
+from fedscore.ledger.entry import (
     ENTRY_DOMAIN,
     HEAD_FILE,
-    HEAD_INTERVAL_S,
     LEDGER_FILE,
     ZERO_HASH,
     Entry,
-    Ledger,
     LedgerError,
-    check_chain,
-    default_kind,
-    default_purpose,
-    default_round,
-    default_rows,
     entry_line,
     parse_line,
-    read_ledger,
     signed_bytes,
-    verify_chain,
 )
+from fedscore.ledger.verify import check_chain, read_ledger, verify_chain
+from fedscore.ledger.writer import HEAD_INTERVAL_S, Ledger
 
 PARTY = "bank-1"
 
@@ -77,6 +70,8 @@ def problems_of(folder: Path, key: SigningPrivateKey) -> str:
     """All problems verify_chain raises for the folder's ledger, joined (fails if none)."""
     with pytest.raises(LedgerError) as info:
         verify_chain(folder / LEDGER_FILE, key.verify_key(), PARTY)
+    assert isinstance(info.value, FedscoreError)
+    assert info.value.code is grpc.StatusCode.DATA_LOSS  # edited, cut or forked: lost
     return "\n".join(info.value.problems)
 
 
@@ -343,12 +338,14 @@ def test_a_second_writer_and_a_closed_ledger_are_refused(tmp_path: Path,
                                                          key: SigningPrivateKey) -> None:
     ledger = Ledger(tmp_path, key, PARTY)
     try:
-        with pytest.raises(LedgerError, match="in use by another writer"):
+        with pytest.raises(LedgerError, match="in use by another writer") as busy:
             Ledger(tmp_path, key, PARTY)
+        assert busy.value.code is grpc.StatusCode.UNAVAILABLE  # free once the other closes
     finally:
         ledger.close()
-    with pytest.raises(LedgerError, match="closed"):
+    with pytest.raises(LedgerError, match="closed") as closed:
         ledger.record("platform", "sent", "gradients", b"late")
+    assert closed.value.code is grpc.StatusCode.UNAVAILABLE
     with Ledger(tmp_path, key, PARTY) as reopened, pytest.raises(ValueError, match="direction"):
         reopened.record("platform", "sideways", "gradients", b"")
 
@@ -471,42 +468,8 @@ def test_record_cost(tmp_path: Path, key: SigningPrivateKey) -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# what each fedscore message is
+# failing writes, odd strings, batches
 # -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("method", "request_kind", "response_kind", "purpose"),
-    [
-        ("/fedscore.v1.PsiService/Intersect", "psi-blinded-ids", "psi-blinded-ids",
-         "alignment"),
-        ("/fedscore.v1.SplitLearningService/Step", "gradients", "embeddings", "training"),
-        ("/fedscore.v1.RoundControlService/OpenSession", "control", "control", "training"),
-        ("/fedscore.v1.FederationService/FinishRound", "federation-control",
-         "federation-control", "federation"),
-        ("/fedscore.v1.EmbeddingService/GetEmbeddings", "embedding-query", "embeddings",
-         "scoring"),
-        ("/fedscore.v1.ScoringService/Score", "score", "score", "scoring"),
-        ("/some.Other/Method", "other", "other", "other"),
-    ],
-)
-def test_default_kinds_and_purposes(method: str, request_kind: str, response_kind: str,
-                                    purpose: str) -> None:
-    assert default_kind(method, Flow.RECEIVED) == request_kind
-    assert default_kind(method, Flow.SENT) == response_kind
-    assert default_purpose(method) == purpose
-
-
-def test_default_round_and_rows() -> None:
-    assert default_round(round_control_pb2.OpenSessionRequest(round=3)) == 3
-    step = split_learning_pb2.StepRequest(sealed=common_pb2.Sealed(round=7, batch=2))
-    assert default_round(step) == 7
-    assert default_round(round_control_pb2.EndEpochRequest(epoch=4)) == 0
-    points = psi_pb2.PsiPoints(offset=0, points=bytes(32 * 5))
-    assert default_rows(psi_pb2.IntersectRequest(blinded=points)) == 5
-    assert default_rows(psi_pb2.IntersectResponse(double_blinded=points)) == 5
-    assert default_rows(psi_pb2.IntersectRequest(hello=psi_pb2.PsiHello(set_size=9))) == 0
-    assert default_rows(step) == 0
 
 
 def test_a_failing_record_stops_the_message(tmp_path: Path, key: SigningPrivateKey,
@@ -520,11 +483,12 @@ def test_a_failing_record_stops_the_message(tmp_path: Path, key: SigningPrivateK
 
         write: Callable[[int, object], int] = broken
         monkeypatch.setattr(os, "write", write)
-        with pytest.raises(LedgerError, match="No space left"):
+        with pytest.raises(LedgerError, match="No space left") as full:
             ledger.record("platform", "sent", "gradients", b"lost")
         monkeypatch.undo()
-        with pytest.raises(LedgerError, match="failed earlier"):
+        with pytest.raises(LedgerError, match="failed earlier") as after:
             ledger.record("platform", "sent", "gradients", b"after")
+        assert full.value.code is after.value.code is grpc.StatusCode.INTERNAL
     assert len(verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)) == 1
 
 
@@ -672,11 +636,11 @@ def test_a_crash_mid_batch_resumes_from_the_last_signature(tmp_path: Path,
 @pytest.mark.parametrize("text", ["platform", "é\u2028\"\\\n</script>", "\ud800", "", "x" * 300])
 @pytest.mark.parametrize("t", [1_750_000_000.125, 0.1 + 0.2, 1e22, 5e-324, 3.0])
 def test_the_fast_entry_encoding_is_the_canonical_one(text: str, t: float) -> None:
-    from fedscore.ledger.writer import _dumps, _entry_line
+    from fedscore.ledger.entry import _entry_line, canonical_json
 
     fields = {"seq": 7, "time": t, "party": text, "peer": text + "p", "direction": "sent",
               "kind": text, "rows": 0, "bytes": 2**40, "payload_sha256": "a" * 64,
               "round": 3, "purpose": text, "prev": "b" * 64}
-    assert _entry_line(fields, None) == _dumps(fields)
+    assert _entry_line(fields, None) == canonical_json(fields)
     for sig in ("", "c" * 128):
-        assert _entry_line(fields, sig) == _dumps({**fields, "signature": sig})
+        assert _entry_line(fields, sig) == canonical_json({**fields, "signature": sig})

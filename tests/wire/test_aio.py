@@ -13,7 +13,9 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Req
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Resp
 
 from fedscore.audit.verify import verify_ledgers
-from fedscore.ledger.writer import LEDGER_FILE, Entry, SerializerTap, read_ledger
+from fedscore.ledger.entry import LEDGER_FILE, Entry
+from fedscore.ledger.taps import SerializerTap
+from fedscore.ledger.verify import read_ledger
 from fedscore.wire.aio import AioLedgerChannel, secure_aio_channel
 from fedscore.wire.transport import channel_credentials, channel_options
 from tests.audit.test_verify import ECHO, Kits, echo_kind, echo_server, kits  # noqa: F401
