@@ -8,11 +8,12 @@ and ``render`` (HTML and Markdown). ``findings`` holds the types verification an
 share; ``formatting`` how figures read in every view.
 
 Layer: below the command line (:mod:`fedscore.cli.audit` is ``fedscore audit``), the party
-packages and :mod:`fedscore.research`; above the rooms it may import: :mod:`fedscore.wire`,
-:mod:`fedscore.ledger`, :mod:`fedscore.federation`, :mod:`fedscore.ml`, :mod:`fedscore.data`,
-:mod:`fedscore.crypto` and the bottom (:mod:`fedscore.errors`, :mod:`fedscore.atomic`). Inside
-the room, from the bottom: findings, formatting; verify, data; diagram; document; render;
-report. Nothing here imports typer.
+packages and :mod:`fedscore.research`; beside :mod:`fedscore.wire`, which it never imports
+(a reviewer's tool needs no transport); above the rooms it may import:
+:mod:`fedscore.ledger`, :mod:`fedscore.federation`, :mod:`fedscore.ml`,
+:mod:`fedscore.data`, :mod:`fedscore.crypto` and the bottom (:mod:`fedscore.errors`,
+:mod:`fedscore.atomic`). Inside the room, from the bottom: findings, formatting; verify,
+data; diagram; document; render; report. Nothing here imports typer.
 """
 
 __all__ = [

@@ -5,9 +5,9 @@ bundled reference scenario and the synthetic population generator. See docs/data
 table, ``preprocess`` turns a table into model inputs, ``scenarios`` builds reference
 scenario folders, ``synth`` a synthetic population of any size.
 
-May import: ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
-``fedscore.errors``, ``fedscore.atomic``); never ``fedscore.ml``, which builds on this
-room, nor any room above it or a party package.
+May import: only the bottom layer (``fedscore.api``, ``fedscore.errors``,
+``fedscore.atomic``); never ``fedscore.crypto``, its independent neighbour, nor
+``fedscore.ml``, which builds on this room, nor any room above it or a party package.
 
 A new table format, schema field, validation check, feature transform or scenario goes
 here. This package imports nothing (so ``fedscore.data.schema`` stays free of pandas and

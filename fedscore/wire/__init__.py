@@ -10,7 +10,8 @@ to a gRPC status on every server, ``batching`` lets concurrent callers share one
 
 May import: ``fedscore.ledger``, ``fedscore.federation``, ``fedscore.ml``,
 ``fedscore.data``, ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
-``fedscore.errors``, ``fedscore.atomic``); no room above, no party package.
+``fedscore.errors``, ``fedscore.atomic``); never ``fedscore.audit``, its independent
+neighbour, nor a room above or a party package.
 
 New gRPC plumbing shared by the nodes (a channel option, an interceptor, a conversion)
 goes here; a new message goes into ``proto/`` first. This package imports nothing:
