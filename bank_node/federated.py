@@ -54,8 +54,9 @@ from fedscore.federation.runconfig import (
     RunSettings,
 )
 from fedscore.ledger import client_mod as ledger_mod
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks, log_loss
-from fedscore.ml.model import BankModel, SplitArchitecture, load_arrays, to_arrays
+from fedscore.ml.model import BankModel, load_arrays, to_arrays
 from fedscore.ml.training import BankData, TrainConfig, predict, train_round
 from fedscore.wire.transport import secure_channel
 

@@ -64,7 +64,8 @@ from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.federation.provision import StartupKit
 from fedscore.federation.release import PREPROCESSING_FILE, verify_release
-from fedscore.ml.model import BankModel, FrozenBankModel, SplitArchitecture, load_arrays
+from fedscore.ml.architecture import SplitArchitecture
+from fedscore.ml.frozen import FrozenBankModel
 from fedscore.wire import serde
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class ScoringModel:
     version: str
     platform_version: str
     preprocessor: Preprocessor
-    model: BankModel
+    model: FrozenBankModel
     store: Encoded  # the store's rows, encoded with this release's transforms
 
     @classmethod
@@ -158,30 +159,25 @@ class ScoringModel:
             raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"{release}: does not fit this bank: {exc}") from None
         arch = SplitArchitecture()
-        model = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
         try:
-            load_arrays(model, arrays)
-        except (ValueError, RuntimeError) as exc:
+            model = FrozenBankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities),
+                                    arch.top(), arrays)
+        except ValueError as exc:
             raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"{release}: weights do not fit this bank's model: {exc}"
                                ) from None
-        model.eval()
         made = cls(str(manifest["version"]), str(manifest["platform_model_version"]), pre,
                    model, pre.transform(store.table))
-        made._forward, made._variants  # noqa: B018 (built now, not at the first applicant)
+        made._variants  # noqa: B018 (built now, not at the first applicant)
         return made
 
     @property
     def embedding_dim(self) -> int:
-        return self.model.top.cfg.platform_dim
-
-    @functools.cached_property
-    def _forward(self) -> FrozenBankModel:
-        return FrozenBankModel(self.model)
+        return self.model.top_config.platform_dim
 
     def pd(self, enc: Encoded, emb: np.ndarray, present: np.ndarray) -> np.ndarray:
         """[n] probabilities of default; ``emb`` [n, dp] is ignored where not ``present``."""
-        return self._forward.pd(enc.numeric, enc.categorical, np.asarray(emb, np.float32),
+        return self.model.pd(enc.numeric, enc.categorical, np.asarray(emb, np.float32),
                                 np.asarray(present, bool))
 
     @functools.cached_property

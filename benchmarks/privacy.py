@@ -87,8 +87,8 @@ from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
 from fedscore.federation.provision import load_kit, provision
 from fedscore.ledger.writer import LEDGER_FILE, Ledger, read_ledger
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc
-from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.research import leakage
 from fedscore.research.baselines import Scenario, load_scenario

@@ -37,7 +37,8 @@ from fedscore.crypto.consent import ConsentError, verify_consent
 from fedscore.crypto.dp import DpSettings, gaussian_mechanism
 from fedscore.crypto.primitives import Direction, Sealer, SealError, VerifyKey, WindowOpener
 from fedscore.data.preprocess import Encoded
-from fedscore.ml.model import BottomConfig, BottomModel
+from fedscore.ml.architecture import BottomConfig
+from fedscore.ml.model import BottomModel
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
 from platform_node.federation import FederationError

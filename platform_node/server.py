@@ -29,7 +29,7 @@ from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import HEALTH_METHODS, Ledger, LedgerTap
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable

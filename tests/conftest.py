@@ -66,7 +66,8 @@ def seeded_release(federation: Federation, bank_dir: Path, folder: Path,
     from coordinator.statistics import PooledStatistics
     from fedscore.data.preprocess import Preprocessor
     from fedscore.federation.release import write_release
-    from fedscore.ml.model import BankModel, SplitArchitecture, to_arrays
+    from fedscore.ml.architecture import SplitArchitecture
+    from fedscore.ml.model import BankModel, to_arrays
 
     store = CustomerStore.load_table(bank_dir)
     moments = Preprocessor.moments(store)

@@ -26,7 +26,9 @@ from bank_node.scoring_service import build_scorer, create_server
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from fedscore.crypto.consent import issue_consent
 from fedscore.data.preprocess import Encoded
-from fedscore.ml.model import BottomModel
+from fedscore.federation.release import verify_release
+from fedscore.ml.architecture import SplitArchitecture
+from fedscore.ml.model import BankModel, BottomModel, load_arrays
 from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.embedding_service import REFUSALS_FILE
 from platform_node.server import PlatformNode
@@ -80,11 +82,16 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     """The release's model in process: the bank's rows, the platform's rows by a
     plaintext join of ids (fine in a test), the platform bottom model in process."""
     store = CustomerStore.load_table(live.federation.data.bank_dirs[BANK])
-    model = ScoringModel.load(live.releases[release],
-                              live.federation.kit("coordinator").signing_key.verify_key(),
-                              CustomerStore.of(store))
+    key = live.federation.kit("coordinator").signing_key.verify_key()
+    model = ScoringModel.load(live.releases[release], key, CustomerStore.of(store))
     row_of = {u: i for i, u in enumerate(store.ids)}
     enc = model.store.take(np.array([row_of[i] for i in ids]))
+    # the torch model itself, from the release's weights, not the server's numpy twin
+    pre = model.preprocessor
+    arch = SplitArchitecture()
+    bank = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
+    load_arrays(bank, verify_release(live.releases[release], key)[1])
+    bank.eval()
     node = live.node
     bottom = BottomModel(node.bottom_config)
     bottom.load_state_dict(node.federation.by_version(live.versions[release]))
@@ -94,9 +101,8 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     with torch.no_grad():
         emb = bottom(torch.from_numpy(node.encoded.numeric[np.maximum(prow, 0)]),
                      torch.from_numpy(node.encoded.categorical[np.maximum(prow, 0)])).numpy()
-        # the torch model itself, not the server's numpy twin
-        logits = model.model(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
-                             torch.from_numpy(emb), torch.from_numpy(prow >= 0))
+        logits = bank(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
+                      torch.from_numpy(emb), torch.from_numpy(prow >= 0))
     return torch.sigmoid(logits).double().numpy()
 
 
