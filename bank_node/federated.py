@@ -45,14 +45,13 @@ from fedscore.crypto.secure_sum import SECAGG_MAX_WEIGHT, encode
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.federation.provision import load_kit
 from fedscore.federation.runconfig import (
-    LAYOUT_KEY,
     SECAGG_CLIP,
     STATISTICS_TASK,
-    SUMS_KEY,
     TASK_KEY,
     ConfigError,
     RunSettings,
 )
+from fedscore.federation.statistics import LAYOUT_KEY, SUMS_KEY
 from fedscore.ledger import client_mod as ledger_mod
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks, log_loss

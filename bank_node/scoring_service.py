@@ -3,6 +3,9 @@
 Only the bank's own party may call it (its decision engine holds the bank's startup
 kit); anyone else gets PERMISSION_DENIED. ``create_server`` binds an address (port 0 in
 tests) and returns the port; ``serve`` is ``fedscore bank score-server``.
+
+The server's imports stay free of torch and of Flower's server side (its model is numpy,
+:mod:`fedscore.ml.frozen`); ``tests/bank_node/test_imports.py`` holds it to that.
 """
 
 from __future__ import annotations
@@ -26,16 +29,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bank_node.policy import OUTCOMES, Decision, Outcome, Policy
-from bank_node.scoring import (
-    AsyncScorer,
-    CustomerStore,
-    PlatformEmbeddings,
-    Scored,
-    ScoredBatch,
-    Scorer,
-    ScoringError,
-    ScoringModel,
-)
+from bank_node.scoring import Scored, ScoredBatch, Scorer
+from bank_node.scoring_aio import AsyncScorer
+from bank_node.scoring_platform import PlatformEmbeddings
+from bank_node.scoring_store import CustomerStore, ScoringError, ScoringModel
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
@@ -53,6 +50,7 @@ _OUTCOME_INDEX_PB = np.array([_OUTCOME_PB[o] for o in OUTCOMES], np.int32)
 
 
 def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
+    """One applicant's decision as the Score reply."""
     d: Decision = scored.decision
     return scoring_pb2.ScoreResponse(
         pd=d.pd if d.pd is not None else 0.0,
@@ -73,6 +71,7 @@ def decision_to_pb(scored: Scored) -> scoring_pb2.ScoreResponse:
 
 
 def batch_to_pb(batch: ScoredBatch, policy: Policy) -> scoring_pb2.ScoreBatchResponse:
+    """A chunk's decisions as one ScoreBatch reply (``policy`` names the grades)."""
     d = batch.decisions
     grades = [g.name for g in policy.grades]
     return scoring_pb2.ScoreBatchResponse(
@@ -114,6 +113,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     async def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.aio.ServicerContext
                     ) -> scoring_pb2.ScoreResponse:
+        """One applicant's decision; a ScoringError ends the call with its code."""
         await self._only_own_party(context)
         if not request.applicant_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
@@ -135,6 +135,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def ScoreBatch(self, request_iterator: AsyncIterator[scoring_pb2.ScoreBatchRequest],
                          context: grpc.aio.ServicerContext
                          ) -> AsyncIterator[scoring_pb2.ScoreBatchResponse]:
+        """One reply per chunk of store customers, scored off the loop, in order."""
         await self._only_own_party(context)
         async for request in request_iterator:
             try:
@@ -145,6 +146,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
                           context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
+        """Switch to the release at ``path``; one that does not verify leaves the current
+        one serving (FAILED_PRECONDITION)."""
         await self._only_own_party(context)
         try:
             new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
@@ -192,6 +195,7 @@ class ScoringServer:
         return add_secure_port(self._server, address, kit)
 
     def start(self) -> None:
+        """Start serving (the port is bound already)."""
         self._run(self._server.start())
 
     async def _shutdown(self, grace: float | None) -> None:
@@ -257,14 +261,11 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     Every message to and from the platform is recorded in the ledger at ``ledger_dir``
     (the decision engine's calls stay inside the bank and are not).
     """
-    import torch
-
     from fedscore.federation.provision import load_kit
     from fedscore.wire.transport import secure_channel
 
-    torch.set_num_threads(1)
-    # numpy's BLAS too: a second thread makes a 2,000-row ScoreBatch chunk slower, and
-    # spins a whole core while it waits (2.1 ms wall, 4.2 ms CPU; one thread 1.9, 1.9)
+    # one BLAS thread for numpy (no torch here: the model is numpy): a second one makes
+    # a ScoreBatch chunk slower and spins a core while it waits (docs/scoring.md)
     threadpoolctl.threadpool_limits(1)
     kit = load_kit(kit_dir)
     policy = Policy.load(policy_file) if policy_file else Policy.default()

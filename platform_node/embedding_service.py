@@ -125,7 +125,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         try:
             session = self._registry.get(box.session_id, peer)
         except SessionError as exc:
-            self._refuse(context, peer, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            self._refuse(context, peer, exc.code, str(exc))
         opener, sealer = self._scoring_pair(session)
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(

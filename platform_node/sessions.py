@@ -13,14 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from fedscore.crypto.primitives import Direction, Opener, Sealer, SessionKey, derive_session_key
 from fedscore.crypto.psi import PsiResult
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ml.training import PlatformBottom
 
 
-class SessionError(Exception):
+class SessionError(FedscoreError):
     """A call names a session that does not exist or belongs to another peer."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 @dataclass
@@ -86,7 +91,10 @@ class SessionRegistry:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
-            raise SessionError(f"unknown session {session_id.hex()}; run PSI first")
+            # its own code: a bank that gets it has lost the session (the platform
+            # restarted) and runs PSI again, where any other refusal is final
+            raise SessionError(f"unknown session {session_id.hex()}; run PSI first",
+                               code=grpc.StatusCode.UNAUTHENTICATED)
         if session.peer != peer:
             raise SessionError(f"session {session_id.hex()} belongs to another party")
         return session

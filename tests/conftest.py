@@ -62,10 +62,10 @@ def seeded_release(federation: Federation, bank_dir: Path, folder: Path,
     whatever model it is given."""
     import torch
 
-    from bank_node.scoring import CustomerStore
-    from coordinator.statistics import PooledStatistics
+    from bank_node.scoring_store import CustomerStore
     from fedscore.data.preprocess import Preprocessor
     from fedscore.federation.release import write_release
+    from fedscore.federation.statistics import PooledStatistics
     from fedscore.ml.architecture import SplitArchitecture
     from fedscore.ml.model import BankModel, to_arrays
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from bank_node.policy import Policy
-from bank_node.scoring import CustomerStore, ScoringModel, _source
 from bank_node.scoring_service import build_scorer, create_server
+from bank_node.scoring_store import CustomerStore, ScoringModel, _source
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from fedscore.crypto.consent import issue_consent
 from fedscore.data.preprocess import Encoded
@@ -301,7 +301,7 @@ class _Hanging(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 
 def test_a_slow_platform_times_out_to_the_fallback(live: Live, federation: Federation) -> None:
-    from bank_node.scoring import PlatformEmbeddings
+    from bank_node.scoring_platform import PlatformEmbeddings
 
     slow = grpc.server(futures.ThreadPoolExecutor(4))
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(_Hanging(), slow)
