@@ -39,16 +39,9 @@ import grpc.aio
 import numpy as np
 import pandas as pd
 
-from bank_node.policy import (
-    OUTCOMES,
-    Decision,
-    Decisions,
-    Outcome,
-    Policy,
-    decide,
-    decide_many,
-    fallback_decision,
-)
+from bank_node.policy import Outcome, Policy
+from bank_node.policy_decide import Decision, decide, fallback_decision
+from bank_node.policy_decide_many import OUTCOMES, Decisions, decide_many
 from bank_node.scoring_platform import PlatformEmbeddings, first_row
 from bank_node.scoring_store import CustomerStore, ScoringError, ScoringModel
 from fedscore.api.v1 import embedding_pb2

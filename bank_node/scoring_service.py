@@ -28,7 +28,9 @@ import threadpoolctl
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bank_node.policy import OUTCOMES, Decision, Outcome, Policy
+from bank_node.policy import Outcome, Policy
+from bank_node.policy_decide import Decision
+from bank_node.policy_decide_many import OUTCOMES
 from bank_node.scoring import Scored, ScoredBatch, Scorer
 from bank_node.scoring_aio import AsyncScorer
 from bank_node.scoring_platform import PlatformEmbeddings
