@@ -122,7 +122,7 @@ class ScoringModel:
     def pd(self, enc: Encoded, emb: np.ndarray, present: np.ndarray) -> np.ndarray:
         """[n] probabilities of default; ``emb`` [n, dp] is ignored where not ``present``."""
         return self.model.pd(enc.numeric, enc.categorical, np.asarray(emb, np.float32),
-                                np.asarray(present, bool))
+                             np.asarray(present, bool))
 
     @functools.cached_property
     def _variants(self) -> _Variants:

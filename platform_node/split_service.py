@@ -38,7 +38,7 @@ def _session(
     try:
         return registry.get(session_id, peer_party(context))
     except SessionError as exc:
-        context.abort(exc.code, str(exc))
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         raise  # unreachable: abort raises
 
 
@@ -213,5 +213,5 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         try:
             self._registry.close(request.session_id, peer_party(context))
         except SessionError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return round_control_pb2.CloseSessionResponse()

@@ -425,3 +425,32 @@ def test_a_restarted_platform_costs_a_fallback_then_a_new_session(live: Live) ->
         assert r.pd == pytest.approx(float(_offline_pd(live, 0, inside[:1])[0]), abs=1e-6)
     finally:
         server.stop(grace=None)
+
+
+def test_a_platform_failure_is_judged_on_its_code(live: Live, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """UNAUTHENTICATED (the platform lost the session) starts a new session; NOT_FOUND (an
+    unknown model version, on the same call) does not; a refusal's text is not read."""
+    from bank_node.scoring import PlatformPart
+    from bank_node.scoring_store import ScoringError
+
+    kit = live.federation.kit(BANK)
+    scorer = build_scorer(kit, live.federation.data.bank_dirs[BANK], live.releases[0],
+                          live.platform_address, Policy.default())
+    started: list[int] = []
+    monkeypatch.setattr(scorer, "_start_reconnect", lambda: started.append(1))
+
+    def failed(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+    assert scorer.platform_failure(failed(grpc.StatusCode.UNAUTHENTICATED)) \
+        is PlatformPart.UNAVAILABLE
+    assert started == [1]
+    assert scorer.platform_failure(failed(grpc.StatusCode.NOT_FOUND)) is PlatformPart.UNAVAILABLE
+    assert scorer.platform_failure(failed(grpc.StatusCode.DEADLINE_EXCEEDED)) \
+        is PlatformPart.TIMED_OUT
+    with pytest.raises(ScoringError) as refused:
+        scorer.platform_failure(failed(grpc.StatusCode.PERMISSION_DENIED,
+                                       "unknown session 01; run PSI first"))
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert started == [1]
