@@ -46,17 +46,17 @@ from fedscore.crypto.secure_sum import SECAGG_MAX_WEIGHT, encode
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
 from fedscore.federation.provision import load_kit
 from fedscore.federation.runconfig import (
-    LAYOUT_KEY,
     SECAGG_CLIP,
     STATISTICS_TASK,
-    SUMS_KEY,
     TASK_KEY,
     ConfigError,
     RunSettings,
 )
+from fedscore.federation.statistics import LAYOUT_KEY, SUMS_KEY
 from fedscore.ledger import client_mod as ledger_mod
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks, log_loss
-from fedscore.ml.model import BankModel, SplitArchitecture, load_arrays, to_arrays
+from fedscore.ml.model import BankModel, load_arrays, to_arrays
 from fedscore.ml.training import BankData, TrainConfig, predict, train_round
 from fedscore.wire.transport import secure_channel
 
@@ -131,10 +131,12 @@ class _RunState:
         atomic_write(self._meta, json.dumps(meta).encode())
 
 
-SESSION_LOST = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED})
+SESSION_LOST = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                          grpc.StatusCode.ABORTED})
 """OpenSession's codes for a session the bank cannot go on with: the platform does not
-know it (it restarted, or closed it), or the session is past the round asked for (the
-bank's saved round counter is behind). Either way the bank runs PSI for a new one."""
+know it (UNAUTHENTICATED: it restarted, or closed it), it is not this bank's
+(PERMISSION_DENIED), or it is past the round asked for (ABORTED: the bank's saved round
+counter is behind). Either way the bank runs PSI for a new one."""
 
 
 def _is_session_lost(exc: PlatformError) -> bool:

@@ -17,10 +17,13 @@ Scorecard scale (the usual "points to double the odds" form)::
 so PD = 1 / (1 + base_odds) scores exactly ``base_points`` and every doubling of the
 good:bad odds adds ``points_to_double_odds``.
 
-The scalar path (:func:`decide`) uses the standard library only, so a scoring server can
-import it cheaply; :func:`decide_many`, the column-wise path for portfolio reviews and
-batch scoring, imports numpy when it is first called and gives, row by row, exactly
-what :func:`decide` gives.
+This module is the policy itself: its sections, the checks that refuse a bad file, its
+loading from TOML, and the per-step rules a decision applies (score, grade, outcome,
+limit, APR, reasons). The two decision paths that apply them are their own modules:
+:mod:`bank_node.policy_decide` (:func:`~bank_node.policy_decide.decide`, one applicant,
+the standard library only) and :mod:`bank_node.policy_decide_many`
+(:func:`~bank_node.policy_decide_many.decide_many`, column-wise with numpy, for portfolio
+reviews and batch scoring, giving row by row exactly what ``decide`` gives).
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn, cast
 
-if TYPE_CHECKING:
-    import numpy as np
-    from numpy.typing import ArrayLike, NDArray
+import grpc
+
+from fedscore.errors import FedscoreError
 
 FallbackMode = Literal["bank-only", "refer"]
 FALLBACK_MODES: tuple[FallbackMode, ...] = ("bank-only", "refer")
@@ -62,9 +65,11 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(FedscoreError, ValueError):
     """A policy file (or a Policy built in code) is malformed; the message names the
     file, the dotted key, the value found and what was expected."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 # -- the policy ---------------------------------------------------------------------------
@@ -82,10 +87,12 @@ class ScoreScale:
 
     @property
     def factor(self) -> float:
+        """Points per unit of log-odds: points_to_double_odds / ln 2."""
         return self.points_to_double_odds / math.log(2)
 
     @property
     def offset(self) -> float:
+        """The points at even odds: base_points - factor * ln(base_odds)."""
         return self.base_points - self.factor * math.log(self.base_odds)
 
     def points(self, pd: float) -> float:
@@ -128,6 +135,7 @@ class AprBand:
     pd_at_max: float = 0.30
 
     def rate(self, pd: float) -> float:
+        """The APR for a PD: linear in the band, clamped to it, rounded to 4 decimals."""
         slope = (self.max - self.min) / (self.pd_at_max - self.pd_at_min)
         apr = self.min + slope * (pd - self.pd_at_min)
         return round(min(max(apr, self.min), self.max), 4)
@@ -143,9 +151,11 @@ class ReasonCode:
 
     @property
     def is_prefix(self) -> bool:
+        """Whether the key is a prefix ("BILL_AMT*") rather than one feature's name."""
         return self.key.endswith("*")
 
     def matches(self, feature: str) -> bool:
+        """Whether this entry covers ``feature`` (by name, or by prefix)."""
         return feature.startswith(self.key[:-1]) if self.is_prefix else feature == self.key
 
 
@@ -197,6 +207,7 @@ class Fallback:
 
     @property
     def deadline_s(self) -> float:
+        """The deadline in seconds, as gRPC's timeouts take it."""
         return self.deadline_ms / 1000.0
 
 
@@ -345,6 +356,8 @@ class Policy:
         return self.grades[-1]
 
     def outcome_for(self, score: float) -> Outcome:
+        """Approve at or above decision.approve_min_score, decline below
+        decision.decline_below_score, refer between."""
         if score >= self.decision.approve_min_score:
             return Outcome.APPROVE
         if score < self.decision.decline_below_score:
@@ -450,6 +463,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path | str) -> Policy:
+        """Read and check a policy file; PolicyError names the file and what is wrong."""
         path = Path(path)
         try:
             text = path.read_bytes().decode("utf-8")
@@ -472,10 +486,12 @@ class Policy:
         return cls.load(DEFAULT_POLICY_FILE)
 
 
-# -- decisions ----------------------------------------------------------------------------
+# -- the vocabulary of a decision -------------------------------------------------------
 
 
 class Outcome(StrEnum):
+    """What the bank decides for an applicant."""
+
     APPROVE = "approve"
     REFER = "refer"  # to a credit officer
     DECLINE = "decline"
@@ -497,245 +513,9 @@ class Reason:
     features: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able: plain str / float / list only."""
         return {"feature": self.feature, "code": self.code, "text": self.text,
                 "contribution": self.contribution, "features": list(self.features)}
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One applicant's decision. ``limit`` is 0 and ``apr`` None unless approved.
-
-    ``fallback`` says which fallback made it when the platform did not answer in time
-    ("bank-only" or "refer"); None for an ordinary decision. ``pd``, ``score`` and
-    ``grade`` are None only for a "refer" fallback made without any PD.
-    """
-
-    pd: float | None
-    score: int | None
-    grade: str | None
-    outcome: Outcome
-    limit: float = 0.0
-    apr: float | None = None
-    reasons: tuple[Reason, ...] = ()
-    fallback: FallbackMode | None = None
-
-    @property
-    def approved(self) -> bool:
-        return self.outcome is Outcome.APPROVE
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able: plain str / int / float / None / list / dict only."""
-        return {
-            "pd": self.pd, "score": self.score, "grade": self.grade,
-            "outcome": self.outcome.value, "limit": self.limit, "apr": self.apr,
-            "reasons": [r.to_dict() for r in self.reasons], "fallback": self.fallback,
-        }
-
-    def describe(self) -> str:
-        """A few lines a person can read, e.g. for the CLI."""
-        lines = [f"Decision: {self.outcome.value.upper()}"]
-        if self.fallback is not None:
-            how = ("bank-only model" if self.fallback == "bank-only"
-                   else "referred to a credit officer")
-            lines.append(f"Fallback: platform did not answer in time; {how}")
-        if self.pd is not None:
-            lines.append(f"PD:       {self.pd:.2%}")
-        if self.score is not None:
-            lines.append(f"Score:    {self.score} (grade {self.grade})")
-        if self.approved:
-            lines.append(f"Limit:    {_money(self.limit)}")
-            if self.apr is not None:
-                lines.append(f"APR:      {self.apr:.2%} a year")
-        if self.reasons:
-            lines.append("Reasons:")
-            for r in self.reasons:
-                lines.append(f"  {r.code}  {r.text} ({', '.join(r.features or (r.feature,))}; "
-                             f"PD +{r.contribution:.4f})")
-        return "\n".join(lines)
-
-
-def decide(
-    pd: float,
-    policy: Policy,
-    *,
-    contributions: Mapping[str, float] | None = None,
-    requested_amount: float | None = None,
-) -> Decision:
-    """Turn a PD into the bank's decision under ``policy``.
-
-    ``contributions`` maps each of the bank's own features to how much it raised the
-    PD (positive = worse for the applicant); the reason codes come from these only.
-    ``requested_amount``, when given, caps the credit limit.
-    """
-    pd = _check_pd("pd", pd)
-    requested = _check_amount(requested_amount)
-    score = policy.score_for(pd)
-    grade = policy.grade_for(score)
-    outcome = policy.outcome_for(score)
-    approved = outcome is Outcome.APPROVE
-    return Decision(
-        pd=pd,
-        score=score,
-        grade=grade.name,
-        outcome=outcome,
-        limit=policy.limit_for(grade, requested) if approved else 0.0,
-        apr=policy.apr.rate(pd) if approved else None,
-        reasons=policy.reasons_for(contributions),
-    )
-
-
-def fallback_decision(
-    policy: Policy,
-    *,
-    bank_only_pd: float | None = None,
-    contributions: Mapping[str, float] | None = None,
-    requested_amount: float | None = None,
-) -> Decision:
-    """The decision to give when the platform has not answered within
-    ``policy.fallback.deadline_ms``, so that a slow platform never hangs an applicant.
-
-    Mode "bank-only" decides on the bank-only model's PD as usual; with no such PD at
-    hand it refers. Mode "refer" always refers (to a credit officer), still reporting the
-    bank-only score and reasons when a PD is given. A referral has no limit and no APR.
-    """
-    if policy.fallback.mode == "bank-only" and bank_only_pd is not None:
-        made = decide(bank_only_pd, policy, contributions=contributions,
-                      requested_amount=requested_amount)
-        return Decision(made.pd, made.score, made.grade, made.outcome, made.limit, made.apr,
-                        made.reasons, fallback="bank-only")
-    _check_amount(requested_amount)
-    if bank_only_pd is None:
-        return Decision(None, None, None, Outcome.REFER,
-                        reasons=policy.reasons_for(contributions), fallback="refer")
-    pd = _check_pd("bank_only_pd", bank_only_pd)
-    score = policy.score_for(pd)
-    return Decision(pd, score, policy.grade_for(score).name, Outcome.REFER,
-                    reasons=policy.reasons_for(contributions), fallback="refer")
-
-
-#: ``Decisions.outcome`` holds an index into this tuple.
-OUTCOMES: tuple[Outcome, ...] = (Outcome.APPROVE, Outcome.REFER, Outcome.DECLINE)
-_APPROVE, _REFER, _DECLINE = 0, 1, 2
-_INT32 = (-(2**31), 2**31 - 1)
-
-
-@dataclass(frozen=True, eq=False)
-class Decisions:
-    """Column-wise decisions for many applicants (no reasons), as :func:`decide_many`
-    makes them. Row ``i`` is exactly what :func:`decide` gives for that applicant, less
-    its reasons; :meth:`row` builds that Decision. The columns are read-only. Two
-    Decisions compare by identity (a numpy array has no single truth value).
-    """
-
-    pd: NDArray[np.float64]  # [n]
-    score: NDArray[np.int32]  # [n]
-    grade: NDArray[np.int32]  # [n], an index into policy.grades
-    outcome: NDArray[np.int8]  # [n], an index into OUTCOMES
-    limit: NDArray[np.float64]  # [n], 0 unless approved
-    apr: NDArray[np.float64]  # [n], NaN unless approved
-
-    def __len__(self) -> int:
-        return len(self.pd)
-
-    def row(self, i: int, policy: Policy) -> Decision:
-        """Row ``i`` as the Decision :func:`decide` gives (no reasons); ``policy`` must be
-        the one the decisions were made under (it names the grades)."""
-        outcome = OUTCOMES[int(self.outcome[i])]
-        approved = outcome is Outcome.APPROVE
-        return Decision(
-            pd=float(self.pd[i]),
-            score=int(self.score[i]),
-            grade=policy.grades[int(self.grade[i])].name,
-            outcome=outcome,
-            limit=float(self.limit[i]) if approved else 0.0,
-            apr=float(self.apr[i]) if approved else None,
-        )
-
-
-def decide_many(
-    pd: ArrayLike,
-    policy: Policy,
-    *,
-    requested_amount: ArrayLike | None = None,
-) -> Decisions:
-    """:func:`decide` for many applicants at once, column by column and without reasons.
-
-    Row ``i`` is exactly ``decide(pd[i], policy, requested_amount=requested_amount[i])``,
-    bit for bit: the same half-up score rounding and clamping, grade boundaries, cut-offs,
-    limit rounding down to the step and capping by the request, and APR rounded as
-    Python's ``round(apr, 4)`` rounds it. NaN in ``requested_amount`` means that applicant
-    asked for no amount. A bad row raises ValueError naming the first one: a PD that is
-    NaN or outside [0, 1], or a requested amount that is negative or infinite.
-
-    The arithmetic is numpy's, in the same order as the scalar path's. Where numpy's
-    answer could differ from the standard library's (``np.log`` may be an ulp off
-    ``math.log``; ``round`` to decimals is not "multiply, rint, divide") the few rows
-    too near a rounding tie for that to be ruled out are redone by the scalar code.
-    """
-    import numpy as np
-
-    pds = _pd_column(pd)
-    requested = _amount_column(requested_amount, len(pds))
-
-    s = policy.score
-    if s.min < _INT32[0] or s.max > _INT32[1]:
-        raise ValueError(f"score scale [{s.min}, {s.max}] does not fit the int32 score column")
-    # ScoreScale.points and Policy.score_for, column-wise. Python's max(x, lo) is
-    # "lo if lo > x else x" and min(x, hi) is "hi if hi < x else x"; np.where says the same.
-    p = np.where(pds < PD_EPS, PD_EPS, pds)
-    p = np.where(p > 1.0 - PD_EPS, 1.0 - PD_EPS, p)
-    log_odds = np.log((1.0 - p) / p)
-    factor, offset = s.factor, s.offset
-    points = offset + factor * log_odds
-    lo, hi = float(s.min), float(s.max)
-    clamped = np.where(points < lo, lo, points)
-    clamped = np.where(clamped > hi, hi, clamped)
-    scores = np.floor(clamped + 0.5)
-    # np.log and math.log agree to an ulp or so, which moves the score only when the
-    # points sit on a half: redo every row within a wide margin of one (2**22 ulps of the
-    # terms, a handful of rows in a million) with the scalar code itself.
-    margin = 2.0**-30 * (1.0 + abs(offset) + abs(factor) * (1.0 + np.abs(log_odds)))
-    near_half = ~(np.abs(points - (np.floor(points) + 0.5)) > margin)
-    for i in np.flatnonzero(near_half).tolist():
-        scores[i] = policy.score_for(float(pds[i]))
-    score = scores.astype(np.int32)
-
-    # Policy.grade_for: the first (best) grade whose min_score the score reaches; grades
-    # are strictly descending, so that is the number of grades with min_score > score.
-    mins = np.array([float(g.min_score) for g in policy.grades])
-    grade = np.minimum(np.searchsorted(-mins, -scores, side="left"),
-                       len(policy.grades) - 1).astype(np.int32)
-
-    # Policy.outcome_for.
-    d = policy.decision
-    outcome = np.where(scores >= d.approve_min_score, _APPROVE,
-                       np.where(scores < d.decline_below_score, _DECLINE, _REFER)
-                       ).astype(np.int8)
-
-    approved = np.flatnonzero(outcome == _APPROVE)
-    # Policy.limit_for, approved rows only. min(cap, asked) is "asked if asked < cap else
-    # cap", so NaN (no request) leaves the grade's limit.
-    max_limits = np.array([float(g.max_limit) for g in policy.grades])
-    cap = max_limits[grade[approved]]
-    if requested is not None:
-        asked = requested[approved]
-        cap = np.where(asked < cap, asked, cap)
-    step = float(policy.limit.step)
-    limit = np.zeros(len(pds))
-    limit[approved] = _round_column(np.floor(cap / step + 1e-9) * step, 9)
-
-    # AprBand.rate, approved rows only.
-    a = policy.apr
-    slope = (a.max - a.min) / (a.pd_at_max - a.pd_at_min)
-    rate = a.min + slope * (pds[approved] - a.pd_at_min)
-    rate = np.where(rate < a.min, a.min, rate)
-    rate = np.where(rate > a.max, a.max, rate)
-    apr = np.full(len(pds), np.nan)
-    apr[approved] = _round_column(rate, 4)
-
-    for column in (pds, score, grade, outcome, limit, apr):
-        column.setflags(write=False)
-    return Decisions(pd=pds, score=score, grade=grade, outcome=outcome, limit=limit, apr=apr)
 
 
 def derived_code(feature: str) -> str:
@@ -745,97 +525,6 @@ def derived_code(feature: str) -> str:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _check_pd(name: str, pd: Any) -> float:
-    value = float(pd) if isinstance(pd, numbers.Real) and not isinstance(pd, bool) else None
-    if value is None or not 0.0 <= value <= 1.0:  # NaN fails the comparison too
-        raise ValueError(f"{name} = {pd!r}; expected a probability of default in [0, 1]")
-    return value
-
-
-def _check_amount(amount: Any) -> float | None:
-    if amount is None:
-        return None
-    if (not isinstance(amount, numbers.Real) or isinstance(amount, bool)
-            or not math.isfinite(amount) or amount < 0):
-        raise ValueError(f"requested_amount = {amount!r}; expected a finite amount >= 0")
-    return float(amount)
-
-
-def _pd_column(pd: ArrayLike) -> NDArray[np.float64]:
-    """PDs as a fresh float64 column, or ValueError naming the first bad row."""
-    import numpy as np
-
-    given = np.asarray(pd)
-    if given.ndim != 1:
-        raise ValueError(f"pd: an array of shape {given.shape}; expected one dimension, "
-                         "a probability of default per applicant")
-    if given.dtype.kind not in "fiu":
-        raise ValueError(f"pd: an array of {given.dtype}; expected numbers, probabilities "
-                         "of default in [0, 1]")
-    column = given.astype(np.float64)
-    bad = np.flatnonzero(~((column >= 0.0) & (column <= 1.0)))  # NaN fails both
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"pd[{i}] = {given[i].item()!r}; expected a probability of "
-                         "default in [0, 1]")
-    return column
-
-
-def _amount_column(amount: ArrayLike | None, n: int) -> NDArray[np.float64] | None:
-    """Requested amounts as a float64 column (NaN: no request), or ValueError naming the
-    first bad row."""
-    import numpy as np
-
-    if amount is None:
-        return None
-    given = np.asarray(amount)
-    if given.shape != (n,):
-        raise ValueError(f"requested_amount: an array of shape {given.shape}; expected "
-                         f"({n},), one amount per PD (NaN for no request)")
-    if given.dtype.kind not in "fiu":
-        raise ValueError(f"requested_amount: an array of {given.dtype}; expected numbers")
-    column = given.astype(np.float64)
-    bad = np.flatnonzero(~(np.isnan(column) | ((column >= 0.0) & (column < math.inf))))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"requested_amount[{i}] = {given[i].item()!r}; expected a finite "
-                         "amount >= 0, or NaN for no request")
-    return column
-
-
-def _round_column(x: NDArray[np.float64], ndigits: int) -> NDArray[np.float64]:
-    """``round(v, ndigits)`` for every v in ``x``, bit for bit as Python's round gives it.
-
-    Python rounds the exact binary value half to even at the ndigits-th decimal, then
-    returns the float nearest that decimal. ``np.round`` rounds ``x * 10**ndigits``
-    instead, and that product's own rounding can tip a value across a tie (np.round(
-    0.00125, 4) is 0.0012, round(0.00125, 4) is 0.0013). So: rint(y) with y = x *
-    10**ndigits is Python's decimal wherever y is further from a tie than y's rounding
-    error (at most half an ulp, so ``|y| * 2**-53``; we ask for 8 times that), and the
-    exact integer divided by the exact power of ten is the float nearest that decimal,
-    as Python's is. Integral values are their own rounding. The rest (too near a tie,
-    too large, not finite) are rounded by Python itself.
-    """
-    import numpy as np
-
-    scale = float(10**ndigits)  # exact for ndigits <= 22
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN go to Python below
-        y = x * scale
-        whole = np.rint(y)
-        out = whole / scale
-        integral = x == np.floor(x)
-        out[integral] = x[integral]
-        sure = np.abs(np.abs(y - whole) - 0.5) > np.abs(y) * 2.0**-50
-    for i in np.flatnonzero(~(sure | integral)).tolist():
-        out[i] = round(float(x[i]), ndigits)
-    return out
-
-
-def _money(amount: float) -> str:
-    text = f"{amount:,.2f}"
-    return text[:-3] if text.endswith(".00") else text
 
 
 def _where(source: Path | str | None) -> str:

@@ -1,11 +1,10 @@
 """The bank's real-time joint scoring: release in, decisions out.
 
-A :class:`ScoringModel` is one signed release made ready to score: its bank-side
-weights, the transforms they were trained with (the federation's pooled statistics and
-the bank's own schema) and the bank's customer store encoded with them. A
-:class:`Scorer` holds the current one (swapped whole by :meth:`Scorer.load_release`,
-so a request in flight finishes on the model it started with), the bank's policy and
-its link to the platform, and turns an applicant into a :class:`Scored`:
+A :class:`Scorer` holds the current :class:`bank_node.scoring_store.ScoringModel` (one
+signed release made ready to score, swapped whole by :meth:`Scorer.load_release`, so a
+request in flight finishes on the model it started with), the bank's policy and its
+link to the platform (:mod:`bank_node.scoring_platform`), and turns an applicant into
+a :class:`Scored`:
 
 1. the bank's features: from the request, or from the store by id;
 2. the platform's part: an embedding for a customer in the bank's intersection (by PSI
@@ -17,70 +16,43 @@ its link to the platform, and turns an applicant into a :class:`Scored`:
    its reference (a numeric column to the pooled mean, a categorical one to its
    best value), the PD's drop credited to the feature behind the column. The
    platform's embedding is held fixed, so no reason ever points at platform data.
+
+:meth:`Scorer.score` runs those steps on the calling thread;
+:class:`bank_node.scoring_aio.AsyncScorer` runs the same steps (:meth:`Scorer.prepare`,
+:meth:`Scorer.platform_query`, :meth:`Scorer.platform_failure`, :meth:`Scorer.finish`)
+on an event loop. The figures behind these choices: ``docs/scoring.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
-import itertools
-import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
 import pandas as pd
 
-from bank_node.policy import (
-    OUTCOMES,
-    Decision,
-    Decisions,
-    Outcome,
-    Policy,
-    decide,
-    decide_many,
-    fallback_decision,
-)
-from coordinator.statistics import PooledStatistics
-from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
-from fedscore.crypto.primitives import (
-    Direction,
-    Sealer,
-    VerifyKey,
-    WindowOpener,
-    derive_session_key,
-)
-from fedscore.crypto.psi import PsiResult
-from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
+from bank_node.policy import Outcome, Policy
+from bank_node.policy_decide import Decision, decide, fallback_decision
+from bank_node.policy_decide_many import OUTCOMES, Decisions, decide_many
+from bank_node.scoring_platform import PlatformEmbeddings, first_row
+from bank_node.scoring_store import CustomerStore, ScoringError, ScoringModel
+from fedscore.api.v1 import embedding_pb2
+from fedscore.crypto.primitives import VerifyKey
+from fedscore.data.preprocess import Encoded
 from fedscore.data.table import PartyTable
-from fedscore.federation.provision import StartupKit
-from fedscore.federation.release import PREPROCESSING_FILE, verify_release
-from fedscore.ml.model import BankModel, FrozenBankModel, SplitArchitecture, load_arrays
-from fedscore.wire import serde
+from fedscore.wire.batching import Batched
 
 log = logging.getLogger(__name__)
 
-SCORING_ROUND = 0
-T = TypeVar("T")
-R = TypeVar("R")
 BATCH_TIMEOUT_S = 10.0  # a portfolio chunk's platform call: longer than one applicant's
-
-
-class ScoringError(Exception):
-    """A request the server cannot score; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class PlatformPart(IntEnum):
@@ -92,275 +64,14 @@ class PlatformPart(IntEnum):
     UNAVAILABLE = 4
 
 
-# ------------------------------------------------------------------------------------------
-# the customer store and one release
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CustomerStore:
-    """The bank's customers (its own table) and their PSI handles for scoring."""
-
-    table: PartyTable
-    row_of: dict[str, int]
-    handles: np.ndarray  # int64 [rows], -1 outside the intersection
-
-    @classmethod
-    def of(cls, table: PartyTable, handles: np.ndarray | None = None) -> CustomerStore:
-        ids = [str(i) for i in table.ids]
-        h = np.full(len(ids), -1, np.int64) if handles is None else np.asarray(handles)
-        return cls(table, {u: i for i, u in enumerate(ids)}, h)
-
-    @staticmethod
-    def load_table(data_dir: Path) -> PartyTable:
-        """Every customer of a bank data folder (its train and test tables)."""
-        from bank_node.trainer import BankTables
-
-        t = BankTables.load(data_dir)
-        return PartyTable(
-            t.train.schema, data_dir, np.concatenate([t.train.ids, t.test.ids]),
-            pd.concat([t.train.features, t.test.features], ignore_index=True), None)
-
-    def row(self, applicant_id: str) -> int:
-        try:
-            return self.row_of[applicant_id]
-        except KeyError:
-            raise ScoringError(
-                grpc.StatusCode.NOT_FOUND,
-                f"applicant {applicant_id!r} is not in the bank's store; send the bank's "
-                "features inline",
-            ) from None
-
-
-def _source(column: str) -> str:
-    """The bank feature (or feature group) behind an encoded column's name."""
-    return column.split(":", 1)[0].split("/", 1)[0]
-
-
-@dataclass(frozen=True)
-class ScoringModel:
-    version: str
-    platform_version: str
-    preprocessor: Preprocessor
-    model: BankModel
-    store: Encoded  # the store's rows, encoded with this release's transforms
-
-    @classmethod
-    def load(cls, release: Path, coordinator_key: VerifyKey, store: CustomerStore
-             ) -> ScoringModel:
-        """Verify a release (signature and files) and build it against the bank's store."""
-        manifest, arrays = verify_release(release, coordinator_key)
-        stats = PooledStatistics.from_json(json.loads((release / PREPROCESSING_FILE).read_text()))
-        moments = Moments(stats.layout, stats.sums.reshape(-1, len(MOMENTS)))
-        try:
-            pre = Preprocessor.fit(store.table, moments=moments)
-        except ValueError as exc:
-            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"{release}: does not fit this bank: {exc}") from None
-        arch = SplitArchitecture()
-        model = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
-        try:
-            load_arrays(model, arrays)
-        except (ValueError, RuntimeError) as exc:
-            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"{release}: weights do not fit this bank's model: {exc}"
-                               ) from None
-        model.eval()
-        made = cls(str(manifest["version"]), str(manifest["platform_model_version"]), pre,
-                   model, pre.transform(store.table))
-        made._forward, made._variants  # noqa: B018 (built now, not at the first applicant)
-        return made
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.model.top.cfg.platform_dim
-
-    @functools.cached_property
-    def _forward(self) -> FrozenBankModel:
-        return FrozenBankModel(self.model)
-
-    def pd(self, enc: Encoded, emb: np.ndarray, present: np.ndarray) -> np.ndarray:
-        """[n] probabilities of default; ``emb`` [n, dp] is ignored where not ``present``."""
-        return self._forward.pd(enc.numeric, enc.categorical, np.asarray(emb, np.float32),
-                                np.asarray(present, bool))
-
-    @functools.cached_property
-    def _variants(self) -> _Variants:
-        return _Variants.of(self.preprocessor)
-
-    def explain(self, enc: Encoded, emb: np.ndarray, present: np.ndarray
-                ) -> tuple[np.ndarray, list[dict[str, float]]]:
-        """PDs [n] and, per applicant, how much each bank feature raised it (see the
-        module doc), all from one forward pass over every applicant's variants."""
-        var = self._variants
-        n, d = enc.numeric.shape
-        k = enc.categorical.shape[1]
-        v = var.count  # variants per applicant: as is, each column at its reference
-        num = np.repeat(enc.numeric[:, None, :], v, axis=1)  # [n, v, d]
-        cat = np.repeat(enc.categorical[:, None, :], v, axis=1)  # [n, v, k]
-        num[:, var.num_variant, var.num_column] = 0.0  # the pooled mean
-        cat[:, var.cat_variant, var.cat_column] = var.cat_code
-        pds = self.pd(Encoded(num.reshape(n * v, d), cat.reshape(n * v, k)),
-                      np.repeat(emb, v, axis=0), np.repeat(present, v)).reshape(n, v)
-        # per column, the PD at its best reference: the drop is what the column cost
-        drops = pds[:, :1] - np.minimum.reduceat(pds[:, 1:], var.starts, axis=1)  # [n, cols]
-        by_source = drops @ var.source_of_column  # [n, sources]
-        return pds[:, 0], [dict(zip(var.sources, row, strict=True))
-                           for row in by_source.tolist()]
-
-
-@dataclass(frozen=True)
-class _Variants:
-    """How :meth:`ScoringModel.explain` varies an applicant: variant 0 as is, then one per
-    numeric column (at the pooled mean, 0) and one per other category of each
-    categorical column, columns in order, so each column's variants are contiguous."""
-
-    count: int
-    num_variant: np.ndarray  # [d] the variant that resets numeric column i
-    num_column: np.ndarray  # [d]
-    cat_variant: np.ndarray  # [m] the variant that sets a categorical column ...
-    cat_column: np.ndarray  # [m] ... this one ...
-    cat_code: np.ndarray  # [m] ... to this code
-    starts: np.ndarray  # [columns] each column's first variant, less one (variant 0)
-    sources: tuple[str, ...]  # the bank features behind the columns
-    source_of_column: np.ndarray  # [columns, sources] 0/1
-
-    @classmethod
-    def of(cls, pre: Preprocessor) -> _Variants:
-        d, cards = pre.n_numeric, pre.cat_cardinalities
-        cat_column = np.array([c for c, card in enumerate(cards) for _ in range(1, card)],
-                              np.int64)
-        cat_code = np.array([code for card in cards for code in range(1, card)], np.int64)
-        if any(card < 2 for card in cards):
-            raise ValueError(f"categorical cardinalities {cards}: every column needs a "
-                             "category to compare with")
-        firsts = np.concatenate([np.arange(d), d + np.searchsorted(cat_column,
-                                                                   np.arange(len(cards)))])
-        names = list(pre.numeric_names) + list(pre.categorical_names)
-        sources = tuple(dict.fromkeys(_source(name) for name in names))
-        onehot = np.zeros((len(names), len(sources)))
-        onehot[np.arange(len(names)), [sources.index(_source(x)) for x in names]] = 1.0
-        return cls(1 + d + len(cat_column), np.arange(1, 1 + d), np.arange(d),
-                   1 + d + np.arange(len(cat_column)), cat_column, cat_code,
-                   firsts.astype(np.int64), sources, onehot)
-
-
-class Batched(Generic[T, R]):
-    """Concurrent callers share one run of ``fn``: the first becomes the leader and runs
-    ``fn`` on everything waiting (itself included) until nothing is left; the others
-    wait for their result. One applicant alone pays no hand-off; many pay one platform
-    call between them."""
-
-    def __init__(self, fn: Callable[[list[T]], list[R]], max_items: int = 256) -> None:
-        self._fn, self._max = fn, max_items
-        self._pending: list[tuple[T, Future[R]]] = []
-        self._running = False
-        self._lock = threading.Lock()
-
-    def __call__(self, item: T) -> R:
-        future: Future[R] = Future()
-        with self._lock:
-            self._pending.append((item, future))
-            leader, self._running = not self._running, True
-        while leader:
-            with self._lock:
-                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
-                if not batch:
-                    self._running = False
-                    break
-            try:
-                results = self._fn([x for x, _ in batch])
-                for (_, f), r in zip(batch, results, strict=True):
-                    f.set_result(r)
-            except BaseException as exc:
-                for _, f in batch:
-                    f.set_exception(exc)
-        return future.result()
-
-
-# ------------------------------------------------------------------------------------------
-# the platform's embeddings
-# ------------------------------------------------------------------------------------------
-
-
-class PlatformEmbeddings:
-    """The bank's end of EmbeddingService: one scoring session, queries sealed both ways."""
-
-    def __init__(self, channel: grpc.Channel, kit: StartupKit, psi: PsiResult,
-                 platform_party: str = "platform") -> None:
-        key = derive_session_key(kit.sealing_key, kit.peers[platform_party].sealing_public,
-                                 psi.session_id).for_scoring()
-        self._sealer = Sealer(key, psi.session_id, Direction.BANK_TO_PLATFORM)
-        self._opener = WindowOpener(key, psi.session_id, Direction.PLATFORM_TO_BANK)
-        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        self._numbers = itertools.count()
-        self._lock = threading.Lock()
-
-    def _request(self, version: str, handles: np.ndarray,
-                 consented: Sequence[tuple[str, str]], purpose: int
-                 ) -> tuple[embedding_pb2.GetEmbeddingsRequest, int]:
-        """The sealed query and its batch number (shared by the sync and aio calls, so
-        one Sealer numbers both)."""
-        with self._lock:
-            number = next(self._numbers)
-        query = embedding_pb2.EmbeddingQuery(
-            platform_model_version=version, handles=serde.handles_to_bytes(handles),
-            consented=[embedding_pb2.ConsentedApplicant(applicant_id=a, consent_token=t)
-                       for a, t in consented],
-            purpose=embedding_pb2.ScoringPurpose.ValueType(purpose),
-        )
-        box = self._sealer.seal(query.SerializeToString(), round=SCORING_ROUND, batch=number)
-        return embedding_pb2.GetEmbeddingsRequest(sealed=serde.sealed_to_pb(box)), number
-
-    def _answer(self, reply: embedding_pb2.GetEmbeddingsResponse, number: int, n: int,
-                dim: int) -> tuple[np.ndarray, np.ndarray]:
-        answer = embedding_pb2.EmbeddingAnswer.FromString(self._opener.open(
-            serde.sealed_from_pb(reply.sealed), round=SCORING_ROUND, batch=number))
-        emb = serde.tensor_from_pb(answer.embeddings, rows=n) if n else np.zeros((0, dim))
-        present = np.frombuffer(answer.present, np.uint8).astype(bool)
-        if emb.shape != (n, dim) or present.size != n:
-            raise serde.WireError(f"platform answered {emb.shape} embeddings for {n} rows")
-        return emb, present
-
-    def get(
-        self, version: str, handles: np.ndarray, consented: Sequence[tuple[str, str]],
-        *, purpose: int, timeout: float, dim: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [n, dim], present [n]) for ``handles`` then ``consented``
-        (applicant id, consent token) pairs; raises grpc.RpcError as the platform does."""
-        request, number = self._request(version, handles, consented, purpose)
-        reply = self._stub.GetEmbeddings(request, timeout=timeout)
-        return self._answer(reply, number, handles.size + len(consented), dim)
-
-    async def get_async(
-        self, stub: embedding_pb2_grpc.EmbeddingServiceStub, version: str,
-        handles: np.ndarray, consented: Sequence[tuple[str, str]],
-        *, purpose: int, timeout: float, dim: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`get` on ``stub``, a stub of a ``grpc.aio`` channel to the same platform:
-        the session is in the sealed query, not in the channel."""
-        request, number = self._request(version, handles, consented, purpose)
-        reply = await stub.GetEmbeddings(request, timeout=timeout)
-        return self._answer(reply, number, handles.size + len(consented), dim)
-
-
 Link = tuple[PlatformEmbeddings | None, CustomerStore]
 """A platform scoring session and the store's handles in it: always used together."""
 
 
-def _first(answer: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
-    """The one applicant's embedding row of a platform answer, None if not present."""
-    emb, present = answer
-    return emb[0] if present[0] else None
-
-
-# ------------------------------------------------------------------------------------------
-# the scorer
-# ------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Scored:
+    """One applicant's decision, the release it was made on, and the platform's part."""
+
     decision: Decision
     model_version: str
     platform_version: str
@@ -369,6 +80,8 @@ class Scored:
 
 @dataclass(frozen=True)
 class ScoredBatch:
+    """A portfolio chunk's decisions, column-wise, in the order of ``ids``."""
+
     ids: list[str]
     decisions: Decisions
     platform: np.ndarray  # int8 [n] PlatformPart
@@ -377,9 +90,10 @@ class ScoredBatch:
 
 
 @dataclass(frozen=True)
-class _Request:
-    """One applicant's request, prepared: the model and session it runs on, its encoded
-    bank features and its PSI handle (-1 outside the intersection)."""
+class Prepared:
+    """One applicant's request, prepared (:meth:`Scorer.prepare`): the model and session
+    it runs on, its encoded bank features and its PSI handle (-1 outside the
+    intersection)."""
 
     model: ScoringModel
     platform: PlatformEmbeddings | None
@@ -401,6 +115,16 @@ class _Request:
 
 
 class Scorer:
+    """The bank's scorer: one release, its policy, its platform session; thread-safe.
+
+    :meth:`score` is one applicant on the calling thread (intersection customers waiting
+    together share one platform call), :meth:`score_batch` a portfolio chunk. The steps
+    of :meth:`score` are public so that :class:`bank_node.scoring_aio.AsyncScorer` runs
+    the very same ones on an event loop: :meth:`prepare`, then the platform's part
+    (arguments from :meth:`platform_query` or :meth:`per_session`, a failure judged by
+    :meth:`platform_failure`), then :meth:`finish`.
+    """
+
     def __init__(self, model: ScoringModel, policy: Policy, store: CustomerStore,
                  platform: PlatformEmbeddings | None, coordinator_key: VerifyKey,
                  reconnect: Callable[[], Link] | None = None,
@@ -408,7 +132,7 @@ class Scorer:
         """``reconnect`` opens a new scoring session (PSI again) when the platform has
         lost this one (it restarted); scores fall back until it is back. ``aio_channel``
         opens a ``grpc.aio`` channel to the same platform, on the calling event loop, for
-        :class:`AsyncScorer`."""
+        :class:`bank_node.scoring_aio.AsyncScorer`."""
         self.policy = policy
         self.aio_channel = aio_channel
         self.link: Link = (platform, store)
@@ -422,23 +146,29 @@ class Scorer:
 
     @property
     def platform(self) -> PlatformEmbeddings | None:
+        """The current platform session (None: scoring without the platform)."""
         return self.link[0]
 
     @property
     def store(self) -> CustomerStore:
+        """The customer store, with its handles in the current session."""
         return self.link[1]
 
-    def _platform_failure(self, exc: grpc.RpcError) -> PlatformPart:
-        """A refusal is the request's error; anything else is the platform's: fallback.
-        A platform that no longer knows the session restarted: fall back and reconnect."""
+    def platform_failure(self, exc: grpc.RpcError) -> PlatformPart:
+        """What a failed platform call means for the request, decided on its status code.
+
+        A refusal (PERMISSION_DENIED, INVALID_ARGUMENT) is the request's error: raised as
+        a ScoringError with the platform's code. UNAUTHENTICATED is the platform not
+        knowing the session (it restarted): fall back and reconnect (PSI again) in the
+        background. Anything else is the platform's failure: fall back."""
         call = isinstance(exc, grpc.Call | grpc.aio.AioRpcError)
         code = exc.code() if call else grpc.StatusCode.UNKNOWN
         details = (exc.details() if call else str(exc)) or ""
-        if code == grpc.StatusCode.PERMISSION_DENIED and "unknown session" in details:
+        if code == grpc.StatusCode.UNAUTHENTICATED:
             self._start_reconnect()
             return PlatformPart.UNAVAILABLE
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
-            raise ScoringError(code, f"the platform refused: {details}") from None
+            raise ScoringError(f"the platform refused: {details}", code=code) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return PlatformPart.TIMED_OUT
         return PlatformPart.UNAVAILABLE
@@ -471,16 +201,17 @@ class Scorer:
             return
         try:
             platform.get(model.platform_version, np.zeros(0, np.int64), [],
-                              purpose=embedding_pb2.SCORING_PURPOSE_UNSPECIFIED,
-                              timeout=BATCH_TIMEOUT_S * 6, dim=model.embedding_dim)
+                         purpose=embedding_pb2.SCORING_PURPOSE_UNSPECIFIED,
+                         timeout=BATCH_TIMEOUT_S * 6, dim=model.embedding_dim)
         except grpc.RpcError as exc:
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            raise ScoringError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"release {model.version}: the platform cannot serve its "
-                               f"bottom model {model.platform_version}: {details}") from None
+            raise ScoringError(f"release {model.version}: the platform cannot serve its "
+                               f"bottom model {model.platform_version}: {details}",
+                               code=grpc.StatusCode.FAILED_PRECONDITION) from None
 
     @property
     def model(self) -> ScoringModel:
+        """The release requests start on now."""
         return self._model
 
     def load_release(self, release: Path) -> tuple[str, str]:
@@ -496,7 +227,11 @@ class Scorer:
 
     def score(self, applicant_id: str, features: Mapping[str, str] | None = None,
               consent_token: str = "", requested_amount: float | None = None) -> Scored:
-        r = self._begin(applicant_id, features, consent_token)
+        """Score one applicant: by id from the store, or with the bank's ``features``
+        inline; ``consent_token`` lets the platform join a customer outside the
+        intersection; ``requested_amount`` caps the limit. ScoringError: the request's
+        fault (the platform's refusal included)."""
+        r = self.prepare(applicant_id, features, consent_token)
         part, row = PlatformPart.ABSENT, None
         platform = r.asks
         if platform is not None:
@@ -504,15 +239,17 @@ class Scorer:
                 if r.handle >= 0:  # intersection customers share platform calls
                     row = self._joined((r.model, platform, r.handle))
                 else:
-                    row = _first(platform.get(**self._query(r.model, *r.consent_query())))
+                    row = first_row(platform.get(**self.platform_query(
+                        r.model, *r.consent_query())))
                 part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
             except grpc.RpcError as exc:
-                part = self._platform_failure(exc)
-        return self._finish(r, part, row, requested_amount)
+                part = self.platform_failure(exc)
+        return self.finish(r, part, row, requested_amount)
 
-    def _begin(self, applicant_id: str, features: Mapping[str, str] | None,
-               consent_token: str) -> _Request:
-        """One model and one platform session for the whole request, and its bank row."""
+    def prepare(self, applicant_id: str, features: Mapping[str, str] | None,
+                consent_token: str) -> Prepared:
+        """Step 1: one model and one platform session for the whole request, and its
+        encoded bank row (ScoringError: unknown applicant, bad inline features)."""
         m = self._model
         platform, store = self.link
         row = store.row_of.get(applicant_id)
@@ -521,19 +258,18 @@ class Scorer:
         else:
             enc = m.store.take(np.array([store.row(applicant_id)]))
         handle = int(store.handles[row]) if row is not None else -1
-        return _Request(m, platform, enc, handle, applicant_id, consent_token)
+        return Prepared(m, platform, enc, handle, applicant_id, consent_token)
 
-    def _finish(self, r: _Request, part: PlatformPart, row: np.ndarray | None,
-                requested_amount: float | None) -> Scored:
-        """Explain and decide, with the platform's embedding ``row`` [dp], or on the
-        model's absent path (None); a platform that failed gets the policy's fallback."""
+    def finish(self, r: Prepared, part: PlatformPart, row: np.ndarray | None,
+               requested_amount: float | None) -> Scored:
+        """Steps 3 and 4: explain and decide, with the platform's embedding ``row`` [dp],
+        or on the model's absent path (None); a platform that failed gets the policy's
+        fallback."""
         if row is None:
             emb, present = np.zeros((1, r.model.embedding_dim), np.float32), np.zeros(1, bool)
         else:
             emb, present = row[None, :], np.ones(1, bool)
-        # inline: a few dozen µs in numpy, less than handing it to a shared model pass
-        # (measured at concurrency 8, that hand-off also let fewer requests share a
-        # platform call)
+        # inline, not handed to a shared model pass: cheaper (docs/scoring.md)
         pds, explained = r.model.explain(r.enc, emb, present)
         pd_, reasons = float(pds[0]), explained[0]
         if part in (PlatformPart.TIMED_OUT, PlatformPart.UNAVAILABLE):
@@ -549,27 +285,29 @@ class Scorer:
         """One platform call for every waiting intersection customer (per model and
         session)."""
         out: list[np.ndarray] = [np.empty(0)] * len(items)
-        for platform, query, idx in self._per_session(items):
+        for platform, query, idx in self.per_session(items):
             emb, _ = platform.get(**query)
             for k, i in enumerate(idx):
                 out[i] = emb[k]
         return out
 
-    def _query(self, m: ScoringModel, handles: np.ndarray,
-               consented: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The arguments of a scoring call to the platform (``PlatformEmbeddings.get``)."""
+    def platform_query(self, m: ScoringModel, handles: np.ndarray,
+                       consented: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """The keyword arguments of a scoring call to the platform on release ``m``
+        (:meth:`PlatformEmbeddings.get`, :meth:`PlatformEmbeddings.get_async`), within
+        the policy's deadline."""
         return {"version": m.platform_version, "handles": handles, "consented": consented,
                 "purpose": embedding_pb2.SCORING_PURPOSE_APPLICATION,
                 "timeout": self.policy.fallback.deadline_s, "dim": m.embedding_dim}
 
-    def _per_session(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
-                     ) -> list[tuple[PlatformEmbeddings, dict[str, Any], list[int]]]:
+    def per_session(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
+                    ) -> list[tuple[PlatformEmbeddings, dict[str, Any], list[int]]]:
         """Waiting intersection customers by model and session: (session, the call's
         arguments, the items it answers)."""
         out = []
         for m, platform in {(id(m), id(p)): (m, p) for m, p, _ in items}.values():
             idx = [i for i, (mi, pi, _) in enumerate(items) if mi is m and pi is platform]
-            out.append((platform, self._query(
+            out.append((platform, self.platform_query(
                 m, np.array([items[i][2] for i in idx], np.int64), []), idx))
         return out
 
@@ -580,16 +318,16 @@ class Scorer:
         known = {f.name for f in schema.features}
         extra = sorted(set(features) - known)
         if extra:
-            raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"features.{extra[0]}: not a feature of the bank's schema "
-                               f"(expected some of {', '.join(sorted(known))})")
+            raise ScoringError(f"features.{extra[0]}: not a feature of the bank's schema "
+                               f"(expected some of {', '.join(sorted(known))})",
+                               code=grpc.StatusCode.INVALID_ARGUMENT)
         values: dict[str, list[object]] = {}
         for f in schema.features:
             raw = features.get(f.name, "")
             if raw == "":
                 if not f.allow_missing:
-                    raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"features.{f.name}: missing; the schema requires it")
+                    raise ScoringError(f"features.{f.name}: missing; the schema requires it",
+                                       code=grpc.StatusCode.INVALID_ARGUMENT)
                 values[f.name] = [np.nan if f.kind == "numeric" else None]
             elif f.kind == "numeric":
                 try:
@@ -597,8 +335,8 @@ class Scorer:
                 except ValueError:
                     x = float("nan")
                 if not np.isfinite(x):
-                    raise ScoringError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"features.{f.name} = {raw!r}: expected a finite number")
+                    raise ScoringError(f"features.{f.name} = {raw!r}: expected a finite number",
+                                       code=grpc.StatusCode.INVALID_ARGUMENT)
                 values[f.name] = [x]
             else:
                 values[f.name] = [raw]
@@ -609,6 +347,8 @@ class Scorer:
     # -- a portfolio chunk -----------------------------------------------------------------
 
     def score_batch(self, ids: Sequence[str]) -> ScoredBatch:
+        """Score store customers column-wise (no reasons): one platform call for the
+        chunk's intersection customers; a platform failure gets the policy's fallback."""
         m = self._model
         platform, store = self.link
         rows = np.array([store.row(i) for i in ids], np.int64)
@@ -628,7 +368,7 @@ class Scorer:
                 emb[joined] = got
                 part[joined] = PlatformPart.JOINED
             except grpc.RpcError as exc:
-                failed = self._platform_failure(exc)
+                failed = self.platform_failure(exc)
                 part[joined] = failed
                 joined[:] = False
         pds = m.pd(enc, emb, joined)
@@ -643,96 +383,3 @@ class Scorer:
                 apr=np.where(hit, np.nan, decisions.apr),
             )
         return ScoredBatch(list(ids), decisions, part, m.version, m.platform_version)
-
-
-# ------------------------------------------------------------------------------------------
-# the scorer on an event loop
-# ------------------------------------------------------------------------------------------
-
-
-class Gathered(Generic[T, R]):
-    """:class:`Batched` for asyncio: items that arrive while a run of ``fn`` is under way
-    (or in the same turn of the loop) share the next run: it starts on the next turn, so
-    callers that became ready together share it."""
-
-    def __init__(self, fn: Callable[[list[T]], Awaitable[list[R]]], max_items: int = 256
-                 ) -> None:
-        self._fn, self._max = fn, max_items
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    async def __call__(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._runner is None:
-            self._runner = asyncio.ensure_future(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        try:
-            while self._pending:
-                await asyncio.sleep(0)  # one more turn: callers ready by then join too
-                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
-                try:
-                    results = await self._fn([x for x, _ in batch])
-                except Exception as exc:
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                for (_, f), r in zip(batch, results, strict=True):
-                    if not f.done():  # its caller may have given up (cancelled)
-                        f.set_result(r)
-        finally:
-            self._runner = None
-
-
-class AsyncScorer:
-    """:meth:`Scorer.score` on an event loop, the platform called over ``grpc.aio``: a
-    sync server and channel cost the bank's process about a millisecond of CPU per score
-    (threads, per-call completion queues), several times the model's share. Requests that
-    arrive while a platform call is in flight join the next one. The model, policy, store
-    and platform session are the Scorer's (release switches and reconnects included);
-    only the transport differs."""
-
-    def __init__(self, scorer: Scorer, channel: grpc.aio.Channel | None) -> None:
-        self.scorer = scorer
-        self.channel = channel
-        self._stub = (embedding_pb2_grpc.EmbeddingServiceStub(channel)
-                      if channel is not None else None)
-        self._joined: Gathered[tuple[ScoringModel, PlatformEmbeddings, int], np.ndarray] = \
-            Gathered(self._embed_many)
-
-    async def score(self, applicant_id: str, features: Mapping[str, str] | None = None,
-                    consent_token: str = "", requested_amount: float | None = None
-                    ) -> Scored:
-        s = self.scorer
-        if self._stub is None:  # no aio link: the sync path, off the loop
-            return await asyncio.get_running_loop().run_in_executor(
-                None, s.score, applicant_id, features, consent_token, requested_amount)
-        r = s._begin(applicant_id, features, consent_token)
-        part, row = PlatformPart.ABSENT, None
-        platform = r.asks
-        if platform is not None:
-            try:
-                if r.handle >= 0:
-                    row = await self._joined((r.model, platform, r.handle))
-                else:
-                    row = _first(await platform.get_async(
-                        self._stub, **s._query(r.model, *r.consent_query())))
-                part = PlatformPart.JOINED if row is not None else PlatformPart.ABSENT
-            except grpc.RpcError as exc:
-                part = s._platform_failure(exc)
-        return s._finish(r, part, row, requested_amount)
-
-    async def _embed_many(self, items: list[tuple[ScoringModel, PlatformEmbeddings, int]]
-                          ) -> list[np.ndarray]:
-        """One platform call for every waiting intersection customer (per model and
-        session)."""
-        assert self._stub is not None
-        out: list[np.ndarray] = [np.empty(0)] * len(items)
-        for platform, query, idx in self.scorer._per_session(items):
-            emb, _ = await platform.get_async(self._stub, **query)
-            for k, i in enumerate(idx):
-                out[i] = emb[k]
-        return out

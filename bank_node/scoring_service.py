@@ -3,6 +3,9 @@
 Only the bank's own party may call it (its decision engine holds the bank's startup
 kit); anyone else gets PERMISSION_DENIED. ``create_server`` binds an address (port 0 in
 tests) and returns the port; ``serve`` is ``fedscore bank score-server``.
+
+The server's imports stay free of torch and of Flower's server side (its model is numpy,
+:mod:`fedscore.ml.frozen`); ``tests/bank_node/test_imports.py`` holds it to that.
 """
 
 from __future__ import annotations
@@ -25,17 +28,13 @@ import threadpoolctl
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bank_node.policy import OUTCOMES, Decision, Outcome, Policy
-from bank_node.scoring import (
-    AsyncScorer,
-    CustomerStore,
-    PlatformEmbeddings,
-    Scored,
-    ScoredBatch,
-    Scorer,
-    ScoringError,
-    ScoringModel,
-)
+from bank_node.policy import Outcome, Policy
+from bank_node.policy_decide import Decision
+from bank_node.policy_decide_many import OUTCOMES
+from bank_node.scoring import Scored, ScoredBatch, Scorer
+from bank_node.scoring_aio import AsyncScorer
+from bank_node.scoring_platform import PlatformEmbeddings
+from bank_node.scoring_store import CustomerStore, ScoringError, ScoringModel
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
 from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
@@ -260,14 +259,11 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     Every message to and from the platform is recorded in the ledger at ``ledger_dir``
     (the decision engine's calls stay inside the bank and are not).
     """
-    import torch
-
     from fedscore.federation.provision import load_kit
     from fedscore.wire.transport import secure_channel
 
-    torch.set_num_threads(1)
-    # numpy's BLAS too: a second thread makes a 2,000-row ScoreBatch chunk slower, and
-    # spins a whole core while it waits (2.1 ms wall, 4.2 ms CPU; one thread 1.9, 1.9)
+    # one BLAS thread for numpy (no torch here: the model is numpy): a second one makes
+    # a ScoreBatch chunk slower and spins a core while it waits (docs/scoring.md)
     threadpoolctl.threadpool_limits(1)
     kit = load_kit(kit_dir)
     policy = Policy.load(policy_file) if policy_file else Policy.default()

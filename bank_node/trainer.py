@@ -21,8 +21,8 @@ from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable, find_table, load_table
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks
-from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.wire.transport import secure_channel
 

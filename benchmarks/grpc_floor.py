@@ -4,7 +4,7 @@ Three processes on loopback, mutual TLS with the run's own kits and fedscore's c
 options, shaped as the real run: the load generator, an aio "bank" server, and a sync
 "platform" server on a thread pool (as ``fedscore platform serve``). The bank answers
 each call after one call to the platform, its platform calls shared with
-:class:`bank_node.scoring.Gathered` exactly as the scoring server shares them, and the
+:class:`fedscore.wire.batching.Gathered` exactly as the scoring server shares them, and the
 messages are about the real ones' size. There is no model, sealing, ledger or policy.
 What is left is the per-call work of gRPC and asyncio and the OS scheduler's share, on
 the same cores in the same minutes. ``scoring.py`` reports its figures next to fedscore's
@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from bank_node.scoring import Gathered
 from fedscore.federation.provision import load_kit
+from fedscore.wire.batching import Gathered
 from fedscore.wire.transport import (
     GRPC_OPTIONS,
     add_secure_port,

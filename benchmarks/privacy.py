@@ -83,8 +83,8 @@ from fedscore.federation.provision import load_kit, provision
 from fedscore.ledger.entry import LEDGER_FILE
 from fedscore.ledger.verify import read_ledger
 from fedscore.ledger.writer import Ledger
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc
-from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
 from fedscore.research import leakage
 from fedscore.research.baselines import Scenario, load_scenario

@@ -56,7 +56,8 @@ import torch
 
 from bank_node.node import BankNode
 from bank_node.policy import Policy
-from bank_node.scoring import CustomerStore, Scorer, ScoringModel
+from bank_node.scoring import Scorer
+from bank_node.scoring_store import CustomerStore, ScoringModel
 from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
 from fedscore.cli.local import platform_process
 from fedscore.cli.simulation import simulate

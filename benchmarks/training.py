@@ -25,8 +25,8 @@ from fedscore.cli.local import platform_process
 from fedscore.data.scenarios import prepare_default_credit
 from fedscore.data.table import find_table
 from fedscore.federation.provision import load_kit, provision
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc
-from fedscore.ml.model import SplitArchitecture
 from fedscore.ml.training import TrainConfig
 from fedscore.research.baselines import PlatformSide, load_scenario, train_and_score
 

@@ -15,7 +15,6 @@ leaves whole rounds only; a restarted run resumes after the last whole round.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -25,38 +24,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from fedscore.atomic import atomic_write, fsync_dir
+from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import ArraysError, npz_bytes, read_arrays
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FedscoreError, RuntimeError):
     """A checkpoint folder is unreadable; names the file."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """One finished round as saved: the global weights and its ``round.json``."""
+
     round: int
     arrays: list[np.ndarray]
     platform_version: str
     info: dict[str, Any]
 
 
-def _npz(arrays: list[np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, *arrays)
-    return buf.getvalue()
-
-
-def read_arrays(path: Path) -> list[np.ndarray]:
-    try:
-        with np.load(path) as z:
-            return [z[f"arr_{i}"] for i in range(len(z.files))]
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: unreadable weights: {exc}") from None
-
-
 class Checkpoints:
+    """A run's folder of round checkpoints and its progress log (layout: module doc)."""
+
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.progress = run_dir / "progress.jsonl"
@@ -71,7 +65,7 @@ class Checkpoints:
         final = self._dir(round_)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.run_dir))
         try:
-            atomic_write(tmp / "weights.npz", _npz(arrays))
+            atomic_write(tmp / "weights.npz", npz_bytes(arrays))
             doc = {"round": round_, "platform_version": platform_version, **info}
             atomic_write(tmp / "round.json", (json.dumps(doc, indent=1) + "\n").encode())
             if final.exists():
@@ -91,6 +85,7 @@ class Checkpoints:
         atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
 
     def rounds(self) -> list[int]:
+        """The rounds saved whole (both files present), in order."""
         if not self.run_dir.is_dir():
             return []
         out = []
@@ -100,15 +95,20 @@ class Checkpoints:
         return sorted(out)
 
     def load(self, round_: int) -> Checkpoint:
+        """Round ``round_``'s checkpoint; CheckpointError names an unreadable file."""
         folder = self._dir(round_)
         try:
             info = json.loads((folder / "round.json").read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{folder / 'round.json'}: unreadable: {exc}") from None
-        arrays = read_arrays(folder / "weights.npz")
+        try:
+            arrays = read_arrays(folder / "weights.npz")
+        except ArraysError as exc:
+            raise CheckpointError(exc.message) from None
         return Checkpoint(round_, arrays, str(info.get("platform_version", "")), info)
 
     def latest(self) -> Checkpoint | None:
+        """The last whole round's checkpoint, None before the first."""
         rounds = self.rounds()
         return self.load(rounds[-1]) if rounds else None
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 from flwr.common import (
     EvaluateIns,
@@ -45,41 +45,19 @@ from fedscore.crypto.secure_sum import (
     SecureSumError,
     decode,
 )
-from fedscore.federation.runconfig import (
-    LAYOUT_KEY,
-    STATISTICS_TASK,
-    SUMS_KEY,
-    TASK_KEY,
-    RunSettings,
-)
+from fedscore.errors import FedscoreError
+from fedscore.federation.runconfig import STATISTICS_TASK, TASK_KEY, RunSettings
+from fedscore.federation.statistics import PooledStatistics
 
 log = logging.getLogger(__name__)
 
 FILE = "preprocessing.json"
 
 
-class StatisticsError(RuntimeError):
+class StatisticsError(FedscoreError, RuntimeError):
     """The banks' statistics could not be summed (a bank failed, layouts differ, ...)."""
 
-
-@dataclass(frozen=True)
-class PooledStatistics:
-    """The summed moments of all banks' training rows, and what they describe."""
-
-    layout: str  # SHA-256 hex of the banks' (common) column layout
-    sums: np.ndarray  # float64 [columns * 7], row-major as Moments.sums
-    banks: int
-
-    def to_config(self) -> dict[str, Scalar]:
-        return {LAYOUT_KEY: self.layout, SUMS_KEY: self.sums.astype("<f8").tobytes()}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"layout": self.layout, "banks": self.banks,
-                "sums": [float(v) for v in self.sums]}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PooledStatistics:
-        return cls(str(d["layout"]), np.asarray(d["sums"], np.float64), int(d["banks"]))
+    code = grpc.StatusCode.ABORTED  # the round ended without a sum; a new run may retry
 
 
 class StatisticsStrategy(Strategy):
@@ -91,11 +69,13 @@ class StatisticsStrategy(Strategy):
         self.result: PooledStatistics | None = None
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """No model in this round: empty parameters."""
         return Parameters(tensors=[], tensor_type="numpy.ndarray")  # nothing to send
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        """Ask every available bank (waiting for min-banks) for its encoded sums."""
         least = self.settings.min_banks  # sample() waits for that many, then takes all
         clients = client_manager.sample(max(least, client_manager.num_available()), least)
         ins = FitIns(parameters, {**self.config, TASK_KEY: STATISTICS_TASK})
@@ -107,6 +87,7 @@ class StatisticsStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Decode the banks' sum into :attr:`result`; any failure is a StatisticsError."""
         if failures or not results:
             raise StatisticsError(
                 f"preprocessing statistics: {len(failures)} bank(s) failed "
@@ -126,6 +107,7 @@ class StatisticsStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Nothing to evaluate in this round."""
         return []
 
     def aggregate_evaluate(
@@ -134,11 +116,13 @@ class StatisticsStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        """Nothing to evaluate in this round."""
         return None, {}
 
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
+        """No central evaluation."""
         return None
 
 

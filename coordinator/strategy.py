@@ -39,9 +39,9 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
-from coordinator.statistics import PooledStatistics
 from fedscore.errors import FedscoreError
 from fedscore.federation.runconfig import RunSettings
+from fedscore.federation.statistics import PooledStatistics
 from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ class FedscoreError(Exception):
     """Base of every deliberate fedscore error; ``code`` is the gRPC status it maps to.
 
     A subclass sets a class-level ``code`` for its usual meaning; one raise may pass
-    ``code=`` to be more precise (a missing session is NOT_FOUND where the class says
-    FAILED_PRECONDITION).
+    ``code=`` to be more precise (the platform's unknown session is UNAUTHENTICATED where
+    its class says PERMISSION_DENIED).
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL

@@ -37,7 +37,8 @@ from fedscore.crypto.dp import DpSettings, gaussian_mechanism
 from fedscore.crypto.primitives import Direction, Sealer, SealError, VerifyKey, WindowOpener
 from fedscore.data.preprocess import Encoded
 from fedscore.errors import FedscoreError
-from fedscore.ml.model import BottomConfig, BottomModel
+from fedscore.ml.architecture import BottomConfig
+from fedscore.ml.model import BottomModel
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
 from platform_node.model_store import StateDict
@@ -151,7 +152,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         try:
             session = self._registry.get(box.session_id, peer)
         except SessionError as exc:
-            raise ScoringRefusal(str(exc)) from None
+            raise ScoringRefusal(str(exc), code=exc.code) from None
         opener, sealer = self._scoring_pair(session)
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(

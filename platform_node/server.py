@@ -30,7 +30,7 @@ from fedscore.data.table import PartyTable
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.taps import HEALTH_METHODS, LedgerTap
 from fedscore.ledger.writer import Ledger
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
 from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port

@@ -23,8 +23,10 @@ from fedscore.ml.training import PlatformBottom
 
 
 class SessionError(FedscoreError):
-    """A call names a session that does not exist or belongs to another peer: the caller
-    may not use it (PERMISSION_DENIED), and a bank that gets this runs PSI again."""
+    """A call names a session that belongs to another peer (PERMISSION_DENIED) or that
+    does not exist (raised with UNAUTHENTICATED: the session id is the caller's credential
+    for it, and the code is distinct from every other refusal, so the bank's scorer and
+    trainer decide on it alone to run PSI again)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -41,6 +43,8 @@ class StaleRoundError(SessionError):
     """
 
     code = grpc.StatusCode.ABORTED
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 @dataclass
@@ -114,7 +118,10 @@ class SessionRegistry:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
-            raise SessionError(f"unknown session {session_id.hex()}; run PSI first")
+            # its own code: a bank that gets it has lost the session (the platform
+            # restarted) and runs PSI again, where any other refusal is final
+            raise SessionError(f"unknown session {session_id.hex()}; run PSI first",
+                               code=grpc.StatusCode.UNAUTHENTICATED)
         if session.peer != peer:
             raise SessionError(f"session {session_id.hex()} belongs to another party")
         return session

@@ -62,11 +62,12 @@ def seeded_release(federation: Federation, bank_dir: Path, folder: Path,
     whatever model it is given."""
     import torch
 
-    from bank_node.scoring import CustomerStore
-    from coordinator.statistics import PooledStatistics
+    from bank_node.scoring_store import CustomerStore
     from fedscore.data.preprocess import Preprocessor
     from fedscore.federation.release import write_release
-    from fedscore.ml.model import BankModel, SplitArchitecture, to_arrays
+    from fedscore.federation.statistics import PooledStatistics
+    from fedscore.ml.architecture import SplitArchitecture
+    from fedscore.ml.model import BankModel, to_arrays
 
     store = CustomerStore.load_table(bank_dir)
     moments = Preprocessor.moments(store)

@@ -139,8 +139,8 @@ def _score_everyone(federation: Federation, node: PlatformNode, bank_dir: Path,
     """Online scoring of every bank customer (one by one and in a batch), and of the
     platform-only canaries with consent tokens: the platform's embedding replies."""
     from bank_node.policy import Policy
-    from bank_node.scoring import CustomerStore
     from bank_node.scoring_service import build_scorer
+    from bank_node.scoring_store import CustomerStore
     from fedscore.crypto.consent import issue_consent
 
     version = node.federation.store.save("privacy", 1, node.initial_weights(seed=1))

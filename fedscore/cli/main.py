@@ -115,8 +115,8 @@ def bank_score_server(
     import grpc
 
     from bank_node.policy import PolicyError
-    from bank_node.scoring import ScoringError
     from bank_node.scoring_service import serve
+    from bank_node.scoring_store import ScoringError
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
     from fedscore.federation.provision import KitError

@@ -19,12 +19,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
-from coordinator.checkpoint import _npz, read_arrays
-from coordinator.statistics import PooledStatistics
 from fedscore.atomic import atomic_write
 from fedscore.crypto.primitives import SignatureError, SigningPrivateKey, VerifyKey
+from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import ArraysError, npz_bytes, read_arrays
+from fedscore.federation.statistics import PooledStatistics
 
 FORMAT = "fedscore-release/1"
 MODEL_FILE = "bank_model.npz"
@@ -33,8 +35,10 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(FedscoreError, RuntimeError):
     """A release is incomplete, altered, or not signed by the expected coordinator."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def _sha256(path: Path) -> str:
@@ -63,7 +67,7 @@ def write_release(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    atomic_write(folder / MODEL_FILE, _npz(arrays))
+    atomic_write(folder / MODEL_FILE, npz_bytes(arrays))
     atomic_write(folder / PREPROCESSING_FILE, json.dumps(statistics.to_json()).encode())
     manifest = {
         "format": FORMAT,
@@ -104,4 +108,7 @@ def verify_release(folder: Path, key: VerifyKey) -> tuple[dict[str, Any], list[n
         path = folder / name
         if not path.is_file() or _sha256(path) != digest:
             raise ReleaseError(f"{path}: missing or altered (SHA-256 differs from the manifest)")
-    return manifest, read_arrays(folder / MODEL_FILE)
+    try:
+        return manifest, read_arrays(folder / MODEL_FILE)
+    except ArraysError as exc:
+        raise ReleaseError(exc.message) from None

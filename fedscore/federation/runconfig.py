@@ -29,8 +29,7 @@ SECAGG_CLIP = 8.0
 # Keys of the coordinator's per-message instructions besides the run settings.
 TASK_KEY = "task"
 STATISTICS_TASK = "preprocessing-statistics"  # round 0: send the preprocessing sums
-LAYOUT_KEY = "preprocessing-layout"  # the pooled statistics, with every later message
-SUMS_KEY = "preprocessing-sums"
+# (the pooled statistics' own keys, with every later message: fedscore.federation.statistics)
 
 
 class ConfigError(FedscoreError, ValueError):

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from fedscore.crypto.dp import ReleaseCounter
 from fedscore.data.preprocess import Encoded
 from fedscore.ml import metrics
-from fedscore.ml.model import BankModel, BottomConfig, BottomModel, TopConfig
+from fedscore.ml.architecture import BottomConfig, TopConfig
+from fedscore.ml.model import BankModel, BottomModel
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
 

@@ -28,7 +28,7 @@ import pandas as pd
 from fedscore.data.preprocess import Encoded, PreprocessConfig, Preprocessor
 from fedscore.data.table import PartyTable, load_table
 from fedscore.ml import metrics
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,

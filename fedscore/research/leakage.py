@@ -47,7 +47,7 @@ from fedscore.crypto import dp
 from fedscore.data.preprocess import PreprocessConfig, Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.ml import metrics
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,

@@ -16,21 +16,16 @@ import pytest
 
 from bank_node.policy import (
     DEFAULT_POLICY_FILE,
-    OUTCOMES,
     PD_EPS,
     AprBand,
-    Decision,
-    Decisions,
     Outcome,
     Policy,
     PolicyError,
     Reason,
-    _round_column,
-    decide,
-    decide_many,
     derived_code,
-    fallback_decision,
 )
+from bank_node.policy_decide import Decision, decide, fallback_decision
+from bank_node.policy_decide_many import OUTCOMES, Decisions, _round_column, decide_many
 
 DEFAULT = Policy()
 

@@ -21,12 +21,14 @@ import pytest
 import torch
 
 from bank_node.policy import Policy
-from bank_node.scoring import CustomerStore, ScoringModel, _source
 from bank_node.scoring_service import build_scorer, create_server
+from bank_node.scoring_store import CustomerStore, ScoringModel, _source
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from fedscore.crypto.consent import issue_consent
 from fedscore.data.preprocess import Encoded
-from fedscore.ml.model import BottomModel
+from fedscore.federation.release import verify_release
+from fedscore.ml.architecture import SplitArchitecture
+from fedscore.ml.model import BankModel, BottomModel, load_arrays
 from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.embedding_service import REFUSALS_FILE
 from platform_node.server import PlatformNode
@@ -80,11 +82,16 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     """The release's model in process: the bank's rows, the platform's rows by a
     plaintext join of ids (fine in a test), the platform bottom model in process."""
     store = CustomerStore.load_table(live.federation.data.bank_dirs[BANK])
-    model = ScoringModel.load(live.releases[release],
-                              live.federation.kit("coordinator").signing_key.verify_key(),
-                              CustomerStore.of(store))
+    key = live.federation.kit("coordinator").signing_key.verify_key()
+    model = ScoringModel.load(live.releases[release], key, CustomerStore.of(store))
     row_of = {u: i for i, u in enumerate(store.ids)}
     enc = model.store.take(np.array([row_of[i] for i in ids]))
+    # the torch model itself, from the release's weights, not the server's numpy twin
+    pre = model.preprocessor
+    arch = SplitArchitecture()
+    bank = BankModel(arch.bank_bottom(pre.n_numeric, pre.cat_cardinalities), arch.top())
+    load_arrays(bank, verify_release(live.releases[release], key)[1])
+    bank.eval()
     node = live.node
     bottom = BottomModel(node.bottom_config)
     bottom.load_state_dict(node.federation.by_version(live.versions[release]))
@@ -94,9 +101,8 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     with torch.no_grad():
         emb = bottom(torch.from_numpy(node.encoded.numeric[np.maximum(prow, 0)]),
                      torch.from_numpy(node.encoded.categorical[np.maximum(prow, 0)])).numpy()
-        # the torch model itself, not the server's numpy twin
-        logits = model.model(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
-                             torch.from_numpy(emb), torch.from_numpy(prow >= 0))
+        logits = bank(torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical),
+                      torch.from_numpy(emb), torch.from_numpy(prow >= 0))
     return torch.sigmoid(logits).double().numpy()
 
 
@@ -295,7 +301,7 @@ class _Hanging(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 
 def test_a_slow_platform_times_out_to_the_fallback(live: Live, federation: Federation) -> None:
-    from bank_node.scoring import PlatformEmbeddings
+    from bank_node.scoring_platform import PlatformEmbeddings
 
     slow = grpc.server(futures.ThreadPoolExecutor(4))
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(_Hanging(), slow)
@@ -419,3 +425,32 @@ def test_a_restarted_platform_costs_a_fallback_then_a_new_session(live: Live) ->
         assert r.pd == pytest.approx(float(_offline_pd(live, 0, inside[:1])[0]), abs=1e-6)
     finally:
         server.stop(grace=None)
+
+
+def test_a_platform_failure_is_judged_on_its_code(live: Live, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """UNAUTHENTICATED (the platform lost the session) starts a new session; NOT_FOUND (an
+    unknown model version, on the same call) does not; a refusal's text is not read."""
+    from bank_node.scoring import PlatformPart
+    from bank_node.scoring_store import ScoringError
+
+    kit = live.federation.kit(BANK)
+    scorer = build_scorer(kit, live.federation.data.bank_dirs[BANK], live.releases[0],
+                          live.platform_address, Policy.default())
+    started: list[int] = []
+    monkeypatch.setattr(scorer, "_start_reconnect", lambda: started.append(1))
+
+    def failed(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+    assert scorer.platform_failure(failed(grpc.StatusCode.UNAUTHENTICATED)) \
+        is PlatformPart.UNAVAILABLE
+    assert started == [1]
+    assert scorer.platform_failure(failed(grpc.StatusCode.NOT_FOUND)) is PlatformPart.UNAVAILABLE
+    assert scorer.platform_failure(failed(grpc.StatusCode.DEADLINE_EXCEEDED)) \
+        is PlatformPart.TIMED_OUT
+    with pytest.raises(ScoringError) as refused:
+        scorer.platform_failure(failed(grpc.StatusCode.PERMISSION_DENIED,
+                                       "unknown session 01; run PSI first"))
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert started == [1]

@@ -442,7 +442,8 @@ def _local_models(world: World, settings: RunSettings) -> tuple[list[list[np.nda
     LocalPlatformLink, the customers aligned by a plaintext join of ids instead of PSI)."""
     from bank_node.federated import BankClient
     from fedscore.data.table import load_table
-    from fedscore.ml.model import BankModel, SplitArchitecture, load_arrays, to_arrays
+    from fedscore.ml.architecture import SplitArchitecture
+    from fedscore.ml.model import BankModel, load_arrays, to_arrays
     from fedscore.ml.training import BankData, LocalPlatformLink, PlatformBottom, train_round
     from fedscore.research.baselines import PlatformSide, align
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from coordinator.statistics import PooledStatistics
 from fedscore.cli.main import app
 from fedscore.federation.provision import load_kit, provision
 from fedscore.federation.release import MODEL_FILE, write_release
+from fedscore.federation.statistics import PooledStatistics
 
 STATS = PooledStatistics("ab" * 32, np.arange(7.0), 2)
 

@@ -24,9 +24,9 @@ from flwr.server.client_proxy import ClientProxy
 from bank_node.federated import HIST_BINS, _histogram
 from coordinator.checkpoint import Checkpoints
 from coordinator.platform_control import FinishedRound
-from coordinator.statistics import PooledStatistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, pooled_metrics
 from fedscore.federation.runconfig import RunSettings
+from fedscore.federation.statistics import PooledStatistics
 from fedscore.ml import metrics
 
 # ---------------------------------------------------------------------------------------------

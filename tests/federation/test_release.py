@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.statistics import PooledStatistics
 from fedscore.crypto.primitives import SigningPrivateKey
 from fedscore.federation.release import (
     FORMAT,
@@ -21,6 +20,7 @@ from fedscore.federation.release import (
     verify_release,
     write_release,
 )
+from fedscore.federation.statistics import PooledStatistics
 
 KEY = SigningPrivateKey.generate()
 

@@ -2,15 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedscore.ml.model import (
-    BankModel,
-    BottomConfig,
-    BottomModel,
-    FrozenBankModel,
-    SplitArchitecture,
-    TopConfig,
-    TopModel,
-)
+from fedscore.ml.architecture import BottomConfig, SplitArchitecture, TopConfig, bank_layout
+from fedscore.ml.frozen import FrozenBankModel
+from fedscore.ml.model import BankModel, BottomModel, TopModel, load_arrays, to_arrays
 
 BOTTOM = BottomConfig(
     n_numeric=3, cat_cardinalities=(4, 6), cat_dim=2, hidden=(8,), out_dim=5, dropout=0.1
@@ -124,7 +118,7 @@ def test_frozen_model_gives_the_torch_models_logits(bottom: BottomConfig, top: T
     present = torch.arange(50) % 3 != 0
     with torch.no_grad():
         want = model(num, cat, emb, present).numpy()
-    frozen = FrozenBankModel(model)
+    frozen = FrozenBankModel(bottom, top, to_arrays(model))
     got = frozen(num.numpy(), cat.numpy(), emb.numpy(), present.numpy())
     assert got.dtype == np.float32 and got.shape == (50,)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -139,3 +133,29 @@ def test_frozen_model_gives_the_torch_models_logits(bottom: BottomConfig, top: T
             p.add_(1.0)
     np.testing.assert_array_equal(frozen(num.numpy(), cat.numpy(), emb.numpy(),
                                          present.numpy()), got)
+
+
+@pytest.mark.parametrize(("bottom", "top"), [
+    (BOTTOM, TOP),
+    (BottomConfig(3, (4, 6), 2, (8, 7), 5, 0.1, linear_skip=True),
+     TopConfig(5, 4, (6, 3), 0.1, linear_skip=True)),
+    (BottomConfig(3, (), 2, (), 5, 0.1, linear_skip=True), TopConfig(5, 4, (), 0.1)),
+])
+def test_the_torch_free_layout_is_the_state_dicts(bottom: BottomConfig, top: TopConfig
+                                                  ) -> None:
+    """The scoring server sizes a release's weights without torch: the names and shapes
+    it expects are exactly BankModel's state_dict."""
+    state = BankModel(bottom, top).state_dict()
+    assert bank_layout(bottom, top) == [(k, tuple(v.shape)) for k, v in state.items()]
+
+
+def test_weights_that_do_not_fit_are_named() -> None:
+    arrays = to_arrays(BankModel(BOTTOM, TOP))
+    for load in (lambda a: load_arrays(BankModel(BOTTOM, TOP), a),
+                 lambda a: FrozenBankModel(BOTTOM, TOP, a)):
+        with pytest.raises(ValueError, match=r"got 3 weight arrays, this model has \d+"):
+            load(arrays[:3])
+        bad = [*arrays[:2], np.zeros((1, 1), np.float32), *arrays[3:]]
+        with pytest.raises(ValueError, match=r"weights bottom\.mlp\.0\.bias: got shape "
+                                             r"\(1, 1\), this model has \(8,\)"):
+            load(bad)

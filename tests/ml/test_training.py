@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from fedscore.data.preprocess import Encoded
 from fedscore.ml import metrics
-from fedscore.ml.model import BankModel, BottomModel, SeededDropout, SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
+from fedscore.ml.model import BankModel, BottomModel, SeededDropout
 from fedscore.ml.training import (
     BankData,
     LocalPlatformLink,

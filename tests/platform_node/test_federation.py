@@ -21,7 +21,8 @@ from bank_node.trainer import BankTables
 from coordinator.platform_control import PlatformControl, PlatformControlError
 from fedscore.crypto.psi import PsiResult
 from fedscore.data.preprocess import Preprocessor
-from fedscore.ml.model import BankModel, SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
+from fedscore.ml.model import BankModel
 from fedscore.ml.training import BankData, TrainConfig, predict, train_round
 from fedscore.wire.transport import secure_channel
 from platform_node.federation import Federation, FederationError, weighted_average

@@ -21,7 +21,7 @@ from fedscore.api.v1 import (
 from fedscore.crypto.primitives import Direction, Sealer, derive_session_key
 from fedscore.crypto.psi import PsiResult
 from fedscore.data.preprocess import Preprocessor
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import (
     BankData,
     TrainConfig,

@@ -12,7 +12,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from fedscore.data.synth import synth_population
-from fedscore.ml.model import SplitArchitecture
+from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import TrainConfig
 from fedscore.research import leakage
 from fedscore.research.baselines import (
