@@ -12,4 +12,4 @@ nothing, so importing ``fedscore.ml.metrics`` or ``fedscore.ml.frozen`` never dr
 in: import from the submodule.
 """
 
-__all__ = ["frozen", "metrics", "model", "training"]
+__all__ = ["architecture", "frozen", "metrics", "model", "training"]
