@@ -1,6 +1,7 @@
 """The split model, its one training loop and its quality metrics.
 
-``model`` holds the platform's bottom and the bank's model, ``frozen`` the bank model's
+``architecture`` the layer sizes and the weights' names and shapes (no torch), ``model``
+the platform's bottom and the bank's model in torch, ``frozen`` the bank model's
 numpy forward pass for serving (no torch at scoring time), ``training`` the split-learning
 loop and the platform link it talks to, ``metrics`` AUC, KS and log loss.
 
