@@ -39,12 +39,10 @@ class StaleRoundError(SessionError):
     bank used the session), and since a round's key may only ever seal one round, the bank
     must not reuse the session but start again at a higher level: run PSI for a new one.
     The code is distinct from every other refusal of OpenSession, so the bank decides on it
-    alone (never on the text), as it does on PERMISSION_DENIED for an unknown session.
+    alone (never on the text), as it does on UNAUTHENTICATED for an unknown session.
     """
 
     code = grpc.StatusCode.ABORTED
-
-    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 @dataclass

@@ -94,7 +94,7 @@ def test_unknown_session_is_refused(federation: Federation, live_platform: LiveP
     fake = PsiResult(session_id=b"\x01" * 16, rows=np.arange(3), other_size=3)
     with (
         secure_channel(live_platform.address, kit, "platform") as channel,
-        pytest.raises(PlatformError, match=r"PERMISSION_DENIED.*run PSI first"),
+        pytest.raises(PlatformError, match=r"UNAUTHENTICATED.*run PSI first"),
     ):
         GrpcPlatformLink(channel, kit, fake, CFG)
 
