@@ -44,8 +44,6 @@ class StaleRoundError(SessionError):
 
     code = grpc.StatusCode.ABORTED
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-
 
 @dataclass
 class Session:

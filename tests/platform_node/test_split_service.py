@@ -16,7 +16,6 @@ from fedscore.api.v1 import (
     round_control_pb2,
     round_control_pb2_grpc,
     split_learning_pb2,
-    split_learning_pb2_grpc,
 )
 from fedscore.crypto.primitives import Direction, Sealer, derive_session_key
 from fedscore.crypto.psi import PsiResult
@@ -32,14 +31,9 @@ from fedscore.research.baselines import PlatformSide, train_and_score
 from fedscore.wire import serde
 from fedscore.wire.transport import secure_channel
 from tests.conftest import Federation, LivePlatform
+from tests.platform_node.conftest import bank_psi, raw_step
 
 CFG = TrainConfig(epochs=3, patience=10, batch_size=128, seed=3)
-
-
-def _psi(federation: Federation, platform: LivePlatform, bank: str) -> PsiResult:
-    tables = BankTables.load(federation.data.bank_dirs[bank])
-    with secure_channel(platform.address, federation.kit(bank), "platform") as channel:
-        return run_psi(channel, tables.train.ids, party=bank)
 
 
 def test_grpc_training_equals_in_process_training(
@@ -79,7 +73,7 @@ def test_grpc_training_equals_in_process_training(
 def test_another_bank_cannot_use_a_session(
     federation: Federation, live_platform: LivePlatform
 ) -> None:
-    psi = _psi(federation, live_platform, "bank-1")
+    psi = bank_psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as channel:
         stub = round_control_pb2_grpc.RoundControlServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
@@ -94,15 +88,9 @@ def test_unknown_session_is_refused(federation: Federation, live_platform: LiveP
     fake = PsiResult(session_id=b"\x01" * 16, rows=np.arange(3), other_size=3)
     with (
         secure_channel(live_platform.address, kit, "platform") as channel,
-        pytest.raises(PlatformError, match=r"PERMISSION_DENIED.*run PSI first"),
+        pytest.raises(PlatformError, match=r"UNAUTHENTICATED.*run PSI first"),
     ):
         GrpcPlatformLink(channel, kit, fake, CFG)
-
-
-def _raw_step(channel: grpc.Channel, boxes: list[serde.SealedBox]) -> list[bytes]:
-    stub = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
-    requests = [split_learning_pb2.StepRequest(sealed=serde.sealed_to_pb(b)) for b in boxes]
-    return [r.SerializeToString() for r in stub.Step(iter(requests))]
 
 
 @pytest.mark.parametrize("attack", ["tamper", "replay", "reorder", "wrong-round"])
@@ -110,7 +98,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
     federation: Federation, live_platform: LivePlatform, attack: str
 ) -> None:
     kit = federation.kit("bank-1")
-    psi = _psi(federation, live_platform, "bank-1")
+    psi = bank_psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         assert link.embedding_dim > 0
@@ -122,7 +110,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
         ).SerializeToString()
         first = sealer.seal(command, round=0, batch=0)
         second = sealer.seal(command, round=0, batch=1)
-        assert len(_raw_step(channel, [first, second])) == 2  # the honest stream works
+        assert len(raw_step(channel, [first, second])) == 2  # the honest stream works
         third = sealer.seal(command, round=0, batch=2)
         boxes = {
             "tamper": [dataclasses.replace(third, ciphertext=bytes([third.ciphertext[0] ^ 1])
@@ -132,7 +120,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
             "wrong-round": [dataclasses.replace(third, round=1)],
         }[attack]
         with pytest.raises(grpc.RpcError) as info:
-            _raw_step(channel, boxes)
+            raw_step(channel, boxes)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "step rejected" in (info.value.details() or "")
 
@@ -142,7 +130,7 @@ def test_a_round_cannot_be_opened_twice(
 ) -> None:
     """Re-opening a round would restart both sealers under the round's key."""
     kit = federation.kit("bank-1")
-    psi = _psi(federation, live_platform, "bank-1")
+    psi = bank_psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         link.restart()  # round 1: allowed, under round 1's key
