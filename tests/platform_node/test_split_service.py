@@ -30,6 +30,7 @@ from fedscore.ml.training import (
 from fedscore.research.baselines import PlatformSide, train_and_score
 from fedscore.wire import serde
 from fedscore.wire.transport import secure_channel
+from platform_node.server import PlatformNode
 from tests.conftest import Federation, LivePlatform
 from tests.platform_node.conftest import bank_psi, raw_step
 
@@ -70,15 +71,35 @@ def test_grpc_training_equals_in_process_training(
     np.testing.assert_allclose(remote, local, atol=1e-6)
 
 
+@pytest.mark.parametrize("call", ["OpenSession", "EndEpoch", "CommitRound", "CloseSession"])
 def test_another_bank_cannot_use_a_session(
-    federation: Federation, live_platform: LivePlatform
+    federation: Federation, live_platform: LivePlatform, call: str
 ) -> None:
+    """bank-2 naming bank-1's open session is refused and changes nothing; the same request
+    from bank-1 is answered."""
     psi = bank_psi(federation, live_platform, "bank-1")
-    with secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as channel:
-        stub = round_control_pb2_grpc.RoundControlServiceStub(channel)
+    sid = psi.session_id
+    request = {
+        "OpenSession": round_control_pb2.OpenSessionRequest(session_id=sid, round=1,
+                                                            learning_rate=0.01),
+        "EndEpoch": round_control_pb2.EndEpochRequest(session_id=sid, epoch=1),
+        "CommitRound": round_control_pb2.CommitRoundRequest(session_id=sid, round=0, epoch=0),
+        "CloseSession": round_control_pb2.CloseSessionRequest(session_id=sid),
+    }[call]
+    node = live_platform.node
+    assert isinstance(node, PlatformNode)
+    with (
+        secure_channel(live_platform.address, federation.kit("bank-1"), "platform") as own,
+        secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as other,
+    ):
+        GrpcPlatformLink(own, federation.kit("bank-1"), psi, CFG)  # bank-1 opens round 0 ...
+        mine = round_control_pb2_grpc.RoundControlServiceStub(own)
+        mine.EndEpoch(round_control_pb2.EndEpochRequest(session_id=sid, epoch=0))  # ... epoch 0
         with pytest.raises(grpc.RpcError) as info:
-            stub.OpenSession(round_control_pb2.OpenSessionRequest(
-                session_id=psi.session_id, learning_rate=0.01))
+            getattr(round_control_pb2_grpc.RoundControlServiceStub(other), call)(request)
+        session = node.sessions.get(sid, "bank-1")
+        assert (session.round, session.committed_version) == (0, None)
+        getattr(mine, call)(request)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "another party" in (info.value.details() or "")
 
