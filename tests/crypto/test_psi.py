@@ -230,6 +230,18 @@ def test_protocol_violations(script: list[PsiMessage], message: str) -> None:
         _run_scripted(script)
 
 
+def test_a_reflected_hello_is_refused() -> None:
+    """A relay that sends a party its own hello back is not a second party."""
+    party = PsiParty(["a", "b"], party="bank-1", role="bank", chunk_size=1)
+    outgoing = party.outgoing()
+
+    def reflect() -> Iterator[PsiMessage]:
+        yield next(outgoing)  # our hello, as sent
+
+    with pytest.raises(PsiProtocolError, match="echoes our own nonce"):
+        party.run(reflect())
+
+
 def test_mismatched_done_is_detected() -> None:
     bank, platform = random_sets(80, 90, 30, seed=5)
     with pytest.raises(PsiProtocolError, match="peer reports 29"):
