@@ -25,8 +25,9 @@ from fedscore.crypto.psi import (
     PsiResult,
 )
 from fedscore.errors import FedscoreError
+from fedscore.federation.provision import StartupKit
 from fedscore.wire import serde
-from fedscore.wire.transport import peer_party
+from fedscore.wire.transport import authorize_peer, peer_party
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
     The ids are validated once here (duplicates raise PsiError at construction). An empty
     id column is accepted so the node can start, but every session is then refused with
     FAILED_PRECONDITION. ``on_complete(peer_party, result)`` runs before the stream ends
-    with OK, so a bank that got OK knows the platform stored the session.
+    with OK, so a bank that got OK knows the platform stored the session. With ``kit``
+    (the platform node passes its own), only a bank of its federation may run PSI: any
+    other caller is refused with PERMISSION_DENIED before a point is blinded, since the
+    intersection itself is what PSI reveals.
     """
 
     def __init__(
@@ -63,8 +67,10 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         *,
         party: str = "platform",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        kit: StartupKit | None = None,
     ) -> None:
         self._ids = PsiIds(ids)
+        self._kit = kit
         self._on_complete = on_complete
         self._party = party
         self._chunk_size = chunk_size
@@ -75,6 +81,8 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[psi_pb2.IntersectResponse]:
         """Run one PSI session with the calling bank over the stream; stores it on success."""
+        if self._kit is not None:
+            authorize_peer(context, self._kit, "bank")
         peer = _peer_party(context)
         engine = PsiParty(  # PsiInputError (FAILED_PRECONDITION): an empty id column
             self._ids,

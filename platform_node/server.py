@@ -112,7 +112,7 @@ def create_server(
         options=GRPC_OPTIONS,
     )
     psi_pb2_grpc.add_PsiServiceServicer_to_server(
-        PsiServicer(node.table.ids, node.sessions.on_psi_complete), server
+        PsiServicer(node.table.ids, node.sessions.on_psi_complete, kit=node.kit), server
     )
     split_learning_pb2_grpc.add_SplitLearningServiceServicer_to_server(
         SplitLearningServicer(node.sessions), server

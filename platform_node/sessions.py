@@ -99,9 +99,10 @@ class SessionRegistry:
 
     def on_psi_complete(self, peer: str, result: PsiResult) -> None:
         """Store the session of a finished PSI with ``peer``; SessionError for a party the
-        manifest does not know."""
-        if peer not in self._kit.peers:
-            raise SessionError(f"peer {peer!r} is not in the federation manifest")
+        manifest does not know as a bank (the PSI servicer refuses it first)."""
+        info = self._kit.peers.get(peer)
+        if info is None or info.role != "bank":
+            raise SessionError(f"peer {peer!r} is not a bank of the federation manifest")
         key = derive_session_key(
             self._kit.sealing_key, self._kit.peers[peer].sealing_public, result.session_id
         )

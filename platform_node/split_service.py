@@ -94,20 +94,25 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         if box.round != session.round:
             raise SealError(f"payload is for round {box.round}, the session is in {session.round}")
         command = split_learning_pb2.StepCommand.FromString(session.opener.open(box))
+        forward = command.mode in (split_learning_pb2.STEP_MODE_TRAIN,
+                                   split_learning_pb2.STEP_MODE_EVAL)
+        if not forward and command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
+            raise serde.WireError(f"unknown step mode {command.mode}")
+        # every check of the command before any of it runs: a refused one changes nothing
+        # (only handles inside this bank's intersection: WireError otherwise)
+        handles = (serde.handles_from_bytes(command.handles, limit=session.psi.size)
+                   if forward else None)
         if command.gradient.shape:
             grad = serde.tensor_from_pb(command.gradient)
             session.bottom.backward(torch.from_numpy(grad.copy()))
         result = split_learning_pb2.StepResult()
-        if command.mode in (split_learning_pb2.STEP_MODE_TRAIN, split_learning_pb2.STEP_MODE_EVAL):
-            handles = serde.handles_from_bytes(command.handles, limit=session.psi.size)
+        if handles is not None:
             rows = session.psi.rows[handles]
             train = command.mode == split_learning_pb2.STEP_MODE_TRAIN
             embedding = session.bottom.forward(rows, train=train)
             if train:
                 session.train_rows += int(rows.size)
             result.embedding.CopyFrom(serde.tensor_to_pb(embedding.detach().numpy()))
-        elif command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
-            raise serde.WireError(f"unknown step mode {command.mode}")
         sealed = session.sealer.seal(result.SerializeToString(), round=box.round, batch=box.batch)
         return split_learning_pb2.StepResponse(sealed=serde.sealed_to_pb(sealed))
 

@@ -16,6 +16,7 @@ from bank_node.psi_client import run_psi
 from fedscore.api.v1 import psi_pb2, psi_pb2_grpc
 from fedscore.crypto.primitives import POINT_SIZE
 from fedscore.crypto.psi import (
+    MAX_SET_SIZE,
     Blinded,
     Done,
     DoubleBlinded,
@@ -213,6 +214,7 @@ def _run_scripted(script: Iterable[PsiMessage], ids: list[str] | None = None) ->
         ([_hello(protocol_version=9)], "protocol version 9"),
         ([_hello(nonce=b"short")], "nonce is 5 bytes"),
         ([_hello(size=0)], "announced an empty id set"),
+        ([_hello(size=MAX_SET_SIZE + 1)], f"at most {MAX_SET_SIZE} supported"),
         ([_hello(), Blinded(0, b"\x01" * 31)], "is 31 bytes; expected a positive multiple of 32"),
         ([_hello(), Blinded(1, _points(1))], r"covers \[1, 2\); expected it to start at 0"),
         ([_hello(size=2), Blinded(0, _points(3))], "end by the announced set size 2"),
@@ -226,6 +228,18 @@ def _run_scripted(script: Iterable[PsiMessage], ids: list[str] | None = None) ->
 def test_protocol_violations(script: list[PsiMessage], message: str) -> None:
     with pytest.raises(PsiProtocolError, match=message):
         _run_scripted(script)
+
+
+def test_a_reflected_hello_is_refused() -> None:
+    """A relay that sends a party its own hello back is not a second party."""
+    party = PsiParty(["a", "b"], party="bank-1", role="bank", chunk_size=1)
+    outgoing = party.outgoing()
+
+    def reflect() -> Iterator[PsiMessage]:
+        yield next(outgoing)  # our hello, as sent
+
+    with pytest.raises(PsiProtocolError, match="echoes our own nonce"):
+        party.run(reflect())
 
 
 def test_mismatched_done_is_detected() -> None:

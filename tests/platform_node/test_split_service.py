@@ -16,7 +16,6 @@ from fedscore.api.v1 import (
     round_control_pb2,
     round_control_pb2_grpc,
     split_learning_pb2,
-    split_learning_pb2_grpc,
 )
 from fedscore.crypto.primitives import Direction, Sealer, derive_session_key
 from fedscore.crypto.psi import PsiResult
@@ -31,15 +30,11 @@ from fedscore.ml.training import (
 from fedscore.research.baselines import PlatformSide, train_and_score
 from fedscore.wire import serde
 from fedscore.wire.transport import secure_channel
+from platform_node.server import PlatformNode
 from tests.conftest import Federation, LivePlatform
+from tests.platform_node.conftest import bank_psi, raw_step
 
 CFG = TrainConfig(epochs=3, patience=10, batch_size=128, seed=3)
-
-
-def _psi(federation: Federation, platform: LivePlatform, bank: str) -> PsiResult:
-    tables = BankTables.load(federation.data.bank_dirs[bank])
-    with secure_channel(platform.address, federation.kit(bank), "platform") as channel:
-        return run_psi(channel, tables.train.ids, party=bank)
 
 
 def test_grpc_training_equals_in_process_training(
@@ -76,15 +71,35 @@ def test_grpc_training_equals_in_process_training(
     np.testing.assert_allclose(remote, local, atol=1e-6)
 
 
+@pytest.mark.parametrize("call", ["OpenSession", "EndEpoch", "CommitRound", "CloseSession"])
 def test_another_bank_cannot_use_a_session(
-    federation: Federation, live_platform: LivePlatform
+    federation: Federation, live_platform: LivePlatform, call: str
 ) -> None:
-    psi = _psi(federation, live_platform, "bank-1")
-    with secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as channel:
-        stub = round_control_pb2_grpc.RoundControlServiceStub(channel)
+    """bank-2 naming bank-1's open session is refused and changes nothing; the same request
+    from bank-1 is answered."""
+    psi = bank_psi(federation, live_platform, "bank-1")
+    sid = psi.session_id
+    request = {
+        "OpenSession": round_control_pb2.OpenSessionRequest(session_id=sid, round=1,
+                                                            learning_rate=0.01),
+        "EndEpoch": round_control_pb2.EndEpochRequest(session_id=sid, epoch=1),
+        "CommitRound": round_control_pb2.CommitRoundRequest(session_id=sid, round=0, epoch=0),
+        "CloseSession": round_control_pb2.CloseSessionRequest(session_id=sid),
+    }[call]
+    node = live_platform.node
+    assert isinstance(node, PlatformNode)
+    with (
+        secure_channel(live_platform.address, federation.kit("bank-1"), "platform") as own,
+        secure_channel(live_platform.address, federation.kit("bank-2"), "platform") as other,
+    ):
+        GrpcPlatformLink(own, federation.kit("bank-1"), psi, CFG)  # bank-1 opens round 0 ...
+        mine = round_control_pb2_grpc.RoundControlServiceStub(own)
+        mine.EndEpoch(round_control_pb2.EndEpochRequest(session_id=sid, epoch=0))  # ... epoch 0
         with pytest.raises(grpc.RpcError) as info:
-            stub.OpenSession(round_control_pb2.OpenSessionRequest(
-                session_id=psi.session_id, learning_rate=0.01))
+            getattr(round_control_pb2_grpc.RoundControlServiceStub(other), call)(request)
+        session = node.sessions.get(sid, "bank-1")
+        assert (session.round, session.committed_version) == (0, None)
+        getattr(mine, call)(request)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "another party" in (info.value.details() or "")
 
@@ -99,18 +114,12 @@ def test_unknown_session_is_refused(federation: Federation, live_platform: LiveP
         GrpcPlatformLink(channel, kit, fake, CFG)
 
 
-def _raw_step(channel: grpc.Channel, boxes: list[serde.SealedBox]) -> list[bytes]:
-    stub = split_learning_pb2_grpc.SplitLearningServiceStub(channel)
-    requests = [split_learning_pb2.StepRequest(sealed=serde.sealed_to_pb(b)) for b in boxes]
-    return [r.SerializeToString() for r in stub.Step(iter(requests))]
-
-
 @pytest.mark.parametrize("attack", ["tamper", "replay", "reorder", "wrong-round"])
 def test_tampered_replayed_or_reordered_steps_are_rejected(
     federation: Federation, live_platform: LivePlatform, attack: str
 ) -> None:
     kit = federation.kit("bank-1")
-    psi = _psi(federation, live_platform, "bank-1")
+    psi = bank_psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         assert link.embedding_dim > 0
@@ -122,7 +131,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
         ).SerializeToString()
         first = sealer.seal(command, round=0, batch=0)
         second = sealer.seal(command, round=0, batch=1)
-        assert len(_raw_step(channel, [first, second])) == 2  # the honest stream works
+        assert len(raw_step(channel, [first, second])) == 2  # the honest stream works
         third = sealer.seal(command, round=0, batch=2)
         boxes = {
             "tamper": [dataclasses.replace(third, ciphertext=bytes([third.ciphertext[0] ^ 1])
@@ -132,7 +141,7 @@ def test_tampered_replayed_or_reordered_steps_are_rejected(
             "wrong-round": [dataclasses.replace(third, round=1)],
         }[attack]
         with pytest.raises(grpc.RpcError) as info:
-            _raw_step(channel, boxes)
+            raw_step(channel, boxes)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "step rejected" in (info.value.details() or "")
 
@@ -142,7 +151,7 @@ def test_a_round_cannot_be_opened_twice(
 ) -> None:
     """Re-opening a round would restart both sealers under the round's key."""
     kit = federation.kit("bank-1")
-    psi = _psi(federation, live_platform, "bank-1")
+    psi = bank_psi(federation, live_platform, "bank-1")
     with secure_channel(live_platform.address, kit, "platform") as channel:
         link = GrpcPlatformLink(channel, kit, psi, CFG)
         link.restart()  # round 1: allowed, under round 1's key

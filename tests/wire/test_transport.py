@@ -159,3 +159,55 @@ def test_add_secure_port_reports_bind_failure(fed: Fed, server: int) -> None:
             add_secure_port(srv, f"127.0.0.1:{server}", fed.kits["platform"])
     finally:
         srv.stop(grace=None)
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """A servicer context with a given auth context; abort raises, as gRPC's does."""
+
+    def __init__(self, auth: dict[str, list[bytes]]) -> None:
+        self._auth = auth
+        self.status: tuple[grpc.StatusCode, str] | None = None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.status = (code, details)
+        raise _Aborted(details)
+
+
+def _ssl(*names: bytes) -> dict[str, list[bytes]]:
+    return {"transport_security_type": [b"ssl"], "x509_common_name": list(names)}
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [{}, {"transport_security_type": [b"insecure"], "x509_common_name": [b"bank-1"]},
+     _ssl(), _ssl(b"bank-1", b"platform")],
+    ids=["nothing", "plaintext", "no-name", "two-names"],
+)
+def test_peer_party_needs_one_verified_certificate_name(auth: dict[str, list[bytes]]) -> None:
+    """What mTLS makes unreachable behind add_secure_port, checked without it: a call whose
+    connection has no single verified client name has no party, whatever it claims."""
+    context = _Context(auth)
+    with pytest.raises(_Aborted):
+        peer_party(context)
+    assert context.status is not None and context.status[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert peer_party(_Context(_ssl(b"bank-1"))) == "bank-1"
+
+
+def test_authorize_peer_refuses_a_name_the_manifest_does_not_know(fed: Fed) -> None:
+    """A certificate name the federation manifest lacks (a CA that signed more than it
+    should, a kit of a removed party) is refused, with no role asked for at all."""
+    context = _Context(_ssl(b"bank-9"))
+    with pytest.raises(_Aborted):
+        authorize_peer(context, fed.kits["platform"])
+    assert context.status is not None
+    assert context.status[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert "'bank-9' is not a party of federation" in context.status[1]
+    info = authorize_peer(_Context(_ssl(b"bank-1")), fed.kits["platform"])
+    assert info.role == "bank"
