@@ -1,8 +1,9 @@
 """The bank's scoring server: a thin gRPC servicer over :class:`bank_node.scoring.Scorer`.
 
 Only the bank's own party may call it (its decision engine holds the bank's startup
-kit); anyone else gets PERMISSION_DENIED. ``create_server`` binds an address (port 0 in
-tests) and returns the port; ``serve`` is ``fedscore bank score-server``.
+kit); anyone else gets PERMISSION_DENIED. ``bind_server`` binds an address (port 0 in
+tests) with health NOT_SERVING until the scorer is ready, ``create_server`` does that
+for a built scorer and returns the port; ``serve`` is ``fedscore bank score-server``.
 
 The server's imports stay free of torch and of Flower's server side (its model is numpy,
 :mod:`fedscore.ml.frozen`); ``tests/bank_node/test_imports.py`` holds it to that.
@@ -25,8 +26,6 @@ import grpc
 import grpc.aio
 import numpy as np
 import threadpoolctl
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bank_node.policy import Outcome, Policy
 from bank_node.policy_decide import Decision
@@ -39,6 +38,7 @@ from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
 from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
+from fedscore.wire.health import AioReadiness
 from fedscore.wire.status import AioStatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 
@@ -156,14 +156,19 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
 
+SCORING_SERVICES = (scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,)
+"""The scoring server's own gRPC service (besides health and reflection)."""
+
+
 class ScoringServer:
     """The scoring server: a ``grpc.aio`` server on an event loop thread of its own,
     started and stopped like a sync ``grpc.Server`` (``serve`` and the tests drive it from
-    sync code; PSI, release loading and SIGHUP stay sync). Its aio channel to the platform
-    (``Scorer.aio_channel``) is opened on that loop and closed with the server."""
+    sync code; PSI, release loading and SIGHUP stay sync). It binds with health
+    NOT_SERVING and ScoringService UNAVAILABLE until :meth:`ready` hands it its scorer
+    (:mod:`fedscore.wire.health`). Its aio channel to the platform (``Scorer.aio_channel``)
+    is opened on that loop then, and closed with the server."""
 
-    def __init__(self, address: str, scorer: Scorer, kit: StartupKit, max_workers: int
-                 ) -> None:
+    def __init__(self, address: str, kit: StartupKit, max_workers: int) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="scoring-loop",
                                         daemon=True)
@@ -171,8 +176,9 @@ class ScoringServer:
         self._pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="scoring")
         self._stopped = threading.Event()
         self._channel: grpc.aio.Channel | None = None
+        self._party = kit.party
         try:
-            self.port = self._run(self._build(address, scorer, kit))
+            self.port = self._run(self._build(address, kit))
         except BaseException:
             self._close_loop()
             raise
@@ -180,33 +186,46 @@ class ScoringServer:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _build(self, address: str, scorer: Scorer, kit: StartupKit) -> int:
-        self._channel = scorer.aio_channel() if scorer.aio_channel is not None else None
+    async def _build(self, address: str, kit: StartupKit) -> int:
         self._server = grpc.aio.server(interceptors=[AioStatusInterceptor()],
                                        options=GRPC_OPTIONS)
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
-            ScoringServicer(AsyncScorer(scorer, self._channel), kit.party, self._pool),
-            self._server)
-        health_servicer = health_aio.HealthServicer()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
+        self._readiness = await AioReadiness.create(self._server, SCORING_SERVICES)
         return add_secure_port(self._server, address, kit)
+
+    async def _open(self, scorer: Scorer) -> None:
+        self._channel = scorer.aio_channel() if scorer.aio_channel is not None else None
+        servicer = ScoringServicer(AsyncScorer(scorer, self._channel), self._party, self._pool)
+        await self._readiness.ready(
+            lambda server: scoring_pb2_grpc.add_ScoringServiceServicer_to_server(servicer,
+                                                                                server))
+
+    def ready(self, scorer: Scorer) -> None:
+        """Serve ``scorer`` (its store aligned, its release loaded); health turns SERVING."""
+        self._run(self._open(scorer))
 
     def start(self) -> None:
         """Start serving."""
         self._run(self._server.start())
 
-    async def _shutdown(self, grace: float | None) -> None:
+    def drain(self) -> None:
+        """Answer NOT_SERVING from now on; calls are still served until :meth:`stop`."""
+        self._run(self._readiness.drain())
+
+    async def _shutdown(self, grace: float | None, drain_s: float) -> None:
+        await self._readiness.drain()
+        if drain_s > 0:
+            await asyncio.sleep(drain_s)
         await self._server.stop(grace)
         if self._channel is not None:
             await self._channel.close()
 
-    def stop(self, grace: float | None) -> threading.Event:
-        """Stop serving (``grace`` seconds for calls in flight) and the loop; returns an
-        event already set, as ``grpc.Server.stop`` returns one to wait on."""
+    def stop(self, grace: float | None, drain_s: float = 0.0) -> threading.Event:
+        """Answer NOT_SERVING (for ``drain_s`` seconds, still serving), then stop serving
+        (``grace`` seconds for calls in flight) and the loop; returns an event already
+        set, as ``grpc.Server.stop`` returns one to wait on."""
         if not self._stopped.is_set():
             try:
-                self._run(self._shutdown(grace))
+                self._run(self._shutdown(grace, drain_s))
             finally:
                 self._close_loop()
                 self._stopped.set()
@@ -219,11 +238,22 @@ class ScoringServer:
         self._pool.shutdown(wait=False)
 
 
+def bind_server(address: str, kit: StartupKit, *, max_workers: int = 4) -> ScoringServer:
+    """Bind ``address`` (port 0: a free one) before the scorer is built: health answers
+    NOT_SERVING until :meth:`ScoringServer.ready`; ``max_workers`` threads for ScoreBatch
+    and LoadRelease."""
+    return ScoringServer(address, kit, max_workers)
+
+
 def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 4
                   ) -> tuple[ScoringServer, int]:
-    """Bind ``address`` (port 0: a free one); ``max_workers`` threads for ScoreBatch and
-    LoadRelease."""
-    server = ScoringServer(address, scorer, kit, max_workers)
+    """:func:`bind_server` for a built ``scorer``: SERVING once started."""
+    server = bind_server(address, kit, max_workers=max_workers)
+    try:
+        server.ready(scorer)
+    except BaseException:
+        server.stop(grace=None)
+        raise
     return server, server.port
 
 
@@ -253,11 +283,14 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,
-          policy_file: Path | None, ledger_dir: Path) -> None:
+          policy_file: Path | None, ledger_dir: Path, drain_s: float = 0.0) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads ``release`` (a newer one put in its place).
 
     Every message to and from the platform is recorded in the ledger at ``ledger_dir``
-    (the decision engine's calls stay inside the bank and are not).
+    (the decision engine's calls stay inside the bank and are not). The port is bound once
+    the kit is loaded, with health NOT_SERVING during PSI with the platform and the
+    release's loading, SERVING after (the line "... scoring server on ..."), and
+    NOT_SERVING again for ``drain_s`` seconds on SIGTERM before the server stops.
     """
     from fedscore.federation.provision import load_kit
     from fedscore.wire.transport import secure_channel
@@ -268,14 +301,27 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     kit = load_kit(kit_dir)
     policy = Policy.load(policy_file) if policy_file else Policy.default()
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
-    channel = secure_channel(platform_address, kit, "platform", ledger=ledger)
-    scorer = build_scorer(kit, data_dir, release, platform_address, policy, channel=channel,
-                          ledger=ledger)
-    server, port = create_server(address, scorer, kit)
-    server.start()
     host = address.rsplit(":", 1)[0]
-    print(f"{kit.party} scoring server on {host}:{port}: release {scorer.model.version}, "
-          f"{len(scorer.store.row_of)} customers, "
+    try:
+        server = bind_server(address, kit)
+    except BaseException:
+        ledger.close()
+        raise
+    server.start()
+    print(f"{kit.party}: scoring server at {host}:{server.port} is aligning its store with "
+          "the platform and loading its release (health: NOT_SERVING)", flush=True)
+    channel = secure_channel(platform_address, kit, "platform", ledger=ledger)
+    try:
+        scorer = build_scorer(kit, data_dir, release, platform_address, policy,
+                              channel=channel, ledger=ledger)
+        server.ready(scorer)
+    except BaseException:
+        server.stop(grace=None)
+        channel.close()
+        ledger.close()
+        raise
+    print(f"{kit.party} scoring server on {host}:{server.port}: release "
+          f"{scorer.model.version}, {len(scorer.store.row_of)} customers, "
           f"{int((scorer.store.handles >= 0).sum())} in the intersection", flush=True)
     stop = threading.Event()
 
@@ -294,7 +340,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
     stop.wait()
-    server.stop(grace=2).wait()
+    server.stop(grace=2, drain_s=drain_s).wait()
     channel.close()
     ledger.close()
     print("scoring server stopped", flush=True)

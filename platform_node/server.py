@@ -1,7 +1,9 @@
 """The platform node: PSI, split-learning forward/backward and round control over mTLS gRPC.
 
-``create_server`` binds an address (port 0 in tests) and returns the port;
-``serve`` is the blocking process entry point behind ``fedscore platform serve``.
+``bind_server`` binds an address (port 0 in tests) with health NOT_SERVING until the
+node is loaded (:mod:`fedscore.wire.health`); ``create_server`` does that for a loaded
+node and returns the port; ``serve`` is the blocking process entry point behind
+``fedscore platform serve``.
 """
 
 from __future__ import annotations
@@ -9,29 +11,36 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedscore.api.v1 import (
+    embedding_pb2,
     embedding_pb2_grpc,
+    federation_pb2,
     federation_pb2_grpc,
+    psi_pb2,
     psi_pb2_grpc,
+    round_control_pb2,
     round_control_pb2_grpc,
+    split_learning_pb2,
     split_learning_pb2_grpc,
 )
 from fedscore.crypto.dp import DpSettings
 from fedscore.data.preprocess import Preprocessor
 from fedscore.data.table import PartyTable
 from fedscore.federation.provision import StartupKit
-from fedscore.ledger.taps import HEALTH_METHODS, LedgerTap
+from fedscore.ledger.taps import PROBE_METHODS, LedgerTap
 from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
+from fedscore.wire.health import Readiness
 from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
@@ -94,23 +103,20 @@ class PlatformNode:
         return PlatformBottom(self.encoded, self.bottom_config, hyper)
 
 
-def create_server(
-    address: str,
-    node: PlatformNode,
-    *,
-    max_workers: int = 16,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
-    ledger: Ledger | None = None,
-) -> tuple[grpc.Server, int]:
-    """The platform's server on ``address``; with ``ledger``, every message it receives or
-    sends (health probes aside: they carry nothing) is recorded there first. What its
-    handlers raise becomes gRPC status in one place (:class:`StatusInterceptor`)."""
-    taps = [LedgerTap(ledger, ignore=HEALTH_METHODS)] if ledger is not None else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[StatusInterceptor(), *taps, *interceptors],
-        options=GRPC_OPTIONS,
+PLATFORM_SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name for module, name in (
+        (psi_pb2, "PsiService"),
+        (split_learning_pb2, "SplitLearningService"),
+        (round_control_pb2, "RoundControlService"),
+        (federation_pb2, "FederationService"),
+        (embedding_pb2, "EmbeddingService"),
     )
+)
+"""The platform's own gRPC services (besides health and reflection)."""
+
+
+def add_services(server: grpc.Server, node: PlatformNode) -> None:
+    """Add the platform's servicers over ``node`` to ``server``."""
     psi_pb2_grpc.add_PsiServiceServicer_to_server(
         PsiServicer(node.table.ids, node.sessions.on_psi_complete, kit=node.kit), server
     )
@@ -129,22 +135,83 @@ def create_server(
                           state_dir=node.state_dir),
         server,
     )
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = add_secure_port(server, address, node.kit)
-    return server, port
+
+
+@dataclass(frozen=True)
+class PlatformServer:
+    """A bound platform server before its node is loaded: health answers NOT_SERVING and
+    the platform's services UNAVAILABLE until :meth:`ready`."""
+
+    server: grpc.Server
+    port: int
+    readiness: Readiness
+
+    def ready(self, node: PlatformNode) -> None:
+        """Serve ``node``; health turns SERVING."""
+        self.readiness.ready(lambda server: add_services(server, node))
+
+    def stop(self, grace: float | None, drain_s: float = 0.0) -> threading.Event:
+        """Answer NOT_SERVING (for ``drain_s`` seconds, while still serving), then stop
+        with ``grace`` seconds for calls in flight."""
+        self.readiness.drain()
+        if drain_s > 0:
+            time.sleep(drain_s)
+        return self.server.stop(grace)
+
+
+def bind_server(
+    address: str,
+    kit: StartupKit,
+    *,
+    max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ledger: Ledger | None = None,
+) -> PlatformServer:
+    """The platform's server on ``address`` with health (NOT_SERVING) and reflection, its
+    services closed until :meth:`PlatformServer.ready`; with ``ledger``, every message it
+    receives or sends (probes aside: they carry nothing) is recorded there first. What its
+    handlers raise becomes gRPC status in one place (:class:`StatusInterceptor`)."""
+    taps = [LedgerTap(ledger, ignore=PROBE_METHODS)] if ledger is not None else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[StatusInterceptor(), *taps, *interceptors],
+        options=GRPC_OPTIONS,
+    )
+    readiness = Readiness(server, PLATFORM_SERVICES)
+    port = add_secure_port(server, address, kit)
+    return PlatformServer(server, port, readiness)
+
+
+def create_server(
+    address: str,
+    node: PlatformNode,
+    *,
+    max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ledger: Ledger | None = None,
+) -> tuple[grpc.Server, int]:
+    """The platform's server for a loaded ``node`` on ``address``, SERVING once started
+    (:func:`bind_server`, then ready)."""
+    bound = bind_server(address, node.kit, max_workers=max_workers,
+                        interceptors=interceptors, ledger=ledger)
+    bound.ready(node)
+    return bound.server, bound.port
 
 
 def serve(
     kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None,
-    ledger_dir: Path | None = None,
+    ledger_dir: Path | None = None, drain_s: float = 0.0,
 ) -> None:
     """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table.
 
     ``state_dir`` keeps committed federated models across restarts (None: memory only).
     The audit ledger goes to ``ledger_dir``, by default ``state_dir/ledger``; a platform
     with neither does not start, since every message it sends must be on record.
+
+    The port is bound as soon as the kit is loaded, with health NOT_SERVING while the
+    table loads and the encodings are fitted, SERVING after (the line "platform node
+    listening on ..."), and NOT_SERVING again for ``drain_s`` seconds on SIGTERM before
+    the server stops.
     """
     import torch
 
@@ -153,17 +220,32 @@ def serve(
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)
+    if kit.role != "platform":  # before its ledger or its port: not this party's node
+        raise ValueError(f"kit {kit.path} is for {kit.party} ({kit.role}), not the platform")
     if ledger_dir is None:
         if state_dir is None:
             raise ValueError("the platform needs --ledger-dir or --state-dir for its audit "
                              "ledger")
         ledger_dir = state_dir / "ledger"
-    node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
     ledger = Ledger(ledger_dir, kit.signing_key, kit.party)
-    server, port = create_server(address, node, ledger=ledger)
-    server.start()
     host = address.rsplit(":", 1)[0]
-    print(f"platform node listening on {host}:{port} ({len(node.table)} users)", flush=True)
+    try:
+        bound = bind_server(address, kit, ledger=ledger)
+    except BaseException:
+        ledger.close()
+        raise
+    bound.server.start()
+    print(f"platform node at {host}:{bound.port}: loading its table (health: NOT_SERVING)",
+          flush=True)
+    try:
+        node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
+        bound.ready(node)
+    except BaseException:
+        bound.stop(grace=None).wait()
+        ledger.close()
+        raise
+    print(f"platform node listening on {host}:{bound.port} ({len(node.table)} users)",
+          flush=True)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -172,6 +254,6 @@ def serve(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stop.wait()
-    server.stop(grace=2).wait()
+    bound.stop(grace=2, drain_s=drain_s).wait()
     ledger.close()
     print("platform node stopped", flush=True)

@@ -1,8 +1,9 @@
 """The ``fedscore`` command: the top of the layers.
 
 ``main`` is the entry point (``fedscore = fedscore.cli.main:app``) and the node commands;
-``data`` (``fedscore data``), ``audit`` (``fedscore audit``) and ``provision``
-(``fedscore provision``) are sub-apps; ``demo``, ``vertical``, ``local``, ``deploy`` and
+``data`` (``fedscore data``), ``audit`` (``fedscore audit``), ``config`` (``fedscore
+config``), ``health`` (``fedscore health``) and ``provision`` (``fedscore provision``)
+are sub-apps; ``demo``, ``vertical``, ``local``, ``deploy`` and
 ``simulation`` start whole federations on one machine (real node processes, Flower's
 Deployment or Simulation Engine).
 
@@ -16,9 +17,11 @@ This package imports nothing: import from the submodule.
 
 __all__ = [
     "audit",
+    "config",
     "data",
     "demo",
     "deploy",
+    "health",
     "local",
     "main",
     "provision",

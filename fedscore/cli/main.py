@@ -6,11 +6,18 @@ Heavy imports (torch, grpc) happen inside the commands so ``--help`` stays insta
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from fedscore.federation.nodeconfig import NodeConfig
+
+C = TypeVar("C", bound="NodeConfig")
 
 app = typer.Typer(
     name="fedscore",
@@ -33,12 +40,41 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+CONFIG_HELP = ("A node config file (TOML; see `fedscore config check`): every flag below is "
+               "also a key of the same name (state-dir for --state-dir); a flag given here "
+               "overrides the file's key.")
+DRAIN_HELP = ("Seconds the health service answers NOT_SERVING before the server stops "
+              "(key drain-s; default 0).")
+
+
+def _node_config(model: type[C], config: Path | None, **flags: object) -> C:
+    """The node's settings from ``config`` and the flags given (not None); every problem
+    is printed, one line each, naming the file or flag, the key, the value, the expectation."""
+    from fedscore.federation.nodeconfig import NodeConfigError, load
+
+    try:
+        return load(model, config, {k.replace("_", "-"): v for k, v in flags.items()})
+    except NodeConfigError as exc:
+        raise _fail_all(exc.problems) from None
+
+
+def _fail_all(problems: Sequence[str]) -> typer.Exit:
+    from rich.markup import escape
+
+    for problem in problems:
+        err.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
 @platform_app.command("serve")
 def platform_serve(
-    kit: Path = typer.Option(..., help="The platform's startup kit folder."),
-    data: Path = typer.Option(..., help="The platform's feature table (CSV or Parquet)."),
-    schema: Path = typer.Option(..., help="The table's schema.toml."),
-    address: str = typer.Option("127.0.0.1:50051", help="host:port to bind (port 0: any)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    kit: Path | None = typer.Option(None, help="The platform's startup kit folder (required)."),
+    data: Path | None = typer.Option(None, help="The platform's feature table (CSV or Parquet; "
+                                     "required)."),
+    schema: Path | None = typer.Option(None, help="The table's schema.toml (required)."),
+    address: str | None = typer.Option(None, help="host:port to bind (port 0: any; default "
+                                       "127.0.0.1:50051)."),
     state_dir: Path | None = typer.Option(
         None, help="Folder for committed federated models; a restart continues from it "
         "(default: memory only)."
@@ -47,28 +83,38 @@ def platform_serve(
         None, help="The audit ledger's folder (default: STATE_DIR/ledger); one of the two "
         "is required."
     ),
+    drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
 ) -> None:
     """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
+    from fedscore.federation.nodeconfig import PlatformConfig
     from fedscore.federation.provision import KitError
     from fedscore.ledger.entry import LedgerError
     from platform_node.model_store import StoreError
     from platform_node.server import serve
 
+    cfg = _node_config(PlatformConfig, config, kit=kit, data=data, schema=schema,
+                       address=address, state_dir=state_dir, ledger_dir=ledger_dir,
+                       drain_s=drain_s)
     try:
-        serve(kit, data, schema, address, state_dir, ledger_dir)
+        serve(cfg.kit, cfg.data, cfg.table_schema, cfg.address, cfg.state_dir, cfg.ledger_dir,
+              drain_s=cfg.drain_s)
     except (KitError, DataError, StoreError, LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
 @bank_app.command("train")
 def bank_train(
-    kit: Path = typer.Option(..., help="This bank's startup kit folder."),
-    data: Path = typer.Option(..., help="Folder with train.*, test.* and schema.toml."),
-    platform: str = typer.Option(..., help="The platform node's host:port."),
-    out: Path = typer.Option(Path("out/bank"), help="Where to write the model and metrics."),
-    seed: int = typer.Option(0),
-    epochs: int = typer.Option(0, help="Maximum epochs (0: the default config)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    kit: Path | None = typer.Option(None, help="This bank's startup kit folder (required)."),
+    data: Path | None = typer.Option(None, help="Folder with train.*, test.* and schema.toml "
+                                     "(required)."),
+    platform: str | None = typer.Option(None, help="The platform node's host:port (required)."),
+    out: Path | None = typer.Option(None, help="Where to write the model and metrics "
+                                    "(default out/bank)."),
+    seed: int | None = typer.Option(None, help="The random seed (default 0)."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs (0, the default: the default "
+                                      "config)."),
     ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder (default: "
                                            "OUT/ledger)."),
 ) -> None:
@@ -79,18 +125,22 @@ def bank_train(
     from bank_node.trainer import run_bank
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
+    from fedscore.federation.nodeconfig import BankTrainConfig
     from fedscore.federation.provision import KitError, load_kit
     from fedscore.ledger.entry import LedgerError
     from fedscore.ledger.writer import Ledger
     from fedscore.ml.training import TrainConfig
 
-    cfg = TrainConfig(seed=seed)
-    if epochs:
-        cfg = dataclasses.replace(cfg, epochs=epochs)
+    cfg = _node_config(BankTrainConfig, config, kit=kit, data=data, platform=platform, out=out,
+                       seed=seed, epochs=epochs, ledger_dir=ledger_dir)
+    train = TrainConfig(seed=cfg.seed)
+    if cfg.epochs:
+        train = dataclasses.replace(train, epochs=cfg.epochs)
     try:
-        bank = load_kit(kit)
-        with Ledger(ledger_dir or out / "ledger", bank.signing_key, bank.party) as ledger:
-            result = run_bank(bank, data, platform, cfg, out=out, ledger=ledger)
+        bank = load_kit(cfg.kit)
+        with Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key, bank.party
+                    ) as ledger:
+            result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger)
     except (KitError, DataError, PsiError, PlatformError, LedgerError,
             FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
@@ -99,17 +149,21 @@ def bank_train(
 
 @bank_app.command("score-server")
 def bank_score_server(
-    kit: Path = typer.Option(..., help="This bank's startup kit folder."),
-    data: Path = typer.Option(..., help="The bank's customer store: a folder with train.*, "
-                              "test.* and schema.toml."),
-    release: Path = typer.Option(..., help="A release folder signed by the coordinator; "
-                                 "SIGHUP reloads it (put a newer one in its place)."),
-    platform: str = typer.Option(..., help="The platform node's host:port."),
-    address: str = typer.Option("127.0.0.1:50061", help="host:port to bind (port 0: any)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    kit: Path | None = typer.Option(None, help="This bank's startup kit folder (required)."),
+    data: Path | None = typer.Option(None, help="The bank's customer store: a folder with "
+                                     "train.*, test.* and schema.toml (required)."),
+    release: Path | None = typer.Option(None, help="A release folder signed by the "
+                                        "coordinator; SIGHUP reloads it (put a newer one in "
+                                        "its place; required)."),
+    platform: str | None = typer.Option(None, help="The platform node's host:port (required)."),
+    address: str | None = typer.Option(None, help="host:port to bind (port 0: any; default "
+                                       "127.0.0.1:50061)."),
     policy: Path | None = typer.Option(None, help="The bank's policy TOML (default: "
                                        "bank_node/default_policy.toml)."),
-    ledger_dir: Path = typer.Option(..., help="The audit ledger's folder for this server "
-                                    "(its own: not the training one)."),
+    ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder for this "
+                                           "server (its own: not the training one; required)."),
+    drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
 ) -> None:
     """Serve real-time joint scoring and decisions to this bank's decision engine."""
     import grpc
@@ -119,17 +173,22 @@ def bank_score_server(
     from bank_node.scoring_store import ScoringError
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
+    from fedscore.federation.nodeconfig import ScoreServerConfig
     from fedscore.federation.provision import KitError
     from fedscore.federation.release import ReleaseError
     from fedscore.ledger.entry import LedgerError
 
+    cfg = _node_config(ScoreServerConfig, config, kit=kit, data=data, release=release,
+                       platform=platform, address=address, policy=policy,
+                       ledger_dir=ledger_dir, drain_s=drain_s)
     try:
-        serve(kit, data, release, platform, address, policy, ledger_dir)
+        serve(cfg.kit, cfg.data, cfg.release, cfg.platform, cfg.address, cfg.policy,
+              cfg.ledger_dir, drain_s=cfg.drain_s)
     except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
             LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
     except grpc.RpcError as exc:
-        raise _fail(f"the platform at {platform}: {exc.details()}") from None
+        raise _fail(f"the platform at {cfg.platform}: {exc.details()}") from None
 
 
 @app.command("score")
@@ -225,13 +284,22 @@ def vertical(
 
 @app.command("demo")
 def demo(
-    rounds: int = typer.Option(5, min=1, help="Federated rounds."),
-    epochs: int = typer.Option(3, min=1, help="Local epochs per bank per round."),
+    rounds: int | None = typer.Option(None, min=1, help="Federated rounds (default 5: or the "
+                                      "config's num-rounds)."),
+    epochs: int | None = typer.Option(None, min=1, help="Local epochs per bank per round "
+                                      "(default 3: or the config's local-epochs)."),
     banks: int = typer.Option(3, min=2, help="Banks (default-credit has exactly 3)."),
     scenario: str = typer.Option("default-credit", help="default-credit or synth."),
     people: int = typer.Option(20_000, min=1, help="Synthetic population size (synth only)."),
     out: Path = typer.Option(Path("fedscore-demo"), help="Working folder (data is reused)."),
-    seed: int = typer.Option(0),
+    seed: int | None = typer.Option(None, help="Seed of the data and the run (default 0: or "
+                                    "the config's seed)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="The coordinator's run settings: a run config file (role "
+        "coordinator, as `flwr run --run-config FILE` takes it; `fedscore config check "
+        "--role coordinator FILE`). --rounds, --epochs, --seed and --run-config override its "
+        "keys; run-id, max-weight, state-dir, coordinator-kit and platform-address are the "
+        "demo's own."),
     run_config: str = typer.Option("", help="More run-config settings, as for `flwr run`, "
                                    "e.g. 'dp-update-noise=1.0 dp-embedding-noise=2.0'."),
 ) -> None:
@@ -241,20 +309,48 @@ def demo(
     import signal
     import sys
 
-    from fedscore.cli.demo import DemoError, DemoOptions, run_demo
+    from fedscore.cli.demo import DEMO_KEYS, DemoError, DemoOptions, run_demo
     from fedscore.cli.deploy import DeployError
     from fedscore.cli.local import LaunchError
 
     # `kill` stops the demo as Ctrl-C does: every process it started is stopped first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    settings: dict[str, object] = {}
+    if config is not None:
+        from fedscore.federation.nodeconfig import (
+            ROLE_KEY,
+            CoordinatorConfig,
+            NodeConfigError,
+            load,
+            read_file,
+            show,
+        )
+
+        try:
+            load(CoordinatorConfig, config)
+            settings = {k: v for k, v in read_file(config).items() if k != ROLE_KEY}
+        except NodeConfigError as exc:
+            raise _fail_all(exc.problems) from None
+        flagged = {"num-rounds": "--rounds", "local-epochs": "--epochs", "seed": "--seed"}
+        own = [k for k in settings if k in DEMO_KEYS and k not in flagged]
+        if own:
+            raise _fail_all([f"{config}: {k} = {show(settings[k])}: expected no {k} key (the "
+                             "demo sets it itself)" for k in own])
     try:
         from flwr.common.config import parse_config_args
 
         extra = parse_config_args([run_config]) if run_config.strip() else {}
     except ValueError as exc:
         raise _fail(f"--run-config {run_config!r}: {exc}") from None
+
+    def pick(flag: int | None, key: str, default: int) -> int:
+        value = settings.pop(key, default)
+        return flag if flag is not None else int(value)  # type: ignore[call-overload]
+
+    rounds, epochs = pick(rounds, "num-rounds", 5), pick(epochs, "local-epochs", 3)
+    seed = pick(seed, "seed", 0)
     options = DemoOptions(scenario=scenario, rounds=rounds, epochs=epochs, banks=banks,
-                          people=people, seed=seed, run_config=dict(extra))
+                          people=people, seed=seed, run_config={**settings, **extra})
     try:
         run_demo(out, options, console)
     except KeyboardInterrupt:
@@ -295,7 +391,9 @@ def release_verify(
 
 def _register() -> None:
     from fedscore.cli.audit import audit_app
+    from fedscore.cli.config import config_app
     from fedscore.cli.data import app as data_app
+    from fedscore.cli.health import health_command
     from fedscore.cli.provision import provision_command
 
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
@@ -305,6 +403,8 @@ def _register() -> None:
     app.command("provision")(provision_command)
     app.add_typer(audit_app, name="audit",
                   help="Verify the nodes' audit ledgers; render a report for a reviewer.")
+    app.add_typer(config_app, name="config")
+    app.command("health")(health_command)
 
 
 _register()

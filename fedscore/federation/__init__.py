@@ -1,6 +1,7 @@
 """What the parties of one federation share about it, beyond the wire.
 
-``runconfig`` reads a run's settings from Flower's run config, ``provision`` creates the
+``runconfig`` reads a run's settings from Flower's run config, ``nodeconfig`` a node's
+settings from its TOML file (one schema per role), ``provision`` creates the
 federation's CA and startup kits and loads a kit, ``release`` signs and verifies model
 releases, ``statistics`` the banks' preprocessing statistics summed under SecAgg+ (round
 0), ``arrays`` the array helpers the coordinator and the banks share.
@@ -14,4 +15,4 @@ operator) goes here rather than into one party's package. This package imports n
 import from the submodule.
 """
 
-__all__ = ["arrays", "provision", "release", "runconfig", "statistics"]
+__all__ = ["arrays", "nodeconfig", "provision", "release", "runconfig", "statistics"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -63,27 +63,10 @@ class RunSettings:
     dp_delta: float = 1e-5  # the δ every reported ε is at
 
     def __post_init__(self) -> None:
-        checks = {
-            "num-rounds": self.num_rounds >= 1,
-            "local-epochs": self.local_epochs >= 1,
-            "proximal-mu": self.proximal_mu >= 0,
-            "seed": 0 <= self.seed < 2**62,
-            "batch-size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "min-banks": self.min_banks >= 2,
-            "max-weight": self.max_weight > 0,
-            "run-id": bool(self.run_id),
-            "dp-embedding-noise": 0 <= self.dp_embedding_noise < math.inf,
-            "dp-embedding-clip": 0 < self.dp_embedding_clip < math.inf,
-            "dp-update-noise": 0 <= self.dp_update_noise < math.inf,
-            "dp-update-clip": 0 < self.dp_update_clip < math.inf,
-            "dp-delta": 0 < self.dp_delta < 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                value = getattr(self, key.replace("-", "_"))
-                raise ConfigError(f"run config {key} = {value!r} is out of range "
-                                  f"({_RANGES[key]})")
+        problems = out_of_range(dataclasses.asdict(self))
+        if problems:
+            key, value, expected = problems[0]
+            raise ConfigError(f"run config {key} = {value!r} is out of range ({expected})")
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, object]) -> RunSettings:
@@ -138,6 +121,35 @@ _RANGES = {
     "dp-update-noise": "finite, >= 0; 0 = off", "dp-update-clip": "finite, > 0",
     "dp-delta": "0 < delta < 1",
 }
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "num-rounds": lambda v: v >= 1,
+    "local-epochs": lambda v: v >= 1,
+    "proximal-mu": lambda v: v >= 0,
+    "seed": lambda v: 0 <= v < 2**62,
+    "batch-size": lambda v: v >= 1,
+    "lr": lambda v: v > 0,
+    "min-banks": lambda v: v >= 2,
+    "max-weight": lambda v: v > 0,
+    "run-id": bool,
+    "dp-embedding-noise": lambda v: 0 <= v < math.inf,
+    "dp-embedding-clip": lambda v: 0 < v < math.inf,
+    "dp-update-noise": lambda v: 0 <= v < math.inf,
+    "dp-update-clip": lambda v: 0 < v < math.inf,
+    "dp-delta": lambda v: 0 < v < 1,
+}
+
+
+def out_of_range(values: Mapping[str, object]) -> list[tuple[str, object, str]]:
+    """(key, value, expected range) of every run setting in ``values`` out of its range.
+
+    ``values`` may use run config keys (kebab-case) or field names (snake_case); the
+    problems name the run config keys. Keys without a range are not looked at."""
+    problems = []
+    for key, value in values.items():
+        check = _CHECKS.get(key.replace("_", "-"))
+        if check is not None and not check(value):
+            problems.append((key.replace("_", "-"), value, _RANGES[key.replace("_", "-")]))
+    return problems
 
 
 def _coerce(key: str, value: object, kind: type) -> object:

@@ -98,6 +98,13 @@ _KINDS: dict[str, tuple[str, str, str]] = {
 
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 """Readiness probes: no party's data, asked by anything that watches a node; not recorded."""
+REFLECTION_METHODS = frozenset({
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+})
+"""Server reflection: a server's service descriptors, public; not recorded."""
+PROBE_METHODS = HEALTH_METHODS | REFLECTION_METHODS
+"""What a server leaves out of its ledger: health checks and reflection."""
 
 
 def _service(method: str) -> str:

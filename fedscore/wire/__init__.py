@@ -5,7 +5,9 @@ helpers, error-to-status mapping and request batching. The generated wire types 
 ``serde`` converts between protobuf messages and fedscore's own types, ``transport``
 builds mTLS servers and channels from a startup kit, ``aio`` the ``grpc.aio`` channel
 (ledgered like the sync one), ``status`` maps :class:`~fedscore.errors.FedscoreError`
-to a gRPC status on every server, ``batching`` lets concurrent callers share one call
+to a gRPC status on every server, ``health`` gives every server the health service,
+reflection and the gate that keeps its services closed until its node has loaded,
+``batching`` lets concurrent callers share one call
 (threads or asyncio).
 
 May import: ``fedscore.ledger``, ``fedscore.federation``, ``fedscore.ml``,
@@ -18,4 +20,4 @@ goes here; a new message goes into ``proto/`` first. This package imports nothin
 import from the submodule.
 """
 
-__all__ = ["aio", "batching", "serde", "status", "transport"]
+__all__ = ["aio", "batching", "health", "serde", "status", "transport"]
