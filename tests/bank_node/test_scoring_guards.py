@@ -89,12 +89,12 @@ class _Queries:
         self._opener = WindowOpener(key, session_id, Direction.PLATFORM_TO_BANK)
         self._version = live.versions[0]
 
-    def seal(self) -> common_pb2.Sealed:
+    def seal(self, round_: int = SCORING_ROUND) -> common_pb2.Sealed:
         """The next query for :data:`HANDLES`, its batch number its seq."""
         query = embedding_pb2.EmbeddingQuery(
             platform_model_version=self._version, handles=serde.handles_to_bytes(HANDLES),
             purpose=embedding_pb2.SCORING_PURPOSE_APPLICATION)
-        box = self.sealer.seal(query.SerializeToString(), round=SCORING_ROUND,
+        box = self.sealer.seal(query.SerializeToString(), round=round_,
                                batch=self.sealer.next_seq)
         return serde.sealed_to_pb(box)
 
@@ -215,7 +215,8 @@ def test_a_tampered_or_reflected_sealed_query_is_refused_and_not_answered(live: 
 
     Each altered query is refused while the same query unaltered is answered after it:
     the refusal used up nothing of the session. The platform's own answer, sent back to
-    it as a query, is refused too."""
+    it as a query, is refused too, and so is a query the bank sealed itself for a round
+    that is not scoring's."""
     own = _Queries(live, _psi(live))
     other = _psi(live)
     with _embeddings(live) as stub:
@@ -227,10 +228,13 @@ def test_a_tampered_or_reflected_sealed_query_is_refused_and_not_answered(live: 
             assert own.opens(_send(stub, honest)).shape[0] == HANDLES.size, how
         answer = _send(stub, own.seal()).sealed
         reflected = _refused(stub, answer)
+        other_round = _refused(stub, own.seal(round_=SCORING_ROUND + 1))
     assert reflected.code() == grpc.StatusCode.DATA_LOSS
     assert "direction" in (reflected.details() or "")
+    assert other_round.code() == grpc.StatusCode.DATA_LOSS
+    assert "expected round 0" in (other_round.details() or "")
     refusals = _refusals(live)
-    assert len(refusals) == len(TAMPERS) + 1
+    assert len(refusals) == len(TAMPERS) + 2
     for line in refusals:
         assert line["peer"] == BANK and line["status"] == "DATA_LOSS"
         assert line["reason"].startswith("sealed query refused: ")
@@ -269,12 +273,14 @@ class _Relay(embedding_pb2_grpc.EmbeddingServiceServicer):
     """Between the bank's scoring server and the platform, with the TLS keys of both (a
     relay inside one party's estate, in docs/security.md's threat model): forwards
     GetEmbeddings as bank-1, the query and the answer altered by ``query`` and
-    ``answer`` when set, or stalls ``stall_s`` and fails."""
+    ``answer`` when set; or keeps the platform's answer back (``hold``) and fails the
+    call; or stalls ``stall_s`` and fails it."""
 
     def __init__(self, upstream: grpc.Channel) -> None:
         self._stub = embedding_pb2_grpc.EmbeddingServiceStub(upstream)
         self.query: Alter | None = None
         self.answer: Alter | None = None
+        self.hold = False
         self.stall_s = 0.0
         self.queries: list[common_pb2.Sealed] = []  # as the bank sent them
         self.answers: list[common_pb2.Sealed] = []  # as the platform sent them
@@ -291,6 +297,8 @@ class _Relay(embedding_pb2_grpc.EmbeddingServiceServicer):
         except grpc.RpcError as exc:
             context.abort(exc.code(), exc.details() or "")
         self.answers.append(reply.sealed)
+        if self.hold:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "held back")
         sealed = self.answer(reply.sealed) if self.answer else reply.sealed
         return embedding_pb2.GetEmbeddingsResponse(sealed=sealed)
 
@@ -345,14 +353,20 @@ def test_an_altered_query_or_answer_gets_the_policys_fallback(
     (bank_node/scoring.py) takes for the platform failing, not the request; and the
     bank's opening of the answer (``PlatformEmbeddings._answer``,
     bank_node/scoring_platform.py), an answer that does not open being the platform's
-    part failing too. The applicant gets the policy's fallback, not an error."""
+    part failing too: its tag, its session, its seq (an answer seen before) and its
+    batch (an answer kept back from its own query and given to the next, never seen
+    before) are checked.
+    The applicant gets the policy's fallback, not an error."""
     meddler, address = relay
     inside, _ = split_ids(live)
     alters: dict[str, tuple[str, Alter]] = {
         "a query's ciphertext byte": ("query", lambda s: _tampered(s, "a ciphertext byte", b"")),
         "a query replayed for the next": ("query", lambda s: meddler.queries[0]),
         "an answer's tag byte": ("answer", lambda s: _tampered(s, "a tag byte", b"")),
+        "an answer's session": ("answer", lambda s: _tampered(s, "the session",
+                                                              new_session_id())),
         "an answer replayed for the next": ("answer", lambda s: meddler.answers[0]),
+        "an answer kept back for the next": ("answer", lambda s: meddler.answers[-2]),
     }
     # a deadline far above a relay's hop on a busy machine: the fallback is not a timeout
     with _scoring_server(live, _policy(tmp_path, "deadline_ms = 2000"), address) as stub:
@@ -364,6 +378,10 @@ def test_an_altered_query_or_answer_gets_the_policys_fallback(
         joined = score()
         assert joined.platform == scoring_pb2.PLATFORM_PART_JOINED
         for how, (side, alter) in alters.items():
+            if how == "an answer kept back for the next":
+                meddler.hold = True  # its own query fails, the bank never sees it
+                assert score().platform == scoring_pb2.PLATFORM_PART_UNAVAILABLE
+                meddler.hold = False
             setattr(meddler, side, alter)
             r = score()
             setattr(meddler, side, None)
@@ -443,13 +461,14 @@ class _Process:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.seen: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
+        self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)  # the process closed its output: it ended
 
     def line(self, prefix: str, timeout: float = 90.0) -> str:
         """The next output line that starts with ``prefix``."""
@@ -458,8 +477,11 @@ class _Process:
             try:
                 line = self._lines.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
+                line = None
+            if line is None:
+                self._lines.put(None)
                 raise AssertionError(f"no line {prefix!r} (exit {self.proc.poll()}):\n"
-                                     + "\n".join(self.seen[-30:])) from None
+                                     + "\n".join(self.seen[-30:]))
             self.seen.append(line)
             if line.startswith(prefix):
                 return line
