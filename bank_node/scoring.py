@@ -160,7 +160,10 @@ class Scorer:
         A refusal (PERMISSION_DENIED, INVALID_ARGUMENT) is the request's error: raised as
         a ScoringError with the platform's code. UNAUTHENTICATED is the platform not
         knowing the session (it restarted): fall back and reconnect (PSI again) in the
-        background. Anything else is the platform's failure: fall back."""
+        background. Anything else is the platform's failure: fall back; DATA_LOSS (the
+        platform could not open the query: it was spoilt on the way) and
+        :class:`bank_node.scoring_platform.AnswerRefused` (the answer did not open) among
+        them."""
         call = isinstance(exc, grpc.Call | grpc.aio.AioRpcError)
         code = exc.code() if call else grpc.StatusCode.UNKNOWN
         details = (exc.details() if call else str(exc)) or ""

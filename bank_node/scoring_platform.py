@@ -8,6 +8,7 @@ event-loop twin can share one session.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -18,15 +19,28 @@ from fedscore.api.v1 import embedding_pb2, embedding_pb2_grpc
 from fedscore.crypto.primitives import (
     Direction,
     Sealer,
+    SealError,
     WindowOpener,
     derive_session_key,
 )
 from fedscore.crypto.psi import PsiResult
+from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.wire import serde
 
+log = logging.getLogger(__name__)
+
 SCORING_ROUND = 0
 """The round number scoring queries are sealed under (the platform's, too)."""
+
+
+class AnswerRefused(FedscoreError, grpc.RpcError):
+    """The platform's answer did not open (altered or replayed on the way) or does not
+    fit its query. A ``grpc.RpcError``, as a failed call is, so that whoever asked takes
+    it for the platform's part failing (``Scorer.platform_failure``: the policy's
+    fallback), never for the request's fault."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 class PlatformEmbeddings:
@@ -60,12 +74,18 @@ class PlatformEmbeddings:
 
     def _answer(self, reply: embedding_pb2.GetEmbeddingsResponse, number: int, n: int,
                 dim: int) -> tuple[np.ndarray, np.ndarray]:
-        answer = embedding_pb2.EmbeddingAnswer.FromString(self._opener.open(
-            serde.sealed_from_pb(reply.sealed), round=SCORING_ROUND, batch=number))
-        emb = serde.tensor_from_pb(answer.embeddings, rows=n) if n else np.zeros((0, dim))
-        present = np.frombuffer(answer.present, np.uint8).astype(bool)
-        if emb.shape != (n, dim) or present.size != n:
-            raise serde.WireError(f"platform answered {emb.shape} embeddings for {n} rows")
+        """The answer to query ``number``, opened and checked; AnswerRefused if it does not
+        open or fit."""
+        try:
+            answer = embedding_pb2.EmbeddingAnswer.FromString(self._opener.open(
+                serde.sealed_from_pb(reply.sealed), round=SCORING_ROUND, batch=number))
+            emb = serde.tensor_from_pb(answer.embeddings, rows=n) if n else np.zeros((0, dim))
+            present = np.frombuffer(answer.present, np.uint8).astype(bool)
+            if emb.shape != (n, dim) or present.size != n:
+                raise serde.WireError(f"platform answered {emb.shape} embeddings for {n} rows")
+        except (SealError, serde.WireError) as exc:
+            log.warning("scoring: the platform's answer to query %d refused: %s", number, exc)
+            raise AnswerRefused(f"the platform's answer refused: {exc}") from None
         return emb, present
 
     def get(
@@ -73,7 +93,8 @@ class PlatformEmbeddings:
         *, purpose: int, timeout: float, dim: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings [n, dim], present [n]) for ``handles`` then ``consented``
-        (applicant id, consent token) pairs; raises grpc.RpcError as the platform does."""
+        (applicant id, consent token) pairs; raises grpc.RpcError as the platform does,
+        and AnswerRefused (one too) for an answer that does not open."""
         request, number = self._request(version, handles, consented, purpose)
         reply = self._stub.GetEmbeddings(request, timeout=timeout)
         return self._answer(reply, number, handles.size + len(consented), dim)

@@ -3,10 +3,13 @@
 A bank's scoring server opens a scoring session with PSI over its customer store; the
 platform then answers ``GetEmbeddings`` for handles of that session (customers in the
 intersection) and for applicants whose consent token it signed for that bank and
-applicant and that is still valid. One bad handle, one refused token, a sealed query
-that does not open: the whole call is refused with PERMISSION_DENIED (or
-INVALID_ARGUMENT for a malformed one) and the refusal is recorded (log, and a JSON
-line in ``scoring-refusals.jsonl`` under the state folder) without the applicant's id.
+applicant and that is still valid. One bad handle, one refused token: the whole call is
+refused with PERMISSION_DENIED (or INVALID_ARGUMENT for a malformed one). A sealed query
+that does not open (altered, reflected, replayed, below the replay window) is refused
+with DATA_LOSS, its own code: a bank's own queries always open, so it was spoilt on the
+way, and the bank's scorer gives the applicant its policy's fallback where a
+PERMISSION_DENIED fails the request. Every refusal is recorded (log, and a JSON line in
+``scoring-refusals.jsonl`` under the state folder) without the applicant's id.
 
 Embeddings come from a committed bottom-model version; the platform computes the whole
 table's once per version (a few MB) and then serves rows from memory. When the run that
@@ -52,9 +55,9 @@ REFUSALS_FILE = "scoring-refusals.jsonl"
 
 class ScoringRefusal(FedscoreError):
     """A scoring query the platform refuses as a whole (PERMISSION_DENIED, INVALID_ARGUMENT
-    for a malformed one); recorded before the bank hears of it. ``reason``: the refusals
-    file's reason (the message unless a consent check names one); ``token_id``: the
-    refused consent token's, if any."""
+    for a malformed one, DATA_LOSS for one that does not open); recorded before the bank
+    hears of it. ``reason``: the refusals file's reason (the message unless a consent
+    check names one); ``token_id``: the refused consent token's, if any."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -158,7 +161,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             query = embedding_pb2.EmbeddingQuery.FromString(
                 opener.open(box, round=SCORING_ROUND))
         except SealError as exc:
-            raise ScoringRefusal(f"sealed query refused: {exc}") from None
+            raise ScoringRefusal(f"sealed query refused: {exc}",
+                                 code=grpc.StatusCode.DATA_LOSS) from None
         try:
             handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
         except serde.WireError as exc:

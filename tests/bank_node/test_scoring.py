@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,7 +19,7 @@ import pytest
 import torch
 
 from bank_node.policy import Policy
-from bank_node.scoring_service import build_scorer, create_server
+from bank_node.scoring_service import build_scorer
 from bank_node.scoring_store import CustomerStore, ScoringModel, _source
 from fedscore.api.v1 import embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from fedscore.crypto.consent import issue_consent
@@ -33,49 +31,8 @@ from fedscore.wire.transport import add_secure_port, secure_channel
 from platform_node.embedding_service import REFUSALS_FILE
 from platform_node.server import PlatformNode
 from platform_node.server import create_server as create_platform_server
-from tests.conftest import Federation, seeded_release
-
-BANK = "bank-1"
-
-
-@dataclass
-class Live:
-    federation: Federation
-    node: PlatformNode
-    platform: grpc.Server
-    platform_address: str
-    versions: list[str]
-    releases: list[Path]
-    address: str
-    stub: scoring_pb2_grpc.ScoringServiceStub
-    state: Path
-
-
-@pytest.fixture()
-def live(federation: Federation, tmp_path: Path) -> Iterator[Live]:
-    node = PlatformNode(federation.kit("platform"), federation.platform_table(),
-                        state_dir=tmp_path / "platform-state")
-    versions = [node.federation.store.save("scoring", r, node.initial_weights(seed=10 + r))
-                for r in (1, 2)]
-    platform, pport = create_platform_server("127.0.0.1:0", node)
-    platform.start()
-    releases = [seeded_release(federation, federation.data.bank_dirs[BANK],
-                               tmp_path / f"release-{i}", v, seed=i)
-                for i, v in enumerate(versions)]
-    kit = federation.kit(BANK)
-    scorer = build_scorer(kit, federation.data.bank_dirs[BANK], releases[0],
-                          f"127.0.0.1:{pport}", Policy.default())
-    server, port = create_server("127.0.0.1:0", scorer, kit)
-    server.start()
-    channel = secure_channel(f"127.0.0.1:{port}", kit, BANK)
-    try:
-        yield Live(federation, node, platform, f"127.0.0.1:{pport}", versions, releases,
-                   f"127.0.0.1:{port}", scoring_pb2_grpc.ScoringServiceStub(channel),
-                   tmp_path / "platform-state")
-    finally:
-        channel.close()
-        server.stop(grace=None)
-        platform.stop(grace=None)
+from tests.bank_node.conftest import BANK, Live, split_ids
+from tests.conftest import Federation
 
 
 def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
@@ -106,16 +63,8 @@ def _offline_pd(live: Live, release: int, ids: list[str]) -> np.ndarray:
     return torch.sigmoid(logits).double().numpy()
 
 
-def _ids(live: Live) -> tuple[list[str], list[str]]:
-    store = CustomerStore.load_table(live.federation.data.bank_dirs[BANK])
-    users = set(live.node.table.ids)
-    inside = [str(i) for i in store.ids if i in users]
-    outside = [str(i) for i in store.ids if i not in users]
-    return inside, outside
-
-
 def test_server_pd_equals_the_offline_model(live: Live) -> None:
-    inside, outside = _ids(live)
+    inside, outside = split_ids(live)
     ids = inside[:40] + outside[:20]
     want = _offline_pd(live, 0, ids)
     got = []
@@ -207,7 +156,7 @@ def _text(kind: str, v: object) -> str:
 
 
 def test_inline_features_score_like_the_store_and_bad_ones_are_named(live: Live) -> None:
-    inside, _ = _ids(live)
+    inside, _ = split_ids(live)
     table = CustomerStore.load_table(live.federation.data.bank_dirs[BANK])
     row = [str(i) for i in table.ids].index(inside[0])
     feats = {f.name: _text(f.kind, v)
@@ -276,13 +225,13 @@ def test_only_the_bank_itself_may_call_its_scoring_server(live: Live) -> None:
     other = secure_channel(live.address, live.federation.kit("bank-2"), BANK)
     with pytest.raises(grpc.RpcError) as err:
         scoring_pb2_grpc.ScoringServiceStub(other).Score(
-            scoring_pb2.ScoreRequest(applicant_id=_ids(live)[0][0]))
+            scoring_pb2.ScoreRequest(applicant_id=split_ids(live)[0][0]))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     other.close()
 
 
 def test_platform_down_falls_back_within_the_deadline(live: Live) -> None:
-    inside, _ = _ids(live)
+    inside, _ = split_ids(live)
     live.platform.stop(grace=None).wait()
     deadline = Policy.default().fallback.deadline_s
     t0 = time.perf_counter()
@@ -312,7 +261,7 @@ def test_a_slow_platform_times_out_to_the_fallback(live: Live, federation: Feder
                           live.platform_address, Policy.default())
     scorer.link = (PlatformEmbeddings(secure_channel(f"127.0.0.1:{port}", kit, "platform"),
                                       kit, _session_of(scorer)), scorer.store)
-    inside, _ = _ids(live)
+    inside, _ = split_ids(live)
     t0 = time.perf_counter()
     scored = scorer.score(inside[0])
     took = time.perf_counter() - t0
@@ -330,7 +279,7 @@ def _session_of(scorer: object) -> object:
 
 
 def test_switching_releases_under_load_loses_no_request(live: Live) -> None:
-    inside, outside = _ids(live)
+    inside, outside = split_ids(live)
     ids = inside[:20] + outside[:5]
     want = {f"scoring-{k}-r0001": dict(zip(ids, _offline_pd(live, k, ids), strict=True))
             for k in (0, 1)}
@@ -380,7 +329,7 @@ def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> No
 
     from fedscore.cli.main import app
 
-    inside, _ = _ids(live)
+    inside, _ = split_ids(live)
     applicant = tmp_path / "applicant.json"
     applicant.write_text(json.dumps({"applicant_id": inside[0], "requested_amount": 1000}))
     kit = str(live.federation.kits / BANK)
@@ -404,7 +353,7 @@ def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> No
 
 
 def test_a_restarted_platform_costs_a_fallback_then_a_new_session(live: Live) -> None:
-    inside, _ = _ids(live)
+    inside, _ = split_ids(live)
     live.platform.stop(grace=None).wait()
     node = PlatformNode(live.federation.kit("platform"), live.federation.platform_table(),
                         state_dir=live.state)  # the same committed models, no sessions
