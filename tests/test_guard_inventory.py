@@ -29,11 +29,6 @@ import pytest
 
 from fedscore.errors import FedscoreError
 
-PENDING_TEST_FILES: frozenset[str] = frozenset({"tests/bank_node/test_scoring_guards.py"})
-"""Test files another branch adds: until it is merged a row may name such a file without a
-test function, and the file may be missing. Empty this set at the merge (and name the
-tests in those rows)."""
-
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "security.md"
 SECTION = "## Guard inventory"
@@ -282,8 +277,6 @@ def test_every_named_test_exists() -> None:
             assert match is not None
             file, name = match.groups()
             path = ROOT / file
-            if file in PENDING_TEST_FILES and (name is None or not path.exists()):
-                continue
             if name is None:
                 problems.append(f"security.md:{row.line}: {ref} names no test function")
             elif not path.is_file():
