@@ -15,7 +15,7 @@ raised) keeps it, and a call that is no longer active (the client cancelled, the
 stops) is left to gRPC: there is nobody to tell.
 
 The interceptors wrap each handler's behaviour as
-:class:`fedscore.ledger.writer.LedgerTap` does. For a streaming response the behaviour
+:class:`fedscore.ledger.taps.LedgerTap` does. For a streaming response the behaviour
 returns a generator that gRPC iterates after the behaviour has returned, so its errors
 surface in ``next()``: the wrapper is a generator too, which delegates with ``yield
 from`` (``async for`` on aio) and so also sees them, and forwards ``close()`` so the
