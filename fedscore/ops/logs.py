@@ -75,7 +75,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-class _Ours(logging.StreamHandler):  # type: ignore[type-arg]
+class _Ours(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """The handler :func:`configure` installs (and replaces on the next call)."""
 
 
