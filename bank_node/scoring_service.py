@@ -38,7 +38,9 @@ from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
 from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
+from fedscore.ops import metrics
 from fedscore.wire.health import AioReadiness
+from fedscore.wire.observe import AioObserveInterceptor
 from fedscore.wire.status import AioStatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 
@@ -100,6 +102,23 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self._scorer = scorer
         self._party = party
         self._pool = pool
+        self._counted: dict[tuple[str, int, bool], tuple[Any, Any]] = {}
+
+    def _count(self, scored: Scored) -> None:
+        """One decision, by outcome and platform part (and its fallback): one dict lookup
+        and one or two counter increments on the request's path."""
+        d = scored.decision
+        key = (d.outcome.value, int(scored.platform), bool(d.fallback))
+        children = self._counted.get(key)
+        if children is None:
+            part = scored.platform.name.lower()
+            children = (
+                metrics.SCORING_DECISIONS.labels(self._party, "Score", key[0], part),
+                metrics.SCORING_FALLBACKS.labels(self._party, part) if key[2] else None)
+            self._counted[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
 
     async def _only_own_party(self, context: grpc.aio.ServicerContext) -> None:
         """:func:`fedscore.wire.transport.peer_party`'s check, awaited as aio needs."""
@@ -109,6 +128,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no verified client certificate")
         peer = names[0].decode("utf-8")
         if peer != self._party:
+            metrics.REFUSALS.labels(self._party, peer, "not-own-party",
+                                    "PERMISSION_DENIED").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{peer!r} may not use {self._party}'s scoring server")
 
@@ -127,11 +148,18 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                                 f"requested_amount = {amount}: expected a finite amount >= 0")
         scored = await self._scorer.score(request.applicant_id, dict(request.features),
                                           request.consent_token, amount or None)
+        self._count(scored)
         return decision_to_pb(scored)
 
     def _batch(self, ids: list[str]) -> scoring_pb2.ScoreBatchResponse:
         scorer = self._scorer.scorer
-        return batch_to_pb(scorer.score_batch(ids), scorer.policy)
+        batch = scorer.score_batch(ids)
+        outcomes = np.bincount(batch.decisions.outcome, minlength=len(OUTCOMES))
+        for outcome, n in zip(OUTCOMES, outcomes.tolist(), strict=True):
+            if n:
+                metrics.SCORING_DECISIONS.labels(self._party, "ScoreBatch", outcome.value,
+                                                 "batch").inc(n)
+        return batch_to_pb(batch, scorer.policy)
 
     async def ScoreBatch(self, request_iterator: AsyncIterator[scoring_pb2.ScoreBatchRequest],
                          context: grpc.aio.ServicerContext
@@ -187,8 +215,9 @@ class ScoringServer:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _build(self, address: str, kit: StartupKit) -> int:
-        self._server = grpc.aio.server(interceptors=[AioStatusInterceptor()],
-                                       options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(
+            interceptors=[AioObserveInterceptor(self._party), AioStatusInterceptor()],
+            options=GRPC_OPTIONS)
         self._readiness = await AioReadiness.create(self._server, SCORING_SERVICES)
         return add_secure_port(self._server, address, kit)
 
@@ -310,6 +339,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     server.start()
     print(f"{kit.party}: scoring server at {host}:{server.port} is aligning its store with "
           "the platform and loading its release (health: NOT_SERVING)", flush=True)
+    log.info("%s scoring server at %s:%d: loading", kit.party, host, server.port,
+             extra={"event": "loading"})
     channel = secure_channel(platform_address, kit, "platform", ledger=ledger)
     try:
         scorer = build_scorer(kit, data_dir, release, platform_address, policy,
@@ -323,6 +354,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     print(f"{kit.party} scoring server on {host}:{server.port}: release "
           f"{scorer.model.version}, {len(scorer.store.row_of)} customers, "
           f"{int((scorer.store.handles >= 0).sum())} in the intersection", flush=True)
+    log.info("%s scoring server serving on %s:%d: release %s", kit.party, host, server.port,
+             scorer.model.version, extra={"event": "serving"})
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -332,15 +365,20 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         try:
             new, old = scorer.load_release(release)
             print(f"release {new} replaces {old}", flush=True)
+            log.info("release %s replaces %s", new, old, extra={"event": "release"})
         except Exception as exc:
             print(f"release {release} not loaded, {scorer.model.version} stays: {exc}",
                   flush=True)
+            log.warning("release %s not loaded, %s stays: %s", release,
+                        scorer.model.version, exc, extra={"event": "release-refused"})
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
     stop.wait()
+    log.info("scoring server draining for %.1f s", drain_s, extra={"event": "draining"})
     server.stop(grace=2, drain_s=drain_s).wait()
     channel.close()
     ledger.close()
+    log.info("scoring server stopped", extra={"event": "stopped"})
     print("scoring server stopped", flush=True)

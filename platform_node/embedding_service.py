@@ -42,6 +42,7 @@ from fedscore.data.preprocess import Encoded
 from fedscore.errors import FedscoreError
 from fedscore.ml.architecture import BottomConfig
 from fedscore.ml.model import BottomModel
+from fedscore.ops import metrics
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
 from platform_node.model_store import StateDict
@@ -62,10 +63,12 @@ class ScoringRefusal(FedscoreError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
     def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
-                 reason: str = "", token_id: str | None = None) -> None:
+                 reason: str = "", token_id: str | None = None,
+                 label: str = "refused") -> None:
         super().__init__(message, code=code)
         self.reason = reason or message
         self.token_id = token_id
+        self.label = label  # a short, fixed word: the metric's reason label
 
 
 class EmbeddingTable:
@@ -150,23 +153,24 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         try:
             box = serde.sealed_from_pb(request.sealed)
         except serde.WireError as exc:
-            raise ScoringRefusal(f"malformed: {exc}",
-                                 code=grpc.StatusCode.INVALID_ARGUMENT) from None
+            raise ScoringRefusal(f"malformed: {exc}", code=grpc.StatusCode.INVALID_ARGUMENT,
+                                 label="malformed") from None
         try:
             session = self._registry.get(box.session_id, peer)
         except SessionError as exc:
-            raise ScoringRefusal(str(exc), code=exc.code) from None
+            raise ScoringRefusal(str(exc), code=exc.code, label="session") from None
         opener, sealer = self._scoring_pair(session)
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(
                 opener.open(box, round=SCORING_ROUND))
         except SealError as exc:
             raise ScoringRefusal(f"sealed query refused: {exc}",
-                                 code=grpc.StatusCode.DATA_LOSS) from None
+                                 code=grpc.StatusCode.DATA_LOSS, label="sealed") from None
         try:
             handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
         except serde.WireError as exc:
-            raise ScoringRefusal(f"not in this bank's intersection: {exc}") from None
+            raise ScoringRefusal(f"not in this bank's intersection: {exc}",
+                                 label="not-in-intersection") from None
         rows = [session.psi.rows[handles]]
         present = [np.ones(handles.size, np.uint8)]
         for applicant in query.consented:
@@ -176,7 +180,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                                        issuer=self._issuer, now=self._now)
             except ConsentError as exc:
                 raise ScoringRefusal(str(exc), reason=str(exc.reason),
-                                     token_id=exc.token_id) from None
+                                     token_id=exc.token_id,
+                                     label=f"consent-{exc.reason.value}") from None
             row = self._user_rows.get(applicant.applicant_id, -1)
             rows.append(np.array([max(row, 0)], np.int64))
             present.append(np.array([row >= 0], np.uint8))
@@ -206,7 +211,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         file, synced before the peer hears of it."""
         entry = {"time": self._now(), "peer": peer, "status": refusal.code.name,
                  "reason": refusal.reason, "token_id": refusal.token_id}
-        log.warning("scoring: refused %s: %s", peer, refusal.message)
+        log.warning("scoring: refused %s: %s", peer, refusal.message,
+                    extra={"peer": peer, "reason": refusal.label, "code": refusal.code.name})
+        metrics.REFUSALS.labels(self._issuer, peer, refusal.label, refusal.code.name).inc()
         if self._refusals is not None:
             with self._lock, self._refusals.open("a") as f:
                 f.write(json.dumps(entry) + "\n")

@@ -19,7 +19,9 @@ since the last start are what the coordinator's accountant reads (:meth:`release
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ import torch
 
 from fedscore.crypto.dp import DpSettings, ReleaseCounter
 from fedscore.errors import FedscoreError
+from fedscore.ops import metrics
 from platform_node.model_store import (
     ModelStore,
     StateDict,
@@ -38,6 +41,8 @@ from platform_node.model_store import (
 
 BaseFactory = Callable[[int], StateDict]
 """seed -> the initial platform bottom weights of a run (round 0)."""
+
+log = logging.getLogger(__name__)
 
 
 class FederationError(FedscoreError):
@@ -91,8 +96,11 @@ def weighted_average(parts: Sequence[tuple[Mapping[str, torch.Tensor], int]]) ->
 class Federation:
     """Round bookkeeping for every run on this platform node; thread-safe."""
 
-    def __init__(self, store: ModelStore, make_base: BaseFactory) -> None:
+    def __init__(self, store: ModelStore, make_base: BaseFactory, party: str = "platform"
+                 ) -> None:
         self.store = store
+        self.party = party  # the node's party: a label of its round metrics
+        self._started: dict[str, float] = {}  # run -> when its open round started
         self._make_base = make_base
         self._open: dict[str, _OpenRound] = {}
         self._privacy: dict[str, RunPrivacy] = {}  # runs with embedding DP on
@@ -140,6 +148,7 @@ class Federation:
                 version = self.store.version(run_id, round_ - 1)
             assert version is not None
             self._open[run_id] = _OpenRound(round_, version, base)
+            self._started[run_id] = time.monotonic()
             self._version_run[version] = run_id
             if embedding_dp is not None and embedding_dp.enabled:
                 self._privacy[run_id] = RunPrivacy(embedding_dp, ReleaseCounter())
@@ -217,7 +226,13 @@ class Federation:
             version = self.store.save(run_id, round_, weighted_average(parts))
             del self._open[run_id]
             self._version_run[version] = run_id
-            return FinishedRound(version, len(parts), rows)
+            seconds = time.monotonic() - self._started.pop(run_id, time.monotonic())
+        metrics.observe_round(self.party, seconds)
+        log.info("run %s: round %d finished in %.1f s: %d bank sessions, %d training rows, "
+                 "model %s", run_id, round_, seconds, len(parts), rows, version,
+                 extra={"event": "round-finished", "run": run_id, "round": round_,
+                        "seconds": round(seconds, 3)})
+        return FinishedRound(version, len(parts), rows)
 
     def by_version(self, version: str) -> StateDict:
         """The committed model with ``version``; FederationError NOT_FOUND if none."""

@@ -41,6 +41,7 @@ from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
 from fedscore.wire.health import Readiness
+from fedscore.wire.observe import ObserveInterceptor
 from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
@@ -78,7 +79,8 @@ class PlatformNode:
         )
         self.sessions = SessionRegistry(kit)
         self.state_dir = state_dir
-        self.federation = Federation(ModelStore(state_dir), self.initial_weights)
+        self.federation = Federation(ModelStore(state_dir), self.initial_weights,
+                                     party=kit.party)
         self.embeddings = EmbeddingTable(self.encoded, self.bottom_config,
                                          self.federation.by_version,
                                          privacy=self._scoring_dp)
@@ -174,7 +176,8 @@ def bind_server(
     taps = [LedgerTap(ledger, ignore=PROBE_METHODS)] if ledger is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[StatusInterceptor(), *taps, *interceptors],
+        interceptors=[ObserveInterceptor(kit.party), StatusInterceptor(), *taps,
+                      *interceptors],
         options=GRPC_OPTIONS,
     )
     readiness = Readiness(server, PLATFORM_SERVICES)
@@ -237,6 +240,8 @@ def serve(
     bound.server.start()
     print(f"platform node at {host}:{bound.port}: loading its table (health: NOT_SERVING)",
           flush=True)
+    log.info("platform node %s at %s:%d: loading", kit.party, host, bound.port,
+             extra={"event": "loading"})
     try:
         node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
         bound.ready(node)
@@ -246,6 +251,8 @@ def serve(
         raise
     print(f"platform node listening on {host}:{bound.port} ({len(node.table)} users)",
           flush=True)
+    log.info("platform node %s serving on %s:%d (%d users)", kit.party, host, bound.port,
+             len(node.table), extra={"event": "serving"})
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -254,6 +261,8 @@ def serve(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stop.wait()
+    log.info("platform node draining for %.1f s", drain_s, extra={"event": "draining"})
     bound.stop(grace=2, drain_s=drain_s).wait()
     ledger.close()
+    log.info("platform node stopped", extra={"event": "stopped"})
     print("platform node stopped", flush=True)

@@ -8,6 +8,7 @@ optimizer state or see each other's timing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from fedscore.crypto.psi import PsiResult
 from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ml.training import PlatformBottom
+from fedscore.ops import metrics
+
+log = logging.getLogger(__name__)
 
 
 class SessionError(FedscoreError):
@@ -93,6 +97,7 @@ class SessionRegistry:
 
     def __init__(self, kit: StartupKit) -> None:
         self._kit = kit
+        self.party = kit.party
         self._sessions: dict[bytes, Session] = {}
         self._lock = threading.Lock()
         self.listeners: list[Callable[[Session], None]] = []
@@ -109,6 +114,9 @@ class SessionRegistry:
         session = Session(session_id=result.session_id, peer=peer, psi=result, key=key)
         with self._lock:
             self._sessions[result.session_id] = session
+        metrics.SESSIONS.labels(self.party, peer).inc()
+        log.info("session opened with %s: %d customers aligned", peer, result.size,
+                 extra={"event": "session-opened", "peer": peer, "aligned": result.size})
         for listener in self.listeners:
             listener(session)
 
@@ -130,6 +138,8 @@ class SessionRegistry:
         self.get(session_id, peer)
         with self._lock:
             del self._sessions[session_id]
+        log.info("session closed with %s", peer, extra={"event": "session-closed",
+                                                        "peer": peer})
 
     def __len__(self) -> int:
         with self._lock:

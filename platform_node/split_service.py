@@ -8,6 +8,7 @@ conversion in :mod:`fedscore.wire.serde`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from fedscore.crypto.dp import gaussian_mechanism
 from fedscore.crypto.primitives import SealedBox, SealError
 from fedscore.errors import FedscoreError
 from fedscore.ml.training import PlatformBottom
+from fedscore.ops import metrics
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, RunPrivacy
@@ -80,7 +82,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
                         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open the session first")
                     if not session.stream_lock.acquire(blocking=False):
                         context.abort(grpc.StatusCode.ABORTED, "a step stream is already open")
-                yield self._step(session, box)
+                    steps = metrics.TRAINING_STEPS.labels(self._registry.party, session.peer)
+                yield self._step(session, box, steps)
         except (SealError, ValueError) as exc:  # WireError, bad gradient shapes
             raise StepRejected(f"step rejected: {exc}") from exc
         finally:
@@ -88,7 +91,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
                 session.stream_lock.release()
 
     @staticmethod
-    def _step(session: Session, box: SealedBox) -> split_learning_pb2.StepResponse:
+    def _step(session: Session, box: SealedBox, steps: Any = None
+              ) -> split_learning_pb2.StepResponse:
         assert session.opener is not None and session.sealer is not None
         assert session.bottom is not None
         if box.round != session.round:
@@ -112,6 +116,8 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
             embedding = session.bottom.forward(rows, train=train)
             if train:
                 session.train_rows += int(rows.size)
+                if steps is not None:
+                    steps.inc()
             result.embedding.CopyFrom(serde.tensor_to_pb(embedding.detach().numpy()))
         sealed = session.sealer.seal(result.SerializeToString(), round=box.round, batch=box.batch)
         return split_learning_pb2.StepResponse(sealed=serde.sealed_to_pb(sealed))

@@ -1,14 +1,19 @@
-"""The auditor's test: nothing the platform node sends carries a raw id or raw feature value.
+"""The auditor's test: nothing the platform node sends carries a raw id or raw feature value,
+and no node writes one to its log.
 
 Unique canary values are planted in the platform's ids and features; a real platform
 node (mutual TLS gRPC) runs PSI and split training with a bank; every message it
 sends is captured as bytes at the application layer (after protobuf encoding,
 before TLS) and every plaintext it seals is captured too. The canaries are then
-searched for in every encoding a leak could take.
+searched for in every encoding a leak could take. The whole run's log (every node's, at
+DEBUG, JSON lines and text alike: one line per message and per request) is searched for
+every user's raw id and the canaries.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 import shutil
 import struct
@@ -23,7 +28,9 @@ from fedscore.api.v1 import split_learning_pb2
 from fedscore.crypto.primitives import Direction, Sealer, hash_ids_to_points
 from fedscore.data.table import PartyTable, write_table
 from fedscore.ledger.taps import Flow, MessageTap
+from fedscore.ledger.writer import Ledger
 from fedscore.ml.training import TrainConfig
+from fedscore.ops import logs
 from platform_node.server import PlatformNode, create_server
 from tests.conftest import Federation, seeded_release
 
@@ -53,6 +60,7 @@ class Captured:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
         self.sealed_plaintexts: list[bytes] = []
+        self.log = ""  # every node's log lines, at DEBUG
 
     def tap(self, method: str, flow: Flow, data: bytes) -> None:
         if flow is Flow.SENT:
@@ -119,16 +127,33 @@ def audited_run(federation: Federation, tmp_path_factory: pytest.TempPathFactory
     node = PlatformNode(federation.kit("platform"), platform)
     sessions: list[bytes] = []
     node.sessions.listeners.append(lambda session: sessions.append(session.session_id))
-    server, port = create_server("127.0.0.1:0", node, interceptors=[MessageTap(captured.tap)])
+    text, json_lines = io.StringIO(), io.StringIO()
+    root_level = logging.getLogger().level
+    handlers = [logs.configure("DEBUG", "text", stream=text)]
+    json_handler = logging.StreamHandler(json_lines)
+    json_handler.setFormatter(logs.JsonFormatter("platform"))
+    logging.getLogger().addHandler(json_handler)
+    handlers.append(json_handler)
+    platform_kit, bank_kit = federation.kit("platform"), federation.kit("bank-1")
+    ledgers = [Ledger(tmp / "ledger-platform", platform_kit.signing_key, "platform"),
+               Ledger(tmp / "ledger-bank", bank_kit.signing_key, "bank-1")]
+    server, port = create_server("127.0.0.1:0", node, interceptors=[MessageTap(captured.tap)],
+                                 ledger=ledgers[0])
     server.start()
     try:
-        result = run_bank(federation.kit("bank-1"), bank_copy, f"127.0.0.1:{port}",
-                          TrainConfig(epochs=2, seed=1))
+        result = run_bank(bank_kit, bank_copy, f"127.0.0.1:{port}",
+                          TrainConfig(epochs=2, seed=1), ledger=ledgers[1])
         _score_everyone(federation, node, bank_copy, f"127.0.0.1:{port}", tmp,
                         [canary_id(i) for i in range(shared.size, N_CANARIES)])
     finally:
         server.stop(grace=None)
+        for ledger in ledgers:
+            ledger.close()
         mp.undo()
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
+    captured.log = text.getvalue() + json_lines.getvalue()
     assert result.aligned_train >= shared.size
     assert len(sessions) == 2  # training, then online scoring
     return captured, platform, sessions[0]
@@ -217,3 +242,25 @@ def test_embeddings_do_not_copy_raw_values(
     values = np.concatenate(embeddings)
     assert values.size > 1000
     assert not np.isin(values, raw_values).any()
+
+
+def test_no_raw_id_or_canary_in_any_log_line(
+    audited_run: tuple[Captured, PartyTable, bytes], federation: Federation
+) -> None:
+    """Every node's log at DEBUG (a line per message and per request, lifecycle, sessions,
+    refusals) names no user by raw id and holds no canary value, in either format."""
+    captured, platform, _ = audited_run
+    text = captured.log
+    assert "fedscore.messages" in text and "fedscore.requests" in text  # DEBUG was on
+    assert text.count("\n") > 100
+    from bank_node.trainer import BankTables
+
+    bank = BankTables.load(federation.data.bank_dirs["bank-1"])
+    ids = {str(i) for i in platform.ids} | {str(i) for t in (bank.train, bank.test)
+                                           for i in t.ids}
+    leaked = sorted(i for i in ids if i in text)
+    assert not leaked, leaked[:5]
+    assert "CANARY" not in text
+    for i in range(N_CANARIES):
+        for form in (repr(SPEND_CANARY + i), f"{SPEND_CANARY + i:.3f}", repr(AGE_CANARY + i / 8)):
+            assert form not in text

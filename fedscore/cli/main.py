@@ -5,8 +5,9 @@ Heavy imports (torch, grpc) happen inside the commands so ``--help`` stays insta
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from fedscore.federation.nodeconfig import NodeConfig
+    from fedscore.federation.nodeconfig import NodeConfig, _Watched
 
 C = TypeVar("C", bound="NodeConfig")
 
@@ -43,6 +44,11 @@ def _fail(message: str) -> typer.Exit:
 CONFIG_HELP = ("A node config file (TOML; see `fedscore config check`): every flag below is "
                "also a key of the same name (state-dir for --state-dir); a flag given here "
                "overrides the file's key.")
+METRICS_HELP = ("host:port (a bare port: on 127.0.0.1) to serve Prometheus metrics on at "
+                "/metrics; port 0: any free one (key metrics-address; default: off).")
+LOG_FORMAT_HELP = "text (default) or json: one JSON object per line (key log-format)."
+LOG_LEVEL_HELP = ("DEBUG (a line per message and request), INFO (default: lifecycle, "
+                  "sessions, rounds), WARNING or ERROR (key log-level).")
 DRAIN_HELP = ("Seconds the health service answers NOT_SERVING before the server stops "
               "(key drain-s; default 0).")
 
@@ -56,6 +62,21 @@ def _node_config(model: type[C], config: Path | None, **flags: object) -> C:
         return load(model, config, {k.replace("_", "-"): v for k, v in flags.items()})
     except NodeConfigError as exc:
         raise _fail_all(exc.problems) from None
+
+
+@contextlib.contextmanager
+def _watched(cfg: _Watched) -> Iterator[None]:
+    """The node's logging (``log-format``, ``log-level``) and, with ``metrics-address``,
+    its ``/metrics`` endpoint for as long as the command runs."""
+    from fedscore.ops import logs, metrics
+
+    logs.configure(cfg.log_level, cfg.log_format)
+    server = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _fail_all(problems: Sequence[str]) -> typer.Exit:
@@ -84,6 +105,9 @@ def platform_serve(
         "is required."
     ),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
+    log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
+    log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
 ) -> None:
     """Serve PSI, split learning, round control and federated rounds to the federation."""
     from fedscore.data.table import DataError
@@ -95,10 +119,13 @@ def platform_serve(
 
     cfg = _node_config(PlatformConfig, config, kit=kit, data=data, schema=schema,
                        address=address, state_dir=state_dir, ledger_dir=ledger_dir,
-                       drain_s=drain_s)
+                       drain_s=drain_s,
+                       metrics_address=metrics_address, log_format=log_format,
+                       log_level=log_level)
     try:
-        serve(cfg.kit, cfg.data, cfg.table_schema, cfg.address, cfg.state_dir, cfg.ledger_dir,
-              drain_s=cfg.drain_s)
+        with _watched(cfg):
+            serve(cfg.kit, cfg.data, cfg.table_schema, cfg.address, cfg.state_dir,
+                  cfg.ledger_dir, drain_s=cfg.drain_s)
     except (KitError, DataError, StoreError, LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -117,6 +144,9 @@ def bank_train(
                                       "config)."),
     ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder (default: "
                                            "OUT/ledger)."),
+    metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
+    log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
+    log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
 ) -> None:
     """Align customers with the platform (PSI) and train the split model; print test metrics."""
     import dataclasses
@@ -132,14 +162,16 @@ def bank_train(
     from fedscore.ml.training import TrainConfig
 
     cfg = _node_config(BankTrainConfig, config, kit=kit, data=data, platform=platform, out=out,
-                       seed=seed, epochs=epochs, ledger_dir=ledger_dir)
+                       seed=seed, epochs=epochs, ledger_dir=ledger_dir,
+                       metrics_address=metrics_address, log_format=log_format,
+                       log_level=log_level)
     train = TrainConfig(seed=cfg.seed)
     if cfg.epochs:
         train = dataclasses.replace(train, epochs=cfg.epochs)
     try:
         bank = load_kit(cfg.kit)
-        with Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key, bank.party
-                    ) as ledger:
+        with _watched(cfg), Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key,
+                                   bank.party) as ledger:
             result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger)
     except (KitError, DataError, PsiError, PlatformError, LedgerError,
             FileNotFoundError) as exc:
@@ -164,6 +196,9 @@ def bank_score_server(
     ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder for this "
                                            "server (its own: not the training one; required)."),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
+    log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
+    log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
 ) -> None:
     """Serve real-time joint scoring and decisions to this bank's decision engine."""
     import grpc
@@ -180,10 +215,13 @@ def bank_score_server(
 
     cfg = _node_config(ScoreServerConfig, config, kit=kit, data=data, release=release,
                        platform=platform, address=address, policy=policy,
-                       ledger_dir=ledger_dir, drain_s=drain_s)
+                       ledger_dir=ledger_dir, drain_s=drain_s,
+                       metrics_address=metrics_address, log_format=log_format,
+                       log_level=log_level)
     try:
-        serve(cfg.kit, cfg.data, cfg.release, cfg.platform, cfg.address, cfg.policy,
-              cfg.ledger_dir, drain_s=cfg.drain_s)
+        with _watched(cfg):
+            serve(cfg.kit, cfg.data, cfg.release, cfg.platform, cfg.address, cfg.policy,
+                  cfg.ledger_dir, drain_s=cfg.drain_s)
     except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
             LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None

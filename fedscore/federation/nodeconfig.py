@@ -35,7 +35,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -119,6 +119,11 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _metrics_address(value: str) -> str:
+    value = value.strip()
+    return _address(f"127.0.0.1:{value}" if value.isdigit() else value)
+
+
 PathValue = Annotated[Path, BeforeValidator(_as_path)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_as_path)]
 ExistingDir = Annotated[Path, BeforeValidator(_as_path), AfterValidator(_existing_dir)]
@@ -128,6 +133,8 @@ OptionalFile = Annotated[Path | None, BeforeValidator(_as_path),
 Address = Annotated[str, AfterValidator(_address)]
 Name = Annotated[str, AfterValidator(_non_empty)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+MetricsAddress = Annotated[str | None, AfterValidator(
+    lambda v: None if v is None else _metrics_address(v))]
 
 
 def _kebab(name: str) -> str:
@@ -159,7 +166,20 @@ class NodeConfig(BaseModel):
                        for m in f.metadata)}
 
 
-class PlatformConfig(NodeConfig):
+class _Watched(NodeConfig):
+    """The keys every long-running node has for being watched (:mod:`fedscore.ops`)."""
+
+    metrics_address: MetricsAddress = Field(
+        None, description="host:port (a bare port: on 127.0.0.1) to serve Prometheus "
+        "metrics on at /metrics (port 0: any free one; unset: off)")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (human-readable) or json (one JSON object per line)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG (a line per message and request), INFO (lifecycle, "
+        "sessions, rounds), WARNING or ERROR")
+
+
+class PlatformConfig(_Watched):
     """``fedscore platform serve``: the platform node."""
 
     role = "platform"
@@ -184,7 +204,7 @@ class PlatformConfig(NodeConfig):
         return self
 
 
-class ScoreServerConfig(NodeConfig):
+class ScoreServerConfig(_Watched):
     """``fedscore bank score-server``: a bank's real-time scoring server."""
 
     role = "score-server"
@@ -202,7 +222,7 @@ class ScoreServerConfig(NodeConfig):
     drain_s: Seconds = Field(0.0, description="seconds NOT_SERVING before the server stops")
 
 
-class BankTrainConfig(NodeConfig):
+class BankTrainConfig(_Watched):
     """``fedscore bank train``: one bank's split learning with the platform (no Flower)."""
 
     role = "bank-train"

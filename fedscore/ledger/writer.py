@@ -18,6 +18,11 @@ the process crashing); :meth:`Ledger.submit`, what the gRPC taps
 message's path and leaves hashing, signing and appending to a background thread. Either
 way a background thread fsyncs (group commit) and rewrites the head; no message waits for
 the disk. What each costs, measured: ``docs/ledger.md``.
+
+Every entry handed in is also counted (``fedscore_messages_total`` and
+``fedscore_message_bytes_total`` per peer, direction and kind, :mod:`fedscore.ops.metrics`)
+as it takes its seq, and every batch written counts its entries and the write's latency:
+the metrics and the ledger count the same messages in one place.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from fedscore.ledger.entry import (
     verify_entry_signature,
     verify_head_signature,
 )
+from fedscore.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +144,9 @@ class Ledger:
         self.path = self.folder / LEDGER_FILE
         self.head_path = self.folder / HEAD_FILE
         self.party = party
+        self._counters = metrics.MessageCounters(party)
+        self._entries = metrics.LEDGER_ENTRIES.labels(party)
+        self._write_seconds = metrics.LEDGER_WRITE_SECONDS.labels(party)
         self._signer = signer
         self._key = signer.verify_key()
         self._clock = clock
@@ -388,6 +397,7 @@ class Ledger:
             self._next_seq = seq + 1
             self._queue.append(
                 (seq, now, peer, direction, kind, purpose, rows, round, size, payload, out))
+        self._counters.count(peer, direction, kind, size, rows, round)
         return seq, now
 
     def _drain(self) -> None:
@@ -404,6 +414,7 @@ class Ledger:
             if self._failed is not None:
                 raise LedgerError(f"{self.path}: ledger failed earlier: {self._failed}",
                                   code=grpc.StatusCode.INTERNAL)
+            started = time.perf_counter()
             lines = []
             prev, party, last = self._prev, self.party, len(batch)
             for i, (seq, t, peer, direction, kind, purpose, rows, round_, size, payload, out
@@ -431,6 +442,8 @@ class Ledger:
                                   code=grpc.StatusCode.INTERNAL) from None
             self._prev = prev
             self._written_seq = int(batch[-1][0])
+            self._entries.inc(last)
+            self._write_seconds.observe(time.perf_counter() - started)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

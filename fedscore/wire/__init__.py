@@ -8,16 +8,17 @@ builds mTLS servers and channels from a startup kit, ``aio`` the ``grpc.aio`` ch
 to a gRPC status on every server, ``health`` gives every server the health service,
 reflection and the gate that keeps its services closed until its node has loaded,
 ``batching`` lets concurrent callers share one call
-(threads or asyncio).
+(threads or asyncio), ``observe`` counts and times every call a server serves (metrics,
+DEBUG log lines).
 
 May import: ``fedscore.ledger``, ``fedscore.federation``, ``fedscore.ml``,
 ``fedscore.data``, ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
-``fedscore.errors``, ``fedscore.atomic``); never ``fedscore.audit``, its independent
-neighbour, nor a room above or a party package.
+``fedscore.errors``, ``fedscore.atomic``, ``fedscore.ops``); never ``fedscore.audit``,
+its independent neighbour, nor a room above or a party package.
 
 New gRPC plumbing shared by the nodes (a channel option, an interceptor, a conversion)
 goes here; a new message goes into ``proto/`` first. This package imports nothing:
 import from the submodule.
 """
 
-__all__ = ["aio", "batching", "health", "serde", "status", "transport"]
+__all__ = ["aio", "batching", "health", "observe", "serde", "status", "transport"]
