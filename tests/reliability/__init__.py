@@ -1,0 +1,1 @@
+"""Fault and hostile-input tests: one per row of docs/reliability.md."""
