@@ -44,6 +44,9 @@ BaseFactory = Callable[[int], StateDict]
 
 log = logging.getLogger(__name__)
 
+MAX_BANKS = 1024
+"""The most banks one FinishRound may name (a federation's manifest holds fewer)."""
+
 
 class FederationError(FedscoreError):
     """A federation call that cannot be served; most often a round that is not open
@@ -66,7 +69,8 @@ class _OpenRound:
     round: int
     base_version: str
     base: StateDict
-    contributions: dict[bytes, tuple[StateDict, int]] = field(default_factory=dict)
+    # session id -> (the bank whose session it is, its committed weights, its rows)
+    contributions: dict[bytes, tuple[str, StateDict, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,20 +203,39 @@ class Federation:
 
     def contribute(
         self, run_id: str, round_: int, session: bytes, state: Mapping[str, torch.Tensor],
-        rows: int,
+        rows: int, bank: str = "",
     ) -> None:
-        """Count a committed session's weights in the round (again: replaces its last)."""
+        """Count bank ``bank``'s committed session weights in the round (again: replaces
+        its last)."""
         copy = {k: v.detach().clone() for k, v in state.items()}
         with self._lock:
             current = self._check_open(run_id, round_, "commit in")
-            current.contributions[session] = (copy, int(rows))
+            current.contributions[session] = (bank, copy, int(rows))
 
-    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
-        """Average the round's contributions by training rows, store them, close the round."""
+    def finish_round(self, run_id: str, round_: int, banks: Sequence[str] = ()
+                     ) -> FinishedRound:
+        """Average the round's contributions by training rows, store them, close the round.
+
+        ``banks``: the banks whose bank-side updates the coordinator aggregated; only
+        their sessions count (a bank lost between its commit here and its update reaching
+        the coordinator's sum would otherwise count on the platform's side only). Every
+        one of them must have committed; empty: every committed session counts."""
         self._run_id(run_id)
+        if len(banks) > MAX_BANKS:
+            raise FederationError(f"FinishRound names {len(banks)} banks; at most {MAX_BANKS}",
+                                  code=grpc.StatusCode.INVALID_ARGUMENT)
         with self._lock:
             current = self._check_open(run_id, round_, "finish")
-            parts = list(current.contributions.values())
+            wanted = set(banks)
+            committed = {bank for bank, _, _ in current.contributions.values()}
+            missing = sorted(wanted - committed)
+            if missing:
+                raise FederationError(
+                    f"round {round_} of run {run_id!r}: the coordinator aggregated "
+                    f"{', '.join(missing)[:200]}, which committed no session here",
+                )
+            parts = [(state, rows) for bank, state, rows in current.contributions.values()
+                     if not wanted or bank in wanted]
             rows = sum(r for _, r in parts)
             if not parts:
                 raise FederationError(

@@ -54,7 +54,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     ) -> federation_pb2.FinishRoundResponse:
         """Average and commit the round's sessions; answers the version and what went in."""
         done = self._serve(
-            context, lambda: self._federation.finish_round(request.run_id, request.round)
+            context, lambda: self._federation.finish_round(request.run_id, request.round,
+                                                           tuple(request.banks))
         )
         return federation_pb2.FinishRoundResponse(
             platform_model_version=done.version, sessions=done.sessions, rows=done.rows

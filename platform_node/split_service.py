@@ -214,7 +214,7 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             assert self._federation is not None  # OpenSession refused it otherwise
             self._federation.contribute(
                 session.run_id, session.federation_round, session.session_id, state,
-                session.train_rows,
+                session.train_rows, bank=session.peer,
             )
         session.committed_version = model_version(request.round, state)
         return round_control_pb2.CommitRoundResponse(
