@@ -76,7 +76,7 @@ class ReplyWatch(Grid):
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                self._lost.setdefault(node, f"error: {reply.error.reason}"[:300])
+                self._lost.setdefault(node, f"error: {_last_line(reply.error.reason)}")
         for m in messages:
             node = m.metadata.dst_node_id
             if node not in answered:
@@ -95,6 +95,13 @@ class ReplyWatch(Grid):
     def name(self, node_id: int) -> str:
         """The bank a node proved to be (``node-<id>`` if it has not)."""
         return self._names().get(node_id, f"node-{node_id}")
+
+
+def _last_line(text: str | None) -> str:
+    """The last non-empty line of an error (Flower's carry a whole remote traceback,
+    whose last line says what happened), shortened to 200 characters."""
+    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
+    return (lines[-1] if lines else "no reason given")[:200]
 
 
 def describe(lost: Mapping[str, str]) -> str:
