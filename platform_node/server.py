@@ -51,6 +51,7 @@ from platform_node.model_store import ModelStore, StateDict
 from platform_node.psi_service import PsiServicer
 from platform_node.sessions import SessionRegistry
 from platform_node.split_service import RoundControlServicer, SplitLearningServicer
+from platform_node.training_store import TrainingStore
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,10 @@ def add_services(server: grpc.Server, node: PlatformNode) -> None:
         SplitLearningServicer(node.sessions), server
     )
     round_control_pb2_grpc.add_RoundControlServiceServicer_to_server(
-        RoundControlServicer(node.sessions, node.make_bottom, node.federation), server
+        RoundControlServicer(node.sessions, node.make_bottom, node.federation,
+                             TrainingStore(node.state_dir / "training" if node.state_dir
+                                           else None)),
+        server
     )
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
         FederationServicer(node.kit, node.federation), server

@@ -30,6 +30,7 @@ from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, RunPrivacy
 from platform_node.model_store import StateDict, model_version
 from platform_node.sessions import Session, SessionRegistry
+from platform_node.training_store import TrainingStateError, TrainingStore
 
 BottomFactory = Callable[[int, float, float, float], PlatformBottom]
 """(seed, learning rate, weight decay, EMA decay) -> a fresh platform bottom for one session."""
@@ -131,10 +132,13 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         registry: SessionRegistry,
         make_bottom: BottomFactory,
         federation: Federation | None = None,
+        training: TrainingStore | None = None,
     ) -> None:
         self._registry = registry
         self._make_bottom = make_bottom
         self._federation = federation
+        self._training = training or TrainingStore(None)
+        self._resume_keys: dict[bytes, str] = {}  # session -> its resumable training's key
 
     def OpenSession(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
@@ -155,6 +159,10 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             except RuntimeError as exc:  # a stored model of another architecture
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"platform model {base_version} does not fit this node: {exc}")
+        if request.resume_key:
+            self._resumable(session, bottom, request, context)
+        else:
+            self._resume_keys.pop(session.session_id, None)
         privacy = self._privacy(request)
         if privacy is not None:  # noise from the OS's CSPRNG-seeded generator, per session
             bottom.noise = gaussian_mechanism(privacy.settings.clip,
@@ -168,6 +176,24 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             embedding_dim=bottom.out_dim,
             platform_model_version=base_version or session.committed_version or "",
         )
+
+    def _resumable(self, session: Session, bottom: PlatformBottom,
+                   request: round_control_pb2.OpenSessionRequest,
+                   context: grpc.ServicerContext) -> None:
+        """Keep this training's state at every epoch under its key; with resume_epoch,
+        start from the state kept after that many epochs."""
+        if request.federation_round or request.base_version:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "resume_key is for a bank's own training, not a federated run's")
+        try:
+            if request.resume_epoch:
+                bottom.load_training_state(self._training.load(
+                    session.peer, request.resume_key, request.resume_epoch))
+            else:
+                self._training.forget(session.peer, request.resume_key)
+        except TrainingStateError as exc:
+            context.abort(exc.code, exc.message)
+        self._resume_keys[session.session_id] = request.resume_key
 
     def _privacy(self, request: round_control_pb2.OpenSessionRequest) -> RunPrivacy | None:
         """The embedding DP of a session of a federated run: training in one of its
@@ -194,9 +220,13 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.EndEpochResponse:
-        """Snapshot the session's bottom model as of ``request.epoch``."""
-        _, bottom = _opened(self._registry, request.session_id, context)
+        """Snapshot the session's bottom model as of ``request.epoch`` (and keep its whole
+        state durably when the training is resumable)."""
+        session, bottom = _opened(self._registry, request.session_id, context)
         bottom.snapshot(request.epoch)
+        key = self._resume_keys.get(session.session_id)
+        if key is not None:
+            self._training.save(session.peer, key, request.epoch + 1, bottom.training_state())
         return round_control_pb2.EndEpochResponse()
 
     def CommitRound(
@@ -226,4 +256,5 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     ) -> round_control_pb2.CloseSessionResponse:
         """Forget the caller's session."""
         self._registry.close(request.session_id, peer_party(context))
+        self._resume_keys.pop(request.session_id, None)
         return round_control_pb2.CloseSessionResponse()

@@ -148,7 +148,11 @@ def bank_train(
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
 ) -> None:
-    """Align customers with the platform (PSI) and train the split model; print test metrics."""
+    """Align customers with the platform (PSI) and train the split model; print test metrics.
+
+    Survives outages: an unreachable platform is retried with backoff, and the training
+    goes on from its last whole epoch (PSI again only if the platform restarted); a rerun
+    after this command stopped resumes from OUT/resume."""
     import dataclasses
 
     from bank_node.platform_link import PlatformError
@@ -172,7 +176,8 @@ def bank_train(
         bank = load_kit(cfg.kit)
         with _watched(cfg), Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key,
                                    bank.party) as ledger:
-            result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger)
+            result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger,
+                              resume_dir=cfg.out / "resume")
     except (KitError, DataError, PsiError, PlatformError, LedgerError,
             FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
