@@ -230,8 +230,13 @@ class CoordinatorStrategy(FedAvg):
         r = self._round(server_round)
         if self._trained != r:
             # SecAgg+ halted: too few banks were left to reconstruct the sum
-            raise too_few(f"round {r}: secure aggregation halted", [], self.settings,
-                          self._lost(set(self._sampled.values()), []))
+            lost = self._lost(set(), [])
+            left = sorted(set(self._sampled.values()) - set(lost))
+            raise CoordinatorError(
+                f"round {r}: secure aggregation halted: {len(left)} bank(s) left "
+                f"({', '.join(left) or 'none'}), too few to remove the lost banks' masks "
+                f"(SecAgg+ needs 2/3 of the round's {len(self._sampled)}); lost: "
+                f"{describe(lost)}; see those banks' SuperNode logs")
         if self.watch is not None:
             self.watch.reset()
         extra: dict[str, Scalar] = {**self._config(r), "platform-version": self.platform_version,

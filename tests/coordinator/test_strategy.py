@@ -322,3 +322,19 @@ def test_strategy_starts_from_the_resumed_weights(tmp_path: Path) -> None:
     for a, b in zip(parameters_to_ndarrays(init), w, strict=True):
         np.testing.assert_array_equal(a, b)
     assert strategy.platform_version == "r1-v"
+
+
+def test_a_halted_secure_aggregation_names_the_lost_banks(tmp_path: Path) -> None:
+    """SecAgg+ halts (too few shares to unmask) before aggregate_fit: evaluation then stops
+    the run with the banks the watch saw lost, not a generic failure."""
+    watch = _watch(4)
+    strategy, platform, _, _ = _strategy(tmp_path, watch=watch)
+    cm, _ = _manager(4)
+    params = ndarrays_to_parameters(_weights(np.random.default_rng(7)))
+    strategy.configure_fit(1, params, cm)
+    watch._lost.update({2: "error: gone", 3: "no reply within 1 s"})  # as send_and_receive notes
+    with pytest.raises(CoordinatorError,
+                       match=r"round 1: secure aggregation halted: 2 bank\(s\) left \(bank-1, "
+                             r"bank-2\).*lost: bank-3 \(error: gone\), bank-4 \(no reply"):
+        strategy.configure_evaluate(1, params, cm)
+    assert ("finish", "run-x", 1) not in platform.calls
