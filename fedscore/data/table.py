@@ -345,17 +345,25 @@ def _count_lines(path: Path) -> tuple[int | None, bool]:
 def _report_quotes(path: Path, out: _Collector) -> bool:
     """Report each line (its row) where a double quote opens a value that the line does
     not close: values may not span lines. False when there is none."""
-    found = 0
+    found, row, rest = 0, 0, b""
     try:
         with _open_text_bytes(path) as fh:
-            for row, line in enumerate(fh.read().splitlines(), start=1):
-                if b'"' in line and line.count(b'"') % 2:
-                    found += 1
-                    if found <= _DETAIL_PER_CHECK:
-                        out.add(row, None, "a double quote opens a value that this line does "
-                                "not close; expected one record per line (a quoted value "
-                                "may not hold a line break, and a quote inside one is "
-                                "written twice)")
+            while True:  # in blocks: the file may be large
+                block = fh.read(1 << 22)
+                lines = (rest + block).splitlines(keepends=True)
+                # the last line may go on in the next block (even "\r" before "\n")
+                rest = lines.pop() if block and lines else b""
+                for line in lines:
+                    row += 1
+                    if b'"' in line and line.count(b'"') % 2:
+                        found += 1
+                        if found <= _DETAIL_PER_CHECK:
+                            out.add(row, None, "a double quote opens a value that this line "
+                                    "does not close; expected one record per line (a quoted "
+                                    "value may not hold a line break, and a quote inside one "
+                                    "is written twice)")
+                if not block:
+                    break
     except (OSError, EOFError, gzip.BadGzipFile):
         return False
     if found > _DETAIL_PER_CHECK:

@@ -25,6 +25,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from typer.testing import CliRunner
 
 from bank_node.applicant import ApplicantError, applicant_from_json
+from bank_node.federated import BankClient, _prepare
 from bank_node.platform_link import GrpcPlatformLink
 from bank_node.policy import Policy, PolicyError
 from coordinator.checkpoint import CheckpointError, Checkpoints
@@ -43,6 +44,7 @@ from fedscore.data.ids import id_problem
 from fedscore.data.schema import Schema
 from fedscore.data.table import DataError, load_table
 from fedscore.federation.arrays import NonFiniteError, check_finite
+from fedscore.ml.model import to_arrays
 from fedscore.ml.training import MAX_PLATFORM_SNAPSHOTS, TrainConfig
 from fedscore.wire import serde
 from fedscore.wire.transport import secure_channel
@@ -186,9 +188,19 @@ def test_the_coordinator_never_aggregates_a_non_finite_update(tmp_path: Path) ->
         strategy.aggregate_fit(1, results, [])  # type: ignore[arg-type]
     assert ("finish", "run-x", 1) not in platform.calls  # the platform did not commit
     assert cps.latest() is None  # nothing checkpointed
-    # a bank never sends one (check_finite before its update leaves), nor loads one
-    with pytest.raises(NonFiniteError, match="this bank's model update: arr_0"):
-        check_finite([("arr_0", bad)], "round 1: this bank's model update")
+
+
+def test_a_bank_refuses_a_non_finite_global_model(federation: FederationFixture) -> None:
+    """The bank's side: a global model with a NaN is not loaded (nor trained on, nor
+    averaged again); the same check guards the update it sends back."""
+    client = BankClient(None)  # type: ignore[arg-type]  # _model needs no node
+    data = _prepare(federation.data.bank_dirs["bank-1"])
+    arrays = to_arrays(client._model(data, None, 0))
+    assert client._model(data, arrays, 0) is not None  # finite: loads
+    arrays[3] = arrays[3].copy()
+    arrays[3].flat[0] = np.inf
+    with pytest.raises(NonFiniteError, match="the coordinator's global model: arr_3 has 1"):
+        client._model(data, arrays, 0)
 
 
 # -- 3. an oversized consent token ------------------------------------------------------------
