@@ -332,8 +332,9 @@ class Scorer:
         extra = sorted(set(features) - known)
         if extra:
             listed = ", ".join(sorted(known))
-            raise ScoringError(f"features.{extra[0]}: not a feature of the bank's schema"
-                               f"{did_you_mean(extra[0], known)} (expected some of "
+            name = extra[0] if len(extra[0]) <= 64 else extra[0][:64] + "..."  # the caller's
+            raise ScoringError(f"features.{name}: not a feature of the bank's schema"
+                               f"{did_you_mean(name, known)} (expected some of "
                                f"{listed[:400]}{'...' if len(listed) > 400 else ''})",
                                code=grpc.StatusCode.INVALID_ARGUMENT)
         missing = [f.name for f in schema.features

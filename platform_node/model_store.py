@@ -6,8 +6,8 @@ of the run's lineage). Every file is written atomically: a temporary file in the
 folder, fsync, ``os.replace``, then fsync of the folder, so a crash leaves either the
 old file or the new one, never a partial one. Opening a store reads every model it
 names: a missing or damaged file (StoreError naming it) stops the platform from
-starting rather than failing every query for that model. Round 0 is a run's initial model; it is
-stored (so evaluations can name it) but is not a finished round.
+starting rather than failing every query for that model. Round 0 is a run's initial
+model; it is stored (so evaluations can name it) but is not a finished round.
 
 Finishing round r again (a coordinator that restarted round r from base r - 1)
 replaces round r and drops the later rounds of the old lineage: they were trained
