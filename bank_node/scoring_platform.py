@@ -79,7 +79,8 @@ class PlatformEmbeddings:
         try:
             answer = embedding_pb2.EmbeddingAnswer.FromString(self._opener.open(
                 serde.sealed_from_pb(reply.sealed), round=SCORING_ROUND, batch=number))
-            emb = serde.tensor_from_pb(answer.embeddings, rows=n) if n else np.zeros((0, dim))
+            emb = (serde.tensor_from_pb(answer.embeddings, rows=n, name="embeddings") if n
+                   else np.zeros((0, dim)))
             present = np.frombuffer(answer.present, np.uint8).astype(bool)
             if emb.shape != (n, dim) or present.size != n:
                 raise serde.WireError(f"platform answered {emb.shape} embeddings for {n} rows")

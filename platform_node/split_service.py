@@ -23,7 +23,7 @@ from fedscore.api.v1 import (
 from fedscore.crypto.dp import gaussian_mechanism
 from fedscore.crypto.primitives import SealedBox, SealError
 from fedscore.errors import FedscoreError
-from fedscore.ml.training import PlatformBottom
+from fedscore.ml.training import MAX_PLATFORM_SNAPSHOTS, PlatformBottom
 from fedscore.ops import metrics
 from fedscore.wire import serde
 from fedscore.wire.transport import peer_party
@@ -108,7 +108,7 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         handles = (serde.handles_from_bytes(command.handles, limit=session.psi.size)
                    if forward else None)
         if command.gradient.shape:
-            grad = serde.tensor_from_pb(command.gradient)
+            grad = serde.tensor_from_pb(command.gradient, name="gradient")
             session.bottom.backward(torch.from_numpy(grad.copy()))
         result = split_learning_pb2.StepResult()
         if handles is not None:
@@ -238,7 +238,9 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         try:
             bottom.restore(request.epoch)
         except KeyError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"no snapshot of epoch {request.epoch} (the platform keeps the last "
+                          f"{MAX_PLATFORM_SNAPSHOTS} epochs ended)")
         state = bottom.state_dict()
         if session.federation_round:
             assert self._federation is not None  # OpenSession refused it otherwise

@@ -249,22 +249,20 @@ def score(
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from bank_node.applicant import ApplicantError, applicant_from_json
     from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
     from fedscore.federation.provision import KitError, load_kit
     from fedscore.wire.transport import secure_channel
 
     try:
-        doc = json.loads(applicant.read_text())
-        if not isinstance(doc, dict) or not isinstance(doc.get("applicant_id"), str):
-            raise ValueError("expected an object with a string applicant_id")
+        checked = applicant_from_json(json.loads(applicant.read_text()), str(applicant))
         request = scoring_pb2.ScoreRequest(
-            applicant_id=doc["applicant_id"],
-            features={str(k): "" if v is None else str(v)
-                      for k, v in (doc.get("features") or {}).items()},
-            consent_token=str(doc.get("consent_token") or ""),
-            requested_amount=float(doc.get("requested_amount") or 0.0),
+            applicant_id=checked.applicant_id, features=checked.features,
+            consent_token=checked.consent_token, requested_amount=checked.requested_amount,
         )
-    except (OSError, ValueError, TypeError) as exc:
+    except ApplicantError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON
         raise _fail(f"{applicant}: {exc}") from None
     try:
         bank = load_kit(kit)

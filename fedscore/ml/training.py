@@ -52,6 +52,13 @@ from fedscore.ml.model import BankModel, BottomModel
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
 
+MAX_PLATFORM_SNAPSHOTS = 64
+"""Epoch snapshots the platform keeps per session: the most recent ones only. Early
+stopping commits the best epoch, which is never more than ``patience`` epochs before
+the last one, so the bank's :class:`TrainConfig` keeps ``min(patience, epochs - 1)``
+below this; a peer calling EndEpoch forever costs the platform at most this many
+copies of its bottom model (issue 15)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -86,6 +93,12 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0:
             raise ValueError("TrainConfig: lr > 0, weight_decay >= 0, patience >= 0 required")
+        if min(self.patience, self.epochs - 1) >= MAX_PLATFORM_SNAPSHOTS:
+            raise ValueError(
+                f"TrainConfig.patience is {self.patience} with {self.epochs} epochs; the "
+                f"platform keeps the last {MAX_PLATFORM_SNAPSHOTS} epochs' snapshots, so the "
+                f"best epoch must be among them: patience < {MAX_PLATFORM_SNAPSHOTS} required"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.monitor not in ("auc", "loss"):
@@ -243,8 +256,12 @@ class PlatformBottom:
         self._out = None
 
     def snapshot(self, epoch: int) -> None:
-        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best one."""
+        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best
+        one; only the last :data:`MAX_PLATFORM_SNAPSHOTS` epochs snapshotted are kept."""
+        self._snapshots.pop(epoch, None)  # again: it becomes the most recent
         self._snapshots[epoch] = copy.deepcopy(self._ema.model.state_dict())
+        while len(self._snapshots) > MAX_PLATFORM_SNAPSHOTS:
+            del self._snapshots[next(iter(self._snapshots))]  # the oldest
 
     def restore(self, epoch: int) -> None:
         """Load the weights of ``epoch`` and drop every snapshot."""
