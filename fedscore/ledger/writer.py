@@ -477,7 +477,7 @@ class Ledger:
         with the state now."""
         self._watchers.append(watcher)
         failed = self._failed
-        watcher(None if failed is None else self._reason(failed))
+        self._tell(None if failed is None else self._reason(failed), [watcher])
 
     @property
     def failure(self) -> str | None:
@@ -496,8 +496,8 @@ class Ledger:
             f"{self.path}: cannot record: the ledger failed earlier: {failed}; retried every "
             f"{self._probe_interval:g} s", code=grpc.StatusCode.UNAVAILABLE)
 
-    def _tell(self, reason: str | None) -> None:
-        for watcher in list(self._watchers):
+    def _tell(self, reason: str | None, watchers: list[Watcher] | None = None) -> None:
+        for watcher in list(self._watchers) if watchers is None else watchers:
             try:
                 watcher(reason)
             except Exception:  # a watcher's failure must not break the ledger
