@@ -68,6 +68,9 @@ OUTAGE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 it is up). Not DEADLINE_EXCEEDED: under load a few calls in a row miss the policy's
 deadline (50 ms) while the platform is up, and opening on that would refuse joint scores
 that would have made it; the deadline bounds what a slow platform costs already."""
+NEUTRAL_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+"""What tells neither way (slow, or given up on): a probe that ends so keeps the breaker
+open; any other call that does leaves the count as it is."""
 
 
 class CircuitBreaker:
@@ -119,7 +122,9 @@ class CircuitBreaker:
             probing, self._probing = self._probing, False
             if code is None:
                 return
-            if code not in OUTAGE_CODES:
+            if code in NEUTRAL_CODES and not probing:
+                return
+            if code not in OUTAGE_CODES and code not in NEUTRAL_CODES:
                 if self._retry_at is not None:
                     log.info("scoring: the platform answers again; joint scoring resumes")
                 self._failures, self._backoff, self._retry_at = 0, self._base, None
