@@ -226,3 +226,37 @@ def test_health_follows_the_ledger_and_a_broken_watcher_does_not_break_it(
             channel.close()
         finally:
             bound.server.stop(grace=None).wait()
+
+
+def test_bank_training_with_a_full_ledger_disk_sends_nothing(joint: Joint, tmp_path: Path
+                                                            ) -> None:
+    """Bank training writes a ledger too: with its disk full, opening the split-learning
+    session is refused before anything is sent (a LedgerError, UNAVAILABLE, naming the
+    ledger), and the platform records no control message from it."""
+    from bank_node.platform_link import GrpcPlatformLink
+    from bank_node.psi_client import run_psi
+    from fedscore.ledger.entry import LedgerError
+    from fedscore.ml.training import TrainConfig
+
+    kit = joint.federation.kit(BANK)
+    store = CustomerStore.load_table(joint.federation.data.bank_dirs[BANK])
+    with Ledger(tmp_path / "bank-training", kit.signing_key, BANK) as ledger:
+        channel = secure_channel(f"127.0.0.1:{joint.platform.port}", kit, "platform",
+                                 ledger=ledger)
+        try:
+            psi = run_psi(channel, store.ids, party=BANK)
+
+            def controls() -> int:
+                joint.platform_ledger.sync()
+                return sum(1 for e in read_ledger(joint.folders[0] / LEDGER_FILE)
+                           if e.kind == "control" and e.peer == BANK)
+
+            before = controls()
+            ledger._write_fd = full_disk
+            with pytest.raises(LedgerError, match="No space left") as refused:
+                GrpcPlatformLink(channel, kit, psi, TrainConfig(epochs=1, seed=3))
+            assert refused.value.code.name == "UNAVAILABLE"
+            assert str(tmp_path / "bank-training") in str(refused.value)
+            assert controls() == before
+        finally:
+            channel.close()

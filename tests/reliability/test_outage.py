@@ -14,10 +14,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from bank_node.scoring_platform import CircuitBreaker
 from fedscore.api.v1 import scoring_pb2
+from fedscore.audit.report import audit_and_report
 from fedscore.audit.verify import verify_ledgers
+from fedscore.cli.audit import audit_app
 from fedscore.crypto.primitives import VerifyKey
 from fedscore.ledger.entry import LEDGER_FILE
 from fedscore.ledger.verify import read_ledger
@@ -134,6 +137,18 @@ def test_sends_recorded_as_failed_are_an_outage_not_a_mismatch(
     assert len(report.failed) == 5 and not any(f.delivered for f in report.failed)
     assert report.outages[0].startswith(f"{BANK} -> platform: 5 send(s) failed with "
                                          "UNAVAILABLE, between ")
+    # the command and the reviewer's report say so too, and pass
+    folders = [str(tmp_path / "platform"), str(tmp_path / "bank")]
+    kit = str(federation.kits / "coordinator")
+    result = CliRunner().invoke(audit_app, ["verify", *folders, "--kit", kit])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output
+    assert "outage:" in result.output and "5 send(s) failed with UNAVAILABLE" in result.output
+    reported, _, (_, md) = audit_and_report([tmp_path / "platform", tmp_path / "bank"],
+                                            federation.kits / "coordinator", tmp_path / "out")
+    assert reported.ok
+    text = md.read_text()
+    assert "Failed sends and outages" in text and "5 send(s) failed with UNAVAILABLE" in text
 
 
 @pytest.mark.parametrize("cover_up", [
