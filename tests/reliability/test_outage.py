@@ -188,6 +188,59 @@ def test_a_hidden_message_still_fails_verify_after_an_outage(
     assert [f.status for f in report.failed] == ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
 
 
+def test_an_answer_made_after_the_bank_gave_up_is_recorded_as_such(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """Real gRPC, both ends ledgered: the bank gives up on a slow query (its deadline);
+    the platform's answer, made after that, is recorded as sent and failed (CANCELLED), the
+    bank's query as sent and failed (DEADLINE_EXCEEDED); verify passes and says so."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedscore.ledger.taps import LedgerTap
+    from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port, secure_channel
+
+    platform, bank = _pair(federation, tmp_path)
+    release = threading.Event()
+
+    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        release.wait(10)
+        return b"the answer, too late"
+
+    with platform, bank:
+        server = grpc.server(ThreadPoolExecutor(max_workers=2),
+                             interceptors=[LedgerTap(platform)], options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "fedscore.v1.EmbeddingService",
+            {"GetEmbeddings": grpc.unary_unary_rpc_method_handler(slow)}),))
+        port = add_secure_port(server, "127.0.0.1:0", federation.kit("platform"))
+        server.start()
+        channel = secure_channel(f"127.0.0.1:{port}", federation.kit(BANK), "platform",
+                                 ledger=bank)
+        try:
+            call = channel.unary_unary("/fedscore.v1.EmbeddingService/GetEmbeddings")
+            with pytest.raises(grpc.RpcError) as gave_up:
+                call(b"a slow query", timeout=0.3)
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.5)  # the platform learns that its client left
+            release.set()
+
+            def platform_failed() -> bool:
+                platform.sync()
+                return any(e.direction == "failed"
+                           for e in read_ledger(tmp_path / "platform" / LEDGER_FILE))
+
+            wait_for(platform_failed)
+        finally:
+            channel.close()
+            server.stop(grace=None).wait()
+    report = verify_ledgers([tmp_path / "platform", tmp_path / "bank"], _keys(federation))
+    assert report.ok, (report.problems, [str(u) for u in report.unmatched])
+    assert sorted((f.sender, f.status, f.delivered) for f in report.failed) == [
+        (BANK, "DEADLINE_EXCEEDED", True), ("platform", "CANCELLED", False)]
+    assert any(line.startswith(f"platform -> {BANK}: 1 send(s) failed with CANCELLED")
+               for line in report.outages)
+
+
 def test_deleting_a_failed_entry_breaks_the_chain(federation: Federation, tmp_path: Path
                                                   ) -> None:
     """A bank cannot turn an outage into a cover-up (or back) by editing its ledger."""
