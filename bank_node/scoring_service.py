@@ -236,6 +236,14 @@ class ScoringServer:
         """Start serving."""
         self._run(self._server.start())
 
+    def follow(self, ledger: Ledger) -> None:
+        """Answer NOT_SERVING while ``ledger`` cannot be written (its queries to the
+        platform are not sent meanwhile: the policy's fallback answers), SERVING again
+        once it can (:func:`fedscore.wire.health.follow_ledger`)."""
+        from fedscore.wire.health import follow_ledger
+
+        follow_ledger(self._readiness, ledger, self._loop)
+
     def drain(self) -> None:
         """Answer NOT_SERVING from now on; calls are still served until :meth:`stop`."""
         self._run(self._readiness.drain())
@@ -346,6 +354,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         scorer = build_scorer(kit, data_dir, release, platform_address, policy,
                               channel=channel, ledger=ledger)
         server.ready(scorer)
+        server.follow(ledger)
     except BaseException:
         server.stop(grace=None)
         channel.close()

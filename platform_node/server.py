@@ -40,7 +40,7 @@ from fedscore.ledger.taps import PROBE_METHODS, LedgerTap
 from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
-from fedscore.wire.health import Readiness
+from fedscore.wire.health import Readiness, follow_ledger
 from fedscore.wire.observe import ObserveInterceptor
 from fedscore.wire.status import StatusInterceptor
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
@@ -249,6 +249,7 @@ def serve(
     try:
         node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
         bound.ready(node)
+        follow_ledger(bound.readiness, ledger)  # NOT_SERVING while its disk is full
     except BaseException:
         bound.stop(grace=None).wait()
         ledger.close()

@@ -81,6 +81,8 @@ def verify_command(
         console.print(f"[red]problem:[/red] {escape(problem)}")
     for u in report.unmatched:
         console.print(f"[red]unmatched:[/red] {escape(str(u))}")
+    for line in report.outages:
+        console.print(f"[yellow]outage:[/yellow] {escape(line)}")
     if report.ok:
         total = sum(report.entries.values())
         console.print(
