@@ -44,6 +44,16 @@ from fedscore.ml.architecture import BottomConfig
 from fedscore.ml.model import BottomModel
 from fedscore.ops import metrics
 from fedscore.wire import serde
+from fedscore.wire.limits import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_QUERY_BYTES,
+    MAX_QUERY_CONSENTED,
+    MAX_QUERY_HANDLES,
+    LimitError,
+    check_count,
+    check_length,
+)
 from fedscore.wire.transport import peer_party
 from platform_node.model_store import StateDict
 from platform_node.sessions import Session, SessionError, SessionRegistry
@@ -160,12 +170,25 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         except SessionError as exc:
             raise ScoringRefusal(str(exc), code=exc.code, label="session") from None
         opener, sealer = self._scoring_pair(session)
+        try:  # the documented bounds, before it is decrypted and before any row is read
+            check_length("sealed query", box.ciphertext, MAX_QUERY_BYTES)
+        except LimitError as exc:
+            raise ScoringRefusal(str(exc), code=exc.code, label="too-large") from None
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(
                 opener.open(box, round=SCORING_ROUND))
         except SealError as exc:
             raise ScoringRefusal(f"sealed query refused: {exc}",
                                  code=grpc.StatusCode.DATA_LOSS, label="sealed") from None
+        try:
+            check_count("EmbeddingQuery.handles", len(query.handles) // 4, MAX_QUERY_HANDLES)
+            check_count("EmbeddingQuery.consented", len(query.consented), MAX_QUERY_CONSENTED)
+            check_length("platform_model_version", query.platform_model_version,
+                         MAX_NAME_CHARS)
+            for applicant in query.consented:
+                check_length("consented.applicant_id", applicant.applicant_id, MAX_ID_CHARS)
+        except LimitError as exc:
+            raise ScoringRefusal(str(exc), code=exc.code, label="too-large") from None
         try:
             handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
         except serde.WireError as exc:
