@@ -87,6 +87,8 @@ def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
     assert proc.stdout is not None
     try:
         line = proc.stdout.readline()
+        while line and "NOT_SERVING" in line:  # "... loading (health: NOT_SERVING)" first
+            line = proc.stdout.readline()
         found = re.search(r"scoring server on (\S+?:\d+):", line)
         if found is None:
             proc.wait(10)
