@@ -145,6 +145,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self._refusals = state_dir / REFUSALS_FILE if state_dir is not None else None
         self._now = now
         self._lock = threading.Lock()
+        # the refusals file has a lock of its own: a refusal's fsync must not hold up
+        # another bank's query, which takes _lock for its session's sealing pair
+        self._file_lock = threading.Lock()
 
     def GetEmbeddings(
         self, request: embedding_pb2.GetEmbeddingsRequest, context: grpc.ServicerContext
@@ -238,7 +241,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                     extra={"peer": peer, "reason": refusal.label, "code": refusal.code.name})
         metrics.REFUSALS.labels(self._issuer, peer, refusal.label, refusal.code.name).inc()
         if self._refusals is not None:
-            with self._lock, self._refusals.open("a") as f:
+            with self._file_lock, self._refusals.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())

@@ -320,16 +320,32 @@ class _IdleIterator:
         self._cls = cls
         self._start = time.monotonic()
         self._done = False
+        self._closed = threading.Event()
         threading.Thread(target=self._read, args=(source,), daemon=True,
                          name=f"limits-{cls.name}").start()
+
+    def _put(self, entry: tuple[str, Any]) -> bool:
+        """Queue ``entry`` unless the handler is gone (then the reader stops)."""
+        while not self._closed.is_set():
+            try:
+                self._q.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _read(self, source: Iterator[Any]) -> None:
         try:
             for item in source:
-                self._q.put(("item", item))
-            self._q.put(("end", _END))
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", _END))
         except BaseException as exc:  # the call ended, or the peer failed it
-            self._q.put(("error", exc))
+            self._put(("error", exc))
+
+    def close(self) -> None:
+        """The handler is done: a reader blocked on a full queue stops."""
+        self._closed.set()
 
     def __iter__(self) -> _IdleIterator:
         return self
@@ -415,10 +431,13 @@ class LimitsInterceptor(grpc.ServerInterceptor):
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             peer = self._enter(cls, context)
+            requests = self._requests(request, cls, streaming)
             try:
-                return behavior(self._requests(request, cls, streaming), context)
+                return behavior(requests, context)
             finally:
                 self.limits.release(cls, peer)
+                if isinstance(requests, _IdleIterator):
+                    requests.close()
 
         return wrapped
 
@@ -429,10 +448,13 @@ class LimitsInterceptor(grpc.ServerInterceptor):
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             peer = self._enter(cls, context)
+            requests = self._requests(request, cls, streaming)
             try:
-                yield from behavior(self._requests(request, cls, streaming), context)
+                yield from behavior(requests, context)
             finally:
                 self.limits.release(cls, peer)
+                if isinstance(requests, _IdleIterator):
+                    requests.close()
 
         return wrapped
 

@@ -246,3 +246,16 @@ def test_a_huge_run_id_comes_back_with_its_real_status_and_a_short_message(
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             details = err.value.details() or ""
             assert "run" in details and len(details) < 400 < MAX_MESSAGE_CHARS + 100
+
+
+def test_a_psi_chunk_over_the_bound_is_a_protocol_error() -> None:
+    """A blinded chunk of more than MAX_CHUNK_SIZE points is refused (INVALID_ARGUMENT)
+    before a point is blinded; one of exactly the bound is counted."""
+    from fedscore.crypto.primitives import POINT_SIZE
+    from fedscore.crypto.psi import MAX_CHUNK_SIZE, Blinded, PsiParty, PsiProtocolError
+
+    assert PsiParty._count(Blinded(0, bytes(POINT_SIZE * MAX_CHUNK_SIZE)), "blinded") \
+        == MAX_CHUNK_SIZE
+    with pytest.raises(PsiProtocolError, match=f"at most {MAX_CHUNK_SIZE} points") as err:
+        PsiParty._count(Blinded(0, bytes(POINT_SIZE * (MAX_CHUNK_SIZE + 1))), "blinded")
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
