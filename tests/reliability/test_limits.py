@@ -36,7 +36,8 @@ from fedscore.wire.transport import secure_channel
 from platform_node.server import PlatformNode, create_server, platform_limits
 from tests.conftest import Federation
 
-IDLE_S = 1.5
+IDLE_S = 1.5  # a Step stream's idle bound here
+PSI_IDLE_S = 4.0  # a PSI stream's: a legitimate one pauses longer on a loaded machine
 
 
 @dataclass
@@ -56,7 +57,7 @@ def platform(federation: Federation) -> Iterator[Platform]:
     """A platform node with short idle deadlines and one committed bottom model."""
     node = PlatformNode(federation.kit("platform"), federation.platform_table())
     version = node.federation.store.save("scoring", 1, node.initial_weights(seed=11))
-    limits = platform_limits(psi_idle_s=IDLE_S, step_idle_s=IDLE_S)
+    limits = platform_limits(psi_idle_s=PSI_IDLE_S, step_idle_s=IDLE_S)
     server, port = create_server("127.0.0.1:0", node, limits=limits)
     server.start()
     try:
@@ -121,7 +122,7 @@ def test_quiet_psi_streams_of_one_bank_starve_nobody(platform: Platform) -> None
             assert emb.shape[0] == present.size == min(5, psi.size)
         # the two held streams are ended by the idle bound, not by the attacker
         for t in threads:
-            t.join(timeout=IDLE_S + 10)
+            t.join(timeout=PSI_IDLE_S + 10)
         assert outcome.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 2, outcome
         # and their slots are free again: bank-2 itself may run PSI now
         psi2 = run_psi(attacker, _bank_ids(fed, "bank-2"), party="bank-2")
