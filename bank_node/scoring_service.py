@@ -226,7 +226,7 @@ MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 """The largest message the scoring server reads (gRPC refuses a larger one unread):
 twice a ScoreBatch message of MAX_BATCH_IDS ids of MAX_ID_CHARS characters."""
 
-MAX_IN_FLIGHT = 16
+MAX_IN_FLIGHT = 64
 """Score calls the server admits at once by default; more are refused at once with
 RESOURCE_EXHAUSTED (``benchmarks/overload.py``: its throughput peaks well below)."""
 

@@ -240,3 +240,25 @@ def test_untrusted_values_are_quoted_short_and_seeds_bounded() -> None:
     with pytest.raises(LimitError, match=r"seed = 18446744073709551615: expected") as err:
         check_seed("seed", 2**64 - 1)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_admission_admits_fewer_while_the_loop_lags_and_more_when_it_keeps_up() -> None:
+    """While answers come back with the event loop more than 10 ms behind, the calls
+    admitted at once shrink (down to one); once it keeps up they grow back to the
+    limit."""
+    cls = WorkClass("score", frozenset({"/s/Score"}), per_peer=16, total=16, admit=True)
+    limits = Limits([cls], WorkClass("other", frozenset(), 1, 1))
+    for _ in range(200):  # answers while the loop runs 50 ms behind
+        limits.acquire(cls, "bank-1")
+        limits.release(cls, "bank-1", 0.001, lag_s=0.05)
+    limits.acquire(cls, "bank-1", lag_s=0.05)
+    with pytest.raises(Overloaded, match="runs 50 ms behind and admits 1 at once"):
+        limits.acquire(cls, "bank-1", lag_s=0.05)
+    limits.release(cls, "bank-1", 0.001, lag_s=0.0)
+    for _ in range(400):  # the loop keeps up again
+        limits.acquire(cls, "bank-1")
+        limits.release(cls, "bank-1", 0.001, lag_s=0.0)
+    for _ in range(16):
+        limits.acquire(cls, "bank-1")
+    with pytest.raises(Overloaded, match="all 16 slots"):
+        limits.acquire(cls, "bank-2")
