@@ -24,10 +24,9 @@ calls go on (``docs/security.md``, "Limits"; ``docs/reliability.md``).
 - **Stream deadlines**: a class's ``idle_s`` ends a client stream that sends nothing for
   that long, ``stream_s`` one that lasts longer, both with DEADLINE_EXCEEDED, so a
   stalled stream gives its slot back.
-- **Admission** (``admit`` on an aio class): the calls admitted at once adapt to how
-  far behind the server's event loop runs (fewer while it lags, more again when it
-  keeps up), and a call whose deadline is shorter than what recent calls took (plus
-  that lag) is refused at once instead of being answered late.
+- **Admission** (``admit`` on an aio class): a call whose deadline is shorter than what
+  recent calls took, plus how far behind the server's event loop runs, is refused at
+  once instead of being answered late.
 - **Messages** (:func:`quote`): what a peer sent is quoted and cut before it goes into an
   error message, so a 1 MB run id cannot come back as a 1 MB status.
 
@@ -113,9 +112,6 @@ SEED_LIMIT = 2**62
 
 UNKNOWN_PEER = "unknown"
 
-LAG_TARGET_S = 0.010
-"""Admission: how far behind its schedule an aio server's event loop may run before it
-admits fewer calls at once (a loop that lags queues every call it has not yet seen)."""
 
 
 class LimitError(FedscoreError, ValueError):
@@ -211,7 +207,6 @@ class _Budget:
     in_flight: int = 0
     peers: dict[str, int] = field(default_factory=dict)
     ewma_s: float = 0.0  # admitted calls' recent latency (admission)
-    cap: float = 0.0  # admission: calls admitted at once now, between 1 and cls.total
 
 
 class Limits:
@@ -232,7 +227,7 @@ class Limits:
                 else:
                     self._exact[m] = c
         self._default = default
-        self._budgets = {c.name: _Budget(c, cap=float(c.total)) for c in self._classes}
+        self._budgets = {c.name: _Budget(c) for c in self._classes}
         self._lock = threading.Lock()
 
     @property
@@ -260,9 +255,9 @@ class Limits:
     def acquire(self, cls: WorkClass, peer: str, remaining_s: float | None = None,
                 lag_s: float = 0.0) -> None:
         """Take a slot of ``cls`` for ``peer``; Overloaded (RESOURCE_EXHAUSTED) with the
-        reason when the peer or the class is at its limit, or (``admit``) when the class
-        is at its adaptive cap or the call's ``remaining_s`` is shorter than recent calls
-        took plus ``lag_s``, how far behind the server's event loop runs."""
+        reason when the peer or the class is at its limit, or (``admit``) when the call's
+        ``remaining_s`` is shorter than recent calls took plus ``lag_s``, how far behind
+        the server's event loop runs."""
         with self._lock:
             b = self._budgets[cls.name]
             mine = b.peers.get(peer, 0)
@@ -272,28 +267,18 @@ class Limits:
             if b.in_flight >= cls.total:
                 raise Overloaded(f"{cls.name} calls: all {cls.total} slots of this server "
                                  f"are busy; retry later")
-            if cls.admit:
-                if b.in_flight >= int(b.cap):
-                    raise Overloaded(f"{cls.name} calls: the server runs {lag_s * 1e3:.0f} ms "
-                                     f"behind and admits {int(b.cap)} at once now; retry "
-                                     f"later")
-                wait = b.ewma_s + lag_s
-                if remaining_s is not None and remaining_s < wait:
-                    raise Overloaded(f"{cls.name} calls: {remaining_s * 1e3:.0f} ms left of "
-                                     f"the call's deadline, recent calls took "
-                                     f"{wait * 1e3:.0f} ms; refused now rather than "
-                                     f"answered late")
+            wait = b.ewma_s + lag_s
+            if cls.admit and remaining_s is not None and remaining_s < wait:
+                raise Overloaded(f"{cls.name} calls: {remaining_s * 1e3:.0f} ms left of the "
+                                 f"call's deadline, recent calls took {wait * 1e3:.0f} ms "
+                                 f"(the event loop's lag included); refused now rather than "
+                                 f"answered late")
             b.in_flight += 1
             b.peers[peer] = mine + 1
 
-    def release(self, cls: WorkClass, peer: str, elapsed_s: float | None = None,
-                lag_s: float = 0.0) -> None:
-        """Give back a slot taken by :meth:`acquire`. For an answered call of an
-        ``admit`` class, ``elapsed_s`` updates the recent latency deadlines are compared
-        with, and ``lag_s`` the cap: it shrinks by 5% while the event loop runs more than
-        :data:`LAG_TARGET_S` behind and grows back by one call per cap's worth of answers
-        otherwise (additive increase, multiplicative decrease, as TCP does), so the
-        server admits what it can answer promptly on the CPU it actually gets."""
+    def release(self, cls: WorkClass, peer: str, elapsed_s: float | None = None) -> None:
+        """Give back a slot taken by :meth:`acquire`; ``elapsed_s`` (an answered call of
+        an ``admit`` class) updates the recent latency deadlines are compared with."""
         with self._lock:
             b = self._budgets[cls.name]
             b.in_flight -= 1
@@ -304,10 +289,6 @@ class Limits:
                 del b.peers[peer]
             if elapsed_s is not None and cls.admit:
                 b.ewma_s += 0.1 * (elapsed_s - b.ewma_s)
-                if lag_s > LAG_TARGET_S:
-                    b.cap = max(1.0, b.cap * 0.95)
-                else:
-                    b.cap = min(float(cls.total), b.cap + 1.0 / b.cap)
 
 
 def _peer(context: Any) -> str:
@@ -598,7 +579,7 @@ class AioLimitsInterceptor(grpc.aio.ServerInterceptor):
                     elapsed = time.perf_counter() - started
                     return reply
                 finally:
-                    limits.release(cls, peer, elapsed, self.lag_s)
+                    limits.release(cls, peer, elapsed)
 
             return wrapped
         return behavior  # a sync handler on an aio server: none of fedscore's

@@ -110,8 +110,8 @@ def test_oversized_score_requests_are_refused_before_any_work(scoring: Scoring) 
         started = time.monotonic()
         _refused(lambda: stub.Score(scoring_pb2.ScoreRequest(
             applicant_id="a-1", features=huge), timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
-        reply = stub.Score(scoring_pb2.ScoreRequest(applicant_id=scoring.inside[0]), timeout=10)
-        assert reply.scored and time.monotonic() - started < 20
+        reply = stub.Score(scoring_pb2.ScoreRequest(applicant_id=scoring.inside[0]), timeout=30)
+        assert reply.scored and time.monotonic() - started < 45
 
 
 def test_a_score_batch_message_over_the_bound_is_refused(scoring: Scoring) -> None:
@@ -133,7 +133,7 @@ def test_a_quiet_score_batch_stream_is_ended(scoring: Scoring) -> None:
     its slot is given back."""
 
     def quiet() -> Iterator[scoring_pb2.ScoreBatchRequest]:
-        time.sleep(IDLE_S + 5)
+        time.sleep(IDLE_S + 8)
         yield from ()
 
     channel, stub = _stub(scoring)
@@ -142,7 +142,7 @@ def test_a_quiet_score_batch_stream_is_ended(scoring: Scoring) -> None:
         details = _refused(lambda: list(stub.ScoreBatch(quiet(), timeout=30)),
                            grpc.StatusCode.DEADLINE_EXCEEDED)
         assert "sent nothing" in details
-        assert time.monotonic() - started < IDLE_S + 4
+        assert time.monotonic() - started < IDLE_S + 5  # long before the quiet client ends
     deadline = time.monotonic() + 5
     while scoring.limits.in_flight("batch") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -190,7 +190,8 @@ def test_calls_over_the_in_flight_limit_are_shed_with_a_reason(scoring: Scoring)
 
 def test_admission_refuses_a_call_whose_deadline_is_shorter_than_recent_calls() -> None:
     """An admitting class refuses at once a call with less time left than its recent
-    calls took, and admits one without a deadline or with enough time."""
+    calls took (plus the event loop's lag), and admits one without a deadline or with
+    enough time."""
     cls = WorkClass("score", frozenset({"/s/Score"}), per_peer=8, total=8, admit=True)
     limits = Limits([cls], WorkClass("other", frozenset(), 1, 1))
     for _ in range(60):  # recent calls took 200 ms
@@ -199,8 +200,10 @@ def test_admission_refuses_a_call_whose_deadline_is_shorter_than_recent_calls() 
     with pytest.raises(Overloaded, match="refused now rather than answered late") as err:
         limits.acquire(cls, "bank-1", remaining_s=0.05)
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(Overloaded, match="recent calls took 400 ms"):
+        limits.acquire(cls, "bank-1", remaining_s=0.3, lag_s=0.2)
     limits.acquire(cls, "bank-1", remaining_s=1.0)
-    limits.acquire(cls, "bank-1", remaining_s=None)
+    limits.acquire(cls, "bank-1", remaining_s=None, lag_s=5.0)
     assert limits.in_flight("score") == 2
 
 
@@ -240,25 +243,3 @@ def test_untrusted_values_are_quoted_short_and_seeds_bounded() -> None:
     with pytest.raises(LimitError, match=r"seed = 18446744073709551615: expected") as err:
         check_seed("seed", 2**64 - 1)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def test_admission_admits_fewer_while_the_loop_lags_and_more_when_it_keeps_up() -> None:
-    """While answers come back with the event loop more than 10 ms behind, the calls
-    admitted at once shrink (down to one); once it keeps up they grow back to the
-    limit."""
-    cls = WorkClass("score", frozenset({"/s/Score"}), per_peer=16, total=16, admit=True)
-    limits = Limits([cls], WorkClass("other", frozenset(), 1, 1))
-    for _ in range(200):  # answers while the loop runs 50 ms behind
-        limits.acquire(cls, "bank-1")
-        limits.release(cls, "bank-1", 0.001, lag_s=0.05)
-    limits.acquire(cls, "bank-1", lag_s=0.05)
-    with pytest.raises(Overloaded, match="runs 50 ms behind and admits 1 at once"):
-        limits.acquire(cls, "bank-1", lag_s=0.05)
-    limits.release(cls, "bank-1", 0.001, lag_s=0.0)
-    for _ in range(400):  # the loop keeps up again
-        limits.acquire(cls, "bank-1")
-        limits.release(cls, "bank-1", 0.001, lag_s=0.0)
-    for _ in range(16):
-        limits.acquire(cls, "bank-1")
-    with pytest.raises(Overloaded, match="all 16 slots"):
-        limits.acquire(cls, "bank-2")
