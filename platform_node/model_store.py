@@ -32,6 +32,7 @@ import torch
 from fedscore.atomic import atomic_write
 from fedscore.errors import FedscoreError
 from fedscore.federation.arrays import NonFiniteError, check_finite
+from fedscore.wire.limits import quote
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"r(\d+)-[0-9a-f]{12}")
@@ -63,7 +64,7 @@ def check_run_id(run_id: str) -> str:
     """A run id is a folder name: letters, digits, '.', '_', '-'; no path tricks."""
     if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
         raise StoreError(
-            f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"invalid run id {quote(run_id)}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return run_id
@@ -73,7 +74,8 @@ def round_of_version(version: str) -> int:
     """The round a version names; UnknownVersion when it is not a version."""
     match = _VERSION.fullmatch(version)
     if match is None:
-        raise UnknownVersion(f"{version!r} is not a platform model version (r<round>-<12 hex>)")
+        raise UnknownVersion(f"{quote(version)} is not a platform model version "
+                             "(r<round>-<12 hex>)")
     return int(match.group(1))
 
 

@@ -26,6 +26,14 @@ from fedscore.errors import FedscoreError
 from fedscore.ml.training import MAX_PLATFORM_SNAPSHOTS, PlatformBottom
 from fedscore.ops import metrics
 from fedscore.wire import serde
+from fedscore.wire.limits import (
+    MAX_NAME_CHARS,
+    MAX_STEP_ROWS,
+    check_count,
+    check_length,
+    check_seed,
+    quote,
+)
 from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, RunPrivacy
 from platform_node.model_store import StateDict, model_version
@@ -104,7 +112,9 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         if not forward and command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
             raise serde.WireError(f"unknown step mode {command.mode}")
         # every check of the command before any of it runs: a refused one changes nothing
-        # (only handles inside this bank's intersection: WireError otherwise)
+        # (at most MAX_STEP_ROWS handles, LimitError; only handles inside this bank's
+        # intersection: WireError otherwise)
+        check_count("StepCommand.handles", len(command.handles) // 4, MAX_STEP_ROWS)
         handles = (serde.handles_from_bytes(command.handles, limit=session.psi.size)
                    if forward else None)
         if command.gradient.shape:
@@ -144,6 +154,9 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.OpenSessionResponse:
         """Start the session's next round with a fresh (or the run's base) bottom model."""
+        check_seed("seed", request.seed)  # LimitError (INVALID_ARGUMENT), before anything
+        check_length("run_id", request.run_id, MAX_NAME_CHARS)
+        check_length("base_version", request.base_version, MAX_NAME_CHARS)
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
@@ -158,7 +171,8 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
                 bottom.load_state_dict(base)
             except RuntimeError as exc:  # a stored model of another architecture
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"platform model {base_version} does not fit this node: {exc}")
+                              f"platform model {quote(base_version)} does not fit this "
+                              f"node: {exc}")
         if request.resume_key:
             self._resumable(session, bottom, request, context)
         else:

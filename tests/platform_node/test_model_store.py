@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedscore.wire.limits import quote
 from platform_node.model_store import (
     ModelStore,
     StoreError,
@@ -226,7 +227,7 @@ def test_a_corrupted_state_file_is_a_store_error_naming_the_file(tmp_path: Path)
 )
 def test_invalid_run_ids_are_rejected_with_a_clear_message(tmp_path: Path, run_id: str) -> None:
     store = ModelStore(tmp_path)
-    message = rf"invalid run id {re.escape(repr(run_id))}: use 1-128 letters, digits"
+    message = rf"invalid run id {re.escape(quote(run_id))}: use 1-128 letters, digits"
     with pytest.raises(StoreError, match=message):
         check_run_id(run_id)
     with pytest.raises(StoreError, match=message):
