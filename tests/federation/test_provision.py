@@ -32,6 +32,7 @@ KIT_FILES = {
     "federation.json",
     "federation.sig",
     "kit.json",
+    "revoked.crl",
 }
 PRIVATE = {"tls.key", "sealing.key", "signing.key"}
 
@@ -53,7 +54,8 @@ def _copy_kit(src: Path, dst: Path) -> Path:
 
 def test_layout_and_permissions(fed: Path) -> None:
     assert sorted(p.name for p in fed.iterdir()) == sorted([*DEFAULT_PARTIES, "ca"])
-    assert {p.name for p in (fed / "ca").iterdir()} == {"ca.key", "ca.crt"}
+    assert {p.name for p in (fed / "ca").iterdir()} == {
+        "ca.key", "ca.crt", "federation.json", "federation.sig", "revoked.crl"}
     assert stat.S_IMODE((fed / "ca" / "ca.key").stat().st_mode) == 0o600
     for party in DEFAULT_PARTIES:
         kit = fed / party
@@ -153,10 +155,10 @@ def test_role_of() -> None:
 def test_cli(tmp_path: Path) -> None:
     import typer
 
-    from fedscore.cli.provision import provision_command
+    from fedscore.cli.provision import provision_app
 
     app = typer.Typer()
-    app.command("provision")(provision_command)
+    app.add_typer(provision_app, name="provision")
     app.command("noop")(lambda: None)
     runner = CliRunner()
     out = tmp_path / "cli"
