@@ -376,7 +376,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         stop.set()
 
     def _reload(signum: int, frame: FrameType | None) -> None:
-        reload_logged(kit, log, cert_warn_days)
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
         try:
             new, old = scorer.load_release(release)
             print(f"release {new} replaces {old}", flush=True)

@@ -269,7 +269,7 @@ def serve(
         stop.set()
 
     def _reload(signum: int, frame: FrameType | None) -> None:
-        reload_logged(kit, log, cert_warn_days)
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -1030,18 +1030,20 @@ def log_expiry(kit: StartupKit, log: logging.Logger, within_days: int = EXPIRY_W
 
 
 def reload_logged(kit: StartupKit, log: logging.Logger,
-                  within_days: int = EXPIRY_WARN_DAYS) -> bool:
+                  within_days: int = EXPIRY_WARN_DAYS) -> str:
     """A node's SIGHUP: :func:`reload_trust`, logged either way (a refused reload keeps the
-    loaded manifest and list); then the expiry warnings. True when the reload took."""
+    loaded manifest and list), then the expiry warnings. Returns the line it logged, which
+    starts with ``trust: `` (servers print it too)."""
     try:
         new = reload_trust(kit)
     except KitError as exc:
-        log.warning("manifest and revocation list not reloaded, the loaded ones stay: %s",
-                    exc, extra={"event": "trust-reload-refused"})
-        ok = False
+        cur = kit.trust
+        line = (f"trust: not reloaded, manifest version {cur.version} and revocation list "
+                f"{cur.crl_number} stay: {exc}")
+        log.warning("%s", line, extra={"event": "trust-reload-refused"})
     else:
-        log.info("loaded manifest version %d, revocation list %d (%d revoked)", new.version,
-                 new.crl_number, len(new.revoked), extra={"event": "trust-reload"})
-        ok = True
+        line = (f"trust: manifest version {new.version}, revocation list {new.crl_number} "
+                f"({len(new.revoked)} revoked), {len(new.peers)} parties")
+        log.info("%s", line, extra={"event": "trust-reload"})
     log_expiry(kit, log, within_days)
-    return ok
+    return line

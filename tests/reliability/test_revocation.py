@@ -14,8 +14,12 @@ an injected clock.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
+import signal
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -114,8 +118,12 @@ def fed(federation: Federation, tmp_path: Path) -> Iterator[Fed]:
 
 def _psi(fed: Fed, kit: StartupKit) -> bytes:
     """A scoring session of ``kit``'s bank with the platform: its id."""
-    ids = CustomerStore.load_table(fed.federation.data.bank_dirs[kit.party]).ids
-    with secure_channel(fed.address, kit, "platform") as channel:
+    return _psi_at(fed.federation, fed.address, kit)
+
+
+def _psi_at(federation: Federation, address: str, kit: StartupKit) -> bytes:
+    ids = CustomerStore.load_table(federation.data.bank_dirs[kit.party]).ids
+    with secure_channel(address, kit, "platform") as channel:
         return run_psi(channel, ids, party=kit.party).session_id
 
 
@@ -415,3 +423,110 @@ def test_the_expiry_warning_is_in_the_health_answer(fed: Fed) -> None:
     assert warned.exit_code == 0, warned.output
     assert warned.output.startswith("SERVING\nwarning: platform's TLS certificate")
     assert "in 29 days" in warned.output
+
+
+def test_sighup_makes_a_running_platform_refuse_a_revoked_bank(federation: Federation,
+                                                                tmp_path: Path) -> None:
+    """A real ``fedscore platform serve`` process: with ``--cert-warn-days 400`` (more
+    than the certificates' 365 days) it logs the expiry warning at start and `fedscore
+    health` prints it; after ``provision revoke``, SIGHUP (platform_node/server.py's
+    handler, through reload_trust) makes it refuse bank-2 and keep serving bank-1; an
+    older manifest and list put back are refused on the next SIGHUP, and bank-2 stays
+    refused."""
+    from fedscore.cli.health import health_command
+    from tests.bank_node.test_scoring_guards import _Process
+
+    kits = tmp_path / "kits"
+    shutil.copytree(federation.kits, kits)
+    earlier = {name: (kits / "platform" / name).read_bytes() for name in TRUST_FILES}
+    server = _Process([
+        sys.executable, "-m", "fedscore.cli.main", "platform", "serve",
+        "--kit", str(kits / "platform"), "--data", str(federation.data.platform_features),
+        "--schema", str(federation.data.platform_schema), "--address", "127.0.0.1:0",
+        "--state-dir", str(tmp_path / "state"), "--cert-warn-days", "400"])
+    try:
+        warned = server.line("", timeout=90)
+        while "expires on" not in warned:
+            warned = server.line("")
+        assert "platform's TLS certificate" in warned and "warning at 400" in warned
+        address = server.line("platform node listening on ").split()[4]
+        app = typer.Typer()
+        app.command("health")(health_command)
+        app.command("noop")(lambda: None)
+        health = CliRunner().invoke(app, ["health", address, "--kit", str(kits / "bank-1")])
+        assert health.exit_code == 0 and health.output.startswith("SERVING\nwarning: "), \
+            health.output
+
+        bank1, bank2 = load_kit(kits / "bank-1"), load_kit(kits / "bank-2")
+
+        def psi(kit: StartupKit) -> bytes:
+            return _psi_at(federation, address, kit)
+
+        psi(bank2)
+        revoke(kits, "bank-2")
+        server.proc.send_signal(signal.SIGHUP)
+        said = server.line("trust: ")
+        assert said.startswith("trust: manifest version 2, revocation list 2 (1 revoked)"), said
+        err = _refused(lambda: psi(bank2))
+        assert err.code is grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.details
+        psi(bank1)
+
+        for name, data in earlier.items():
+            (kits / "platform" / name).write_bytes(data)
+        server.proc.send_signal(signal.SIGHUP)
+        said = server.line("trust: ")
+        assert said.startswith("trust: not reloaded, manifest version 2 and revocation list "
+                               "2 stay: "), said
+        assert _refused(lambda: psi(bank2)).code is grpc.StatusCode.UNAUTHENTICATED
+        psi(bank1)
+    finally:
+        code = server.stop()
+    assert code == 0, "\n".join(server.seen)
+
+
+@pytest.mark.timeout(240)
+def test_the_superlink_drops_a_revoked_banks_supernode(tmp_path: Path) -> None:
+    """The SuperLink side, on a real ``flower-superlink`` with SuperNode authentication:
+    Flower 1.41 keeps the authorized SuperNode keys in its own database (the key-file
+    option is deprecated), so revoking a bank includes ``flwr supernode unregister`` of
+    the node id its registration returned. bank-2's SuperNode is online before; after
+    ``provision revoke`` and the unregister it is no longer online, and a SuperNode
+    started again with bank-2's key is refused ("Failed to activate SuperNode"), while
+    bank-1's stays online."""
+    from fedscore.cli.deploy import FEDERATION, Process, flower_env, free_ports, local_deployment
+    from fedscore.federation.provision import SUPERNODE_KEY, SUPERNODE_PUB
+    from tests.cli.test_deployment import _bank, _refused, _tls
+
+    kits = provision(tmp_path / "kits", parties=("bank-1", "bank-2", "coordinator"),
+                     supernode_keys=True)
+    with local_deployment(tmp_path / "deploy", _tls(kits), [_bank(kits, "bank-1")]
+                          ) as deployment:
+        def statuses() -> dict[str, str]:
+            nodes = json.loads(deployment.flwr("supernode", "list", FEDERATION, "--format",
+                                               "json"))["nodes"]
+            return {str(n["node-id"]): str(n["status"]) for n in nodes}
+
+        (bank1_id,) = statuses()
+        reply = deployment.flwr("supernode", "register", str(kits / "bank-2" / SUPERNODE_PUB),
+                                FEDERATION, "--name", "bank-2", "--format", "json")
+        bank2_id = str(json.loads(reply)["node-id"])
+        cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink",
+               deployment.address, "--root-certificates", str(kits / "bank-2" / "ca.crt"),
+               "--auth-supernode-private-key", str(kits / "bank-2" / SUPERNODE_KEY),
+               "--node-config", 'bank="bank-2"', "--port", str(free_ports(1)[0]),
+               "--max-retries", "1"]
+        node = Process.start("bank-2", cmd, tmp_path / "bank-2.log", flower_env())
+        try:
+            deadline = time.monotonic() + 90
+            while statuses().get(bank2_id) != "online":
+                assert time.monotonic() < deadline, statuses()
+                time.sleep(1)
+            revoke(kits, "bank-2")
+            deployment.flwr("supernode", "unregister", bank2_id, FEDERATION)
+            assert statuses().get(bank2_id) != "online", statuses()
+        finally:
+            node.stop()
+        log = _refused("bank-2-again", deployment.address, kits / "bank-2" / "ca.crt",
+                       kits / "bank-2" / SUPERNODE_KEY, tmp_path)
+        assert "Failed to activate SuperNode" in log
+        assert statuses()[bank1_id] == "online"
