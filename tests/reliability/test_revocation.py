@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import typer
 from flwr.app import ArrayRecord, RecordDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from bank_node.policy import Policy
@@ -75,7 +76,7 @@ from fedscore.federation.provision import (
 from fedscore.ledger.grid import IdentityError, LedgeredGrid
 from fedscore.ledger.writer import Ledger
 from fedscore.wire import serde
-from fedscore.wire.health import Readiness
+from fedscore.wire.health import DETAIL_KEY, Readiness
 from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port, secure_channel
 from platform_node.server import PlatformNode
 from platform_node.server import create_server as create_platform_server
@@ -205,7 +206,7 @@ def test_a_revoked_banks_scoring_path_gets_no_platform_answer(fed: Fed,
     """The scoring path: bank-2's scoring server, aligned before the revocation, scores a
     customer of the intersection jointly; once the platform reloads, it gets no platform
     answer (the platform refuses its session and a new PSI) and answers with its
-    policy's fallback instead."""
+    policy's fallback instead. Its (aio) health answer carries the node's warnings."""
     bank2 = fed.kit("bank-2")
     bank_dir = fed.federation.data.bank_dirs["bank-2"]
     release = seeded_release(fed.federation, bank_dir, tmp_path / "release", fed.version,
@@ -225,6 +226,12 @@ def test_a_revoked_banks_scoring_path_gets_no_platform_answer(fed: Fed,
             after = stub.Score(scoring_pb2.ScoreRequest(applicant_id=inside[1]), timeout=30)
             assert after.platform == scoring_pb2.PLATFORM_PART_UNAVAILABLE
             assert after.fallback
+            # the scoring server's (aio) health answer carries the node's warnings too
+            server.set_details(lambda: ["bank-2's TLS certificate expires soon"])
+            _, call = health_pb2_grpc.HealthStub(channel).Check.with_call(
+                health_pb2.HealthCheckRequest(), timeout=10)
+            assert (DETAIL_KEY, b"bank-2's TLS certificate expires soon") in list(
+                call.trailing_metadata() or ())
     finally:
         server.stop(grace=None)
 
@@ -530,3 +537,86 @@ def test_the_superlink_drops_a_revoked_banks_supernode(tmp_path: Path) -> None:
                        kits / "bank-2" / SUPERNODE_KEY, tmp_path)
         assert "Failed to activate SuperNode" in log
         assert statuses()[bank1_id] == "online"
+
+
+def test_provision_revoke_and_rotate_commands(tmp_path: Path) -> None:
+    """The commands: `fedscore provision revoke` and `rotate` print what they did (the
+    revoked serial, the list's number, the kits updated, the SuperLink step); a party that
+    is not current, the only platform, or a folder without the CA are refused (exit 1)."""
+    from fedscore.cli.main import app
+
+    kits = tmp_path / "kits"
+    runner = CliRunner()
+    made = runner.invoke(app, ["provision", "--out", str(kits), "-p", "platform", "-p",
+                               "bank-1", "-p", "bank-2", "-p", "coordinator",
+                               "--supernode-keys"])
+    assert made.exit_code == 0, made.output
+    serial = format(x509_serial(load_kit(kits / "bank-2")), "x")
+    res = runner.invoke(app, ["provision", "revoke", "--out", str(kits), "--party", "bank-2"])
+    assert res.exit_code == 0, res.output
+    assert f"revoked bank-2: certificate {serial} of bank-2 is on revocation list 2" in res.output
+    assert f"updated {kits / 'bank-1'}" in res.output and "flwr supernode unregister" in res.output
+    res = runner.invoke(app, ["provision", "rotate", "--out", str(kits), "--party", "bank-1"])
+    assert res.exit_code == 0, res.output
+    assert "rotated bank-1" in res.output and "revocation list 3" in res.output
+    assert "flwr supernode register" in res.output  # bank-1's kit had a SuperNode key pair
+    assert load_kit(kits / "bank-1").trust.crl_number == 3
+    for args, says in (
+        (["revoke", "--party", "bank-2"], "bank-2' is not a current party"),
+        (["revoke", "--party", "platform"], "only platform"),
+        (["rotate", "--party", "bank-9"], "bank-9' is not a current party"),
+    ):
+        res = runner.invoke(app, ["provision", *args, "--out", str(kits)])
+        assert res.exit_code == 1 and says in res.output, (args, res.output)
+    res = runner.invoke(app, ["provision", "revoke", "--out", str(tmp_path / "none"),
+                              "--party", "bank-1"])
+    assert res.exit_code == 1 and "ca.key: cannot read" in res.output, res.output
+
+
+def x509_serial(kit: StartupKit) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(kit.cert_pem).serial_number
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """A servicer context with a given auth context; abort raises, as gRPC's does."""
+
+    def __init__(self, auth: dict[str, list[bytes]]) -> None:
+        self._auth = auth
+        self.status: tuple[grpc.StatusCode, str] | None = None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.status = (code, details)
+        raise _Aborted(details)
+
+
+def test_the_revocation_check_needs_the_callers_certificate(tmp_path: Path) -> None:
+    """refuse_revoked, where mutual TLS cannot reach: with a revocation list in force, a
+    call whose connection shows no client certificate is refused UNAUTHENTICATED rather
+    than let through unchecked; a certificate of the list is refused, another passes."""
+    from fedscore.wire.transport import peer_party
+
+    kits = provision(tmp_path / "kits", parties=("platform", "bank-1", "bank-2"))
+    bank2 = (kits / "bank-2" / "tls.crt").read_bytes()
+    bank1 = (kits / "bank-1" / "tls.crt").read_bytes()
+    revoke(kits, "bank-2")
+    platform = load_kit(kits / "platform")
+    ssl = {"transport_security_type": [b"ssl"], "x509_common_name": [b"bank-2"]}
+    for auth, says in (({**ssl}, "no client certificate"),
+                       ({**ssl, "x509_pem_cert": [bank2]}, "is revoked")):
+        context = _Context(auth)
+        with pytest.raises(_Aborted, match=says):
+            peer_party(context, platform)
+        assert context.status is not None
+        assert context.status[0] is grpc.StatusCode.UNAUTHENTICATED
+    ok = {"transport_security_type": [b"ssl"], "x509_common_name": [b"bank-1"],
+          "x509_pem_cert": [bank1]}
+    assert peer_party(_Context(ok), platform) == "bank-1"
