@@ -260,3 +260,37 @@ def test_own_keys_must_match_manifest(fed: Path, tmp_path: Path) -> None:
     shutil.copy(fed / "bank-2" / "signing.key", kit / "signing.key")
     with pytest.raises(KitError, match=r"signing\.key: public key does not match"):
         load_kit(kit, now=NOW)
+
+
+def test_a_kit_from_before_revocation_lists_still_loads(fed: Path, tmp_path: Path) -> None:
+    """A manifest without version, crl_number, history and certificate serials (as
+    provisioned before revocation support), signed by the CA, and no revoked.crl: the
+    kit loads with nothing revoked; the same manifest asking for a list does not load
+    without one."""
+    from fedscore.crypto.primitives import CertificateKey
+
+    kit = _copy_kit(fed / "bank-1", tmp_path / "bank-1")
+    ca_key = CertificateKey.from_file(fed / "ca" / "ca.key")
+    manifest = json.loads((kit / "federation.json").read_text())
+    for key in ("version", "crl_number", "history"):
+        del manifest[key]
+    for party in manifest["parties"]:
+        del party["certificate_serial"]
+    (kit / "revoked.crl").unlink()
+
+    def sign(doc: dict[str, object]) -> None:
+        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        (kit / "federation.json").write_bytes(data)
+        (kit / "federation.sig").write_bytes(ca_key.sign(data))
+
+    sign(manifest)
+    loaded = load_kit(kit, now=NOW)
+    assert (loaded.trust.version, loaded.trust.crl_number, loaded.trust.revoked) == (
+        0, 0, frozenset())
+    assert set(loaded.peers) == set(DEFAULT_PARTIES)
+    sign({**manifest, "crl_number": 1})
+    with pytest.raises(KitError, match=r"revoked\.crl: missing"):
+        load_kit(kit, now=NOW)
+    sign({**manifest, "version": -1})
+    with pytest.raises(KitError, match="'version' must be a whole number"):
+        load_kit(kit, now=NOW)
