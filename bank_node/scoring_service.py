@@ -16,7 +16,7 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -301,6 +301,10 @@ class ScoringServer:
         """Serve ``scorer`` (its store aligned, its release loaded); health turns SERVING."""
         self._run(self._open(scorer))
 
+    def set_details(self, details: Callable[[], Sequence[str]]) -> None:
+        """Warnings every health answer carries from now on (:mod:`fedscore.wire.health`)."""
+        self._readiness.set_details(details)
+
     def start(self) -> None:
         """Start serving."""
         self._run(self._server.start())
@@ -390,8 +394,11 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,
-          policy_file: Path | None, ledger_dir: Path, drain_s: float = 0.0) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads ``release`` (a newer one put in its place).
+          policy_file: Path | None, ledger_dir: Path, drain_s: float = 0.0,
+          cert_warn_days: int = 30) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the kit's manifest and revocation list and
+    ``release`` (a newer one put in its place). A certificate within ``cert_warn_days`` of
+    expiry is logged at start and on SIGHUP, and named in every health answer.
 
     Every message to and from the platform is recorded in the ledger at ``ledger_dir``
     (the decision engine's calls stay inside the bank and are not). The port is bound once
@@ -399,7 +406,12 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     release's loading, SERVING after (the line "... scoring server on ..."), and
     NOT_SERVING again for ``drain_s`` seconds on SIGTERM before the server stops.
     """
-    from fedscore.federation.provision import load_kit
+    from fedscore.federation.provision import (
+        expiry_warnings,
+        load_kit,
+        log_expiry,
+        reload_logged,
+    )
     from fedscore.wire.transport import secure_channel
 
     # one BLAS thread for numpy (no torch here: the model is numpy): a second one makes
@@ -414,6 +426,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     except BaseException:
         ledger.close()
         raise
+    server.set_details(lambda: expiry_warnings(kit, within_days=cert_warn_days))
+    log_expiry(kit, log, cert_warn_days)
     server.start()
     print(f"{kit.party}: scoring server at {host}:{server.port} is aligning its store with "
           "the platform and loading its release (health: NOT_SERVING)", flush=True)
@@ -441,6 +455,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         stop.set()
 
     def _reload(signum: int, frame: FrameType | None) -> None:
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
         try:
             new, old = scorer.load_release(release)
             print(f"release {new} replaces {old}", flush=True)

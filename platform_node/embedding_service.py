@@ -154,7 +154,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     ) -> embedding_pb2.GetEmbeddingsResponse:
         """The embeddings a bank may have for one sealed query, sealed back; a refused
         query is recorded (:meth:`_refuse`) before the call ends with its code."""
-        peer = peer_party(context)
+        peer = peer_party(context, self._registry.kit)
         try:
             return self._answer(request, peer)
         except ScoringRefusal as refusal:

@@ -241,9 +241,12 @@ def create_server(
 
 def serve(
     kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None,
-    ledger_dir: Path | None = None, drain_s: float = 0.0,
+    ledger_dir: Path | None = None, drain_s: float = 0.0, cert_warn_days: int = 30,
 ) -> None:
-    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table.
+    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table. SIGHUP
+    reloads the kit's manifest and revocation list (a newer one put in its place, e.g. by
+    ``fedscore provision revoke``); a certificate within ``cert_warn_days`` of expiry is
+    logged at start and on SIGHUP, and named in every health answer.
 
     ``state_dir`` keeps committed federated models across restarts (None: memory only).
     The audit ledger goes to ``ledger_dir``, by default ``state_dir/ledger``; a platform
@@ -257,7 +260,12 @@ def serve(
     import torch
 
     from fedscore.data.table import load_table
-    from fedscore.federation.provision import load_kit
+    from fedscore.federation.provision import (
+        expiry_warnings,
+        load_kit,
+        log_expiry,
+        reload_logged,
+    )
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)
@@ -275,6 +283,8 @@ def serve(
     except BaseException:
         ledger.close()
         raise
+    bound.readiness.set_details(lambda: expiry_warnings(kit, within_days=cert_warn_days))
+    log_expiry(kit, log, cert_warn_days)
     bound.server.start()
     print(f"platform node at {host}:{bound.port}: loading its table (health: NOT_SERVING)",
           flush=True)
@@ -297,8 +307,12 @@ def serve(
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     stop.wait()
     log.info("platform node draining for %.1f s", drain_s, extra={"event": "draining"})
     bound.stop(grace=2, drain_s=drain_s).wait()

@@ -55,7 +55,7 @@ def _session(
     registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
 ) -> Session:
     """The caller's session; SessionError (PERMISSION_DENIED) if it is not theirs."""
-    return registry.get(session_id, peer_party(context))
+    return registry.get(session_id, peer_party(context, registry.kit))
 
 
 def _opened(
@@ -271,6 +271,6 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CloseSessionResponse:
         """Forget the caller's session."""
-        self._registry.close(request.session_id, peer_party(context))
+        self._registry.close(request.session_id, peer_party(context, self._registry.kit))
         self._resume_keys.pop(request.session_id, None)
         return round_control_pb2.CloseSessionResponse()

@@ -48,10 +48,15 @@ class _Rec:
     entry: Entry
 
 
-def verify_ledgers(folders: Sequence[Path], keys: Mapping[str, VerifyKey]) -> AuditReport:
+def verify_ledgers(
+    folders: Sequence[Path], keys: Mapping[str, VerifyKey | Sequence[VerifyKey]]
+) -> AuditReport:
     """Check every ledger's chain and signatures, then both ends of every message.
 
-    ``keys`` maps party -> verify key (from the federation manifest). Messages are matched
+    ``keys`` maps party -> verify key (from the federation manifest), or its keys current
+    first, then retired ones (:meth:`StartupKit.ledger_keys`): a ledger a party signed
+    before its keys were rotated, or before it was revoked, verifies under the key it had
+    then; with none verifying, the current key's problems are reported. Messages are matched
     only between parties whose ledgers were both given; entries that fail verification are
     reported as problems and left out of the matching.
     """
@@ -77,7 +82,15 @@ def verify_ledgers(folders: Sequence[Path], keys: Mapping[str, VerifyKey]) -> Au
         if any(s.folder.resolve() == folder.resolve() for s in report.ledgers):
             report.problems.append(f"{path}: given twice; checked once")
             continue
-        found = check_chain(path, keys[party], party)
+        given = keys[party]
+        candidates = [given] if isinstance(given, VerifyKey) else list(given)
+        found = check_chain(path, candidates[0], party)
+        for older in candidates[1:]:
+            if not found.problems:
+                break
+            other = check_chain(path, older, party)
+            if not other.problems:
+                found = other
         if party not in records:
             report.parties.append(party)
         report.ledgers.append(LedgerSummary(party, folder, len(found.entries),

@@ -49,6 +49,8 @@ METRICS_HELP = ("host:port (a bare port: on 127.0.0.1) to serve Prometheus metri
 LOG_FORMAT_HELP = "text (default) or json: one JSON object per line (key log-format)."
 LOG_LEVEL_HELP = ("DEBUG (a line per message and request), INFO (default: lifecycle, "
                   "sessions, rounds), WARNING or ERROR (key log-level).")
+CERT_WARN_HELP = ("Days before the node's TLS or CA certificate expires to warn (log and "
+                  "health answer; key cert-warn-days; default 30).")
 DRAIN_HELP = ("Seconds the health service answers NOT_SERVING before the server stops "
               "(key drain-s; default 0).")
 
@@ -105,6 +107,7 @@ def platform_serve(
         "is required."
     ),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    cert_warn_days: int | None = typer.Option(None, help=CERT_WARN_HELP),
     metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
@@ -119,13 +122,13 @@ def platform_serve(
 
     cfg = _node_config(PlatformConfig, config, kit=kit, data=data, schema=schema,
                        address=address, state_dir=state_dir, ledger_dir=ledger_dir,
-                       drain_s=drain_s,
+                       drain_s=drain_s, cert_warn_days=cert_warn_days,
                        metrics_address=metrics_address, log_format=log_format,
                        log_level=log_level)
     try:
         with _watched(cfg):
             serve(cfg.kit, cfg.data, cfg.table_schema, cfg.address, cfg.state_dir,
-                  cfg.ledger_dir, drain_s=cfg.drain_s)
+                  cfg.ledger_dir, drain_s=cfg.drain_s, cert_warn_days=cfg.cert_warn_days)
     except (KitError, DataError, StoreError, LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -201,6 +204,7 @@ def bank_score_server(
     ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder for this "
                                            "server (its own: not the training one; required)."),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    cert_warn_days: int | None = typer.Option(None, help=CERT_WARN_HELP),
     metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
@@ -220,13 +224,13 @@ def bank_score_server(
 
     cfg = _node_config(ScoreServerConfig, config, kit=kit, data=data, release=release,
                        platform=platform, address=address, policy=policy,
-                       ledger_dir=ledger_dir, drain_s=drain_s,
+                       ledger_dir=ledger_dir, drain_s=drain_s, cert_warn_days=cert_warn_days,
                        metrics_address=metrics_address, log_format=log_format,
                        log_level=log_level)
     try:
         with _watched(cfg):
             serve(cfg.kit, cfg.data, cfg.release, cfg.platform, cfg.address, cfg.policy,
-                  cfg.ledger_dir, drain_s=cfg.drain_s)
+                  cfg.ledger_dir, drain_s=cfg.drain_s, cert_warn_days=cfg.cert_warn_days)
     except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
             LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -435,13 +439,13 @@ def _register() -> None:
     from fedscore.cli.config import config_app
     from fedscore.cli.data import app as data_app
     from fedscore.cli.health import health_command
-    from fedscore.cli.provision import provision_command
+    from fedscore.cli.provision import provision_app
 
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
     app.add_typer(platform_app, name="platform")
     app.add_typer(bank_app, name="bank")
     app.add_typer(release_app, name="release")
-    app.command("provision")(provision_command)
+    app.add_typer(provision_app, name="provision")
     app.add_typer(audit_app, name="audit",
                   help="Verify the nodes' audit ledgers; render a report for a reviewer.")
     app.add_typer(config_app, name="config")

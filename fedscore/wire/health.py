@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DETAIL_KEY",
     "HEALTH_SERVICE",
     "NOT_READY",
     "REFLECTION_SERVICE",
@@ -53,6 +54,14 @@ HEALTH_SERVICE: str = health.SERVICE_NAME
 REFLECTION_SERVICE: str = reflection.SERVICE_NAME
 NOT_READY = "the node is loading; retry when its health check answers SERVING"
 """What a call to a gated service answers, with UNAVAILABLE, before the node is ready."""
+
+DETAIL_KEY = "fedscore-health-detail-bin"
+"""Trailing metadata of a health answer: one UTF-8 line per warning the node has (a
+certificate about to expire); the standard answer has no field for it."""
+
+Details = Callable[[], Sequence[str]]
+"""The node's current warnings, asked on every health check (so a clock moving past a
+threshold shows without a restart)."""
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -143,6 +152,38 @@ class ServiceGate(grpc.GenericRpcHandler):
         return self._handlers is not None
 
 
+def _detail_metadata(details: Details | None) -> tuple[tuple[str, bytes], ...]:
+    lines = details() if details is not None else ()
+    return tuple((DETAIL_KEY, line.encode("utf-8")) for line in lines)
+
+
+class _HealthWithDetails(health.HealthServicer):
+    """The standard health servicer; its Check answer carries the node's warnings as
+    trailing metadata (:data:`DETAIL_KEY`)."""
+
+    details: Details | None = None
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The standard answer, with the node's warnings in the trailing metadata."""
+        found = _detail_metadata(self.details)
+        if found:
+            context.set_trailing_metadata(found)
+        return super().Check(request, context)
+
+
+class _AioHealthWithDetails(health_aio.HealthServicer):
+    """:class:`_HealthWithDetails` for ``grpc.aio``."""
+
+    details: Details | None = None
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The standard answer, with the node's warnings in the trailing metadata."""
+        found = _detail_metadata(self.details)
+        if found:
+            context.set_trailing_metadata(found)
+        return await super().Check(request, context)
+
+
 def _listed(services: Sequence[str]) -> tuple[str, ...]:
     return (*services, HEALTH_SERVICE, REFLECTION_SERVICE)
 
@@ -155,7 +196,7 @@ class Readiness:
         self.services = tuple(services)
         self.gate = ServiceGate(self.services, aio=False)
         server.add_generic_rpc_handlers((self.gate,))
-        self._health = health.HealthServicer()
+        self._health = _HealthWithDetails()
         self._held: dict[str, str] = {}
         for name in ("", *self.services):
             self._health.set(name, NOT_SERVING)
@@ -184,6 +225,10 @@ class Readiness:
         for name in ("", *self.services):
             self._health.set(name, status)  # ignored once draining
 
+    def set_details(self, details: Details) -> None:
+        """Every health answer from now on carries ``details()`` (:data:`DETAIL_KEY`)."""
+        self._health.details = details
+
     def drain(self) -> None:
         """Shutting down: NOT_SERVING from now on (calls still in flight finish)."""
         self._health.enter_graceful_shutdown()
@@ -194,7 +239,7 @@ class AioReadiness:
     server's event loop; :meth:`ready` and :meth:`drain` run there too."""
 
     def __init__(self, server: grpc.aio.Server, services: Sequence[str],
-                 servicer: health_aio.HealthServicer) -> None:
+                 servicer: _AioHealthWithDetails) -> None:
         self.services = tuple(services)
         self.gate = ServiceGate(self.services, aio=True)
         server.add_generic_rpc_handlers((self.gate,))
@@ -206,7 +251,7 @@ class AioReadiness:
     @classmethod
     async def create(cls, server: grpc.aio.Server, services: Sequence[str]) -> AioReadiness:
         """Health (NOT_SERVING), reflection and the gate on ``server``, before it starts."""
-        servicer = health_aio.HealthServicer()
+        servicer = _AioHealthWithDetails()
         for name in ("", *services):
             await servicer.set(name, NOT_SERVING)
         return cls(server, services, servicer)
@@ -231,6 +276,10 @@ class AioReadiness:
         status = SERVING if self.gate.is_open and not self._held else NOT_SERVING
         for name in ("", *self.services):
             await self._health.set(name, status)  # ignored once draining
+
+    def set_details(self, details: Details) -> None:
+        """Every health answer from now on carries ``details()`` (:data:`DETAIL_KEY`)."""
+        self._health.details = details
 
     async def drain(self) -> None:
         """Shutting down: NOT_SERVING from now on."""
