@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint proto
+.PHONY: install test lint proto mutation
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,3 +23,7 @@ test: lint
 
 proto:
 	$(BIN)/python tools/gen_proto.py
+
+# Mutation testing of the guards (slow, not in CI): benchmarks/mutation.py, tools/mutation.toml.
+mutation:
+	$(BIN)/python benchmarks/mutation.py
