@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint proto
+.PHONY: install test lint proto image test-containers
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,3 +23,14 @@ test: lint
 
 proto:
 	$(BIN)/python tools/gen_proto.py
+
+# The container image (Containerfile) from a Debian-built base when this host reaches no
+# image registry: deploy/base-image.sh skips the base when it exists.
+image:
+	deploy/base-image.sh
+	deploy/build-image.sh
+
+# The whole federation as containers with podman-compose (root, podman, runc, debootstrap,
+# tshark: .ci/run installs them): tests/containers/run.sh says what it checks.
+test-containers:
+	BIN=$(abspath $(BIN)) tests/containers/run.sh
