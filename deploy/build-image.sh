@@ -25,12 +25,15 @@ fi
 extra=()
 n=0
 for index in ${LOCAL_INDEXES-/opt/pypi/simple /opt/pypi-more/simple}; do
-    [[ -d "$index" ]] || continue
-    n=$((n + 1)); args+=(-v "$index:/indexes/$n:ro"); extra+=("file:///indexes/$n")
+    [[ -d "$index" ]] || continue   # its pages link ../files/...: mount the folder above it
+    n=$((n + 1)); args+=(-v "$(dirname "$index"):/indexes/$n:ro")
+    extra+=("file:///indexes/$n/$(basename "$index")")
 done
 [[ ${#extra[@]} -gt 0 ]] && args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra[*]}")
 if [[ -n "${PIP_CERT:-}" && -f "$PIP_CERT" ]]; then
     args+=(-v "$PIP_CERT:/build-ca.crt:ro" --build-arg PIP_CERT=/build-ca.crt)
 fi
 echo "building $IMAGE from $BASE"
+# Docker's image format: the OCI format has no HEALTHCHECK.
+[[ "$ENGINE" == podman ]] && args+=(--format docker)
 $ENGINE build -f Containerfile "${args[@]}" -t "$IMAGE" .

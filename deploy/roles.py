@@ -28,6 +28,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 FEDERATION = "fedscore"  # the SuperLink connection's name in FLWR_HOME/config.toml
 OWNER = 10001  # the image's user: provisioning (as root) hands every file to it
@@ -131,7 +132,9 @@ def flwr(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     """One ``flwr`` CLI call against the SuperLink."""
     done = subprocess.run(["flwr", *args], env=env, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
-    if check and done.returncode != 0:
+    # With --format json a refusal still exits 0: its answer says success false.
+    refused = "--format" in args and _json(done.stdout).get("success") is False
+    if check and (done.returncode != 0 or refused):
         fail(f"`flwr {' '.join(args)}` failed (exit {done.returncode}):\n"
              f"{(done.stdout + done.stderr).strip()}")
     return done
@@ -142,7 +145,7 @@ def wait_superlink(env: dict[str, str]) -> None:
     deadline = time.monotonic() + WAIT_S
     while True:
         done = flwr(env, "supernode", "list", FEDERATION, "--format", "json", check=False)
-        if done.returncode == 0:
+        if done.returncode == 0 and "nodes" in _json(done.stdout):
             return
         if time.monotonic() > deadline:
             fail(f"the SuperLink at {env.get('SUPERLINK', 'coordinator:9092')} did not answer "
@@ -167,22 +170,37 @@ def wait_online(env: dict[str, str], count: int) -> None:
 
 
 def register() -> None:
-    """Register each bank's SuperNode public key (``/supernode-keys/<bank>.pub``)."""
+    """Register each bank's SuperNode public key (``/supernode-keys/<bank>.pub``) once the
+    provision service has written them (waited for: this service has no dependency, since
+    Podman 4.3 cannot start a chain of them)."""
+    expected = int(os.environ.get("EXPECT_BANKS", "3"))
+    deadline = time.monotonic() + WAIT_S
+    while len(keys := sorted(Path("/supernode-keys").glob("*.pub"))) < expected:
+        if time.monotonic() > deadline:
+            fail(f"{len(keys)} of {expected} SuperNode public keys in /supernode-keys after "
+                 f"{WAIT_S:.0f} s (is the provision service done?)")
+        time.sleep(1)
     env = _flwr_home()
     wait_superlink(env)
-    keys = sorted(Path("/supernode-keys").glob("*.pub"))
-    if not keys:
-        fail("no SuperNode public key in /supernode-keys (run the provision service first)")
     for pub in keys:
         done = flwr(env, "supernode", "register", str(pub), FEDERATION, "--name", pub.stem,
                     "--format", "json", check=False)
-        text = (done.stdout + done.stderr).lower()
-        if done.returncode == 0:
+        answer = _json(done.stdout)
+        message = str(answer.get("error-message", done.stdout + done.stderr))
+        if answer.get("success"):
             say(f"registered {pub.stem}")
-        elif "already" in text or "exists" in text:
+        elif "already in use" in message:
             say(f"{pub.stem} was registered already")
         else:
-            fail(f"registering {pub.stem}: {(done.stdout + done.stderr).strip()}")
+            fail(f"registering {pub.stem}: {message.strip()}")
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def submit() -> None:

@@ -30,6 +30,7 @@ def main() -> None:
         raise SystemExit(f"{platform_file}: only {len(shared)} ids shared with bank-1")
     renamed = dict(zip(platform.loc[shared, "user_id"], canaries["ids"], strict=True))
     platform.loc[shared, "user_id"] = canaries["ids"]
+    platform = platform.astype({"LIMIT_BAL": "float64", "AGE": "float64"})
     platform.loc[shared, "LIMIT_BAL"] = canaries["limit_bal"]
     platform.loc[shared, "AGE"] = canaries["age"]
     bank["user_id"] = bank["user_id"].replace(renamed)

@@ -156,12 +156,5 @@ sys.exit(f"isolation broken for {bad}" if bad else 0)
 PY
 
 step "fedscore audit verify over every party's ledger, from the volumes"
-mounts=(-v "${PROJECT}_kit-coordinator:/kit:ro" -v "${PROJECT}_state-platform:/l/platform:ro"
-        -v "${PROJECT}_state-coordinator:/l/coordinator:ro")
-ledgers=(/l/platform/ledger /l/coordinator/coordinator/ledger)
-for k in 1 2 3; do
-    mounts+=(-v "${PROJECT}_state-bank-$k:/l/bank-$k:ro" -v "${PROJECT}_scoring-bank-$k:/l/scoring-bank-$k:ro")
-    ledgers+=("/l/bank-$k/ledger" "/l/scoring-bank-$k/ledger")
-done
-podman run --rm --network none "${mounts[@]}" "$FEDSCORE_IMAGE" \
-    fedscore audit verify "${ledgers[@]}" --kit /kit | tee "$OUT/audit.log"
+"${COMPOSE[@]}" --profile audit run --rm audit 2>&1 | tee "$OUT/audit.log"
+grep -q "verified" "$OUT/audit.log" || fail "the ledgers do not verify"

@@ -14,7 +14,7 @@ from fedscore.federation.nodeconfig import PlatformConfig, ScoreServerConfig, ch
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-ONE_SHOT = {"provision", "register", "submit"}
+ONE_SHOT = {"provision", "register", "submit", "audit"}
 BANKS = ("bank-1", "bank-2", "bank-3")
 
 
@@ -53,6 +53,8 @@ def test_every_network_is_internal_and_each_bank_reaches_only_platform_and_super
         # the SuperLink answers as `coordinator`, the name on its certificate
         assert SERVICES["superlink"]["networks"][bank]["aliases"] == ["coordinator"]
     assert SERVICES["provision"]["network_mode"] == "none"
+    assert SERVICES["audit"]["network_mode"] == "none"
+    assert all(spec.endswith(":ro") for spec in SERVICES["audit"]["volumes"])
 
 
 def test_each_party_volume_is_mounted_only_by_that_party() -> None:
@@ -61,7 +63,9 @@ def test_each_party_volume_is_mounted_only_by_that_party() -> None:
         users = {name for name in SERVICES if volume in volumes(name)}
         for bank in BANKS:
             if volume.endswith(bank):
-                assert users - {"provision"} <= {f"supernode-{bank}", f"scoring-{bank}"}, volume
+                # provisioning writes the kit and data; the reviewer reads the ledgers
+                assert users - {"provision", "audit"} <= {f"supernode-{bank}",
+                                                          f"scoring-{bank}"}, volume
         if volume.startswith(("kit-", "data-")):
             assert "provision" in users, volume
             provisioned += 1
