@@ -127,11 +127,12 @@ podman exec "$(ctr scoring-bank-1)" bash -c '
     while read -r id; do
         echo "{\"applicant_id\": \"$id\", \"requested_amount\": 20000}" > /tmp/applicant.json
         fedscore score /tmp/applicant.json --kit /kit --server 127.0.0.1:50061 --json > /tmp/answer.json
-        python3 -c "import json; a = json.load(open(\"/tmp/answer.json\")); assert 0 < a[\"pd\"] < 1, a; print(a[\"decision\"], a[\"pd\"], a.get(\"platform_part\", \"\"))"
+        python3 -c "import json; a = json.load(open(\"/tmp/answer.json\")); assert a.get(\"scored\") and 0 < a[\"pd\"] < 1, a; print(a[\"outcome\"], round(a[\"pd\"], 4), a.get(\"platform\", \"\"), a[\"model_version\"])"
         n=$((n + 1))
     done < /tmp/ids
     echo "scored $n applicants"' | tee "$OUT/scores.log"
 [[ "$(tail -1 "$OUT/scores.log")" == "scored 20 applicants" ]] || fail "scoring"
+grep -q "PLATFORM_PART_JOINED" "$OUT/scores.log" || fail "no applicant was scored jointly with the platform"
 
 kill "$TSHARK_PID"; wait "$TSHARK_PID" 2>/dev/null || true; TSHARK_PID=""
 step "the capture: TLS on every connection, no canary"
