@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint proto mutation
+.PHONY: install test lint proto mutation image test-containers
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,3 +27,14 @@ proto:
 # Mutation testing of the guards (slow, not in CI): benchmarks/mutation.py, tools/mutation.toml.
 mutation:
 	$(BIN)/python benchmarks/mutation.py
+
+# The container image (Containerfile) from a Debian-built base when this host reaches no
+# image registry: deploy/base-image.sh skips the base when it exists.
+image:
+	deploy/base-image.sh
+	deploy/build-image.sh
+
+# The whole federation as containers with podman-compose (root, podman, runc, debootstrap,
+# tshark: .ci/run installs them): tests/containers/run.sh says what it checks.
+test-containers:
+	BIN=$(abspath $(BIN)) tests/containers/run.sh

@@ -33,6 +33,23 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    """``fedscore --version``: the installed distribution's version (what an image holds)."""
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"fedscore {version('fedscore')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print fedscore's version and exit."),
+) -> None:
+    """Privacy-preserving federated credit scoring for joint lending."""
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.markup import escape
 
