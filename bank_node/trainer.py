@@ -23,7 +23,13 @@ from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks
-from fedscore.ml.training import BankData, TrainConfig, predict, train_bank_model
+from fedscore.ml.training import (
+    BankData,
+    EpochCallback,
+    TrainConfig,
+    predict,
+    train_bank_model,
+)
 from fedscore.wire.transport import secure_channel
 
 
@@ -79,10 +85,12 @@ def run_bank(
     arch: SplitArchitecture | None = None,
     out: Path | None = None,
     ledger: Ledger | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> BankRunResult:
     """PSI with the platform over all the bank's customers, then split training and a test.
 
-    With ``ledger``, every message to and from the platform is recorded there.
+    With ``ledger``, every message to and from the platform is recorded there;
+    ``on_epoch`` is told of every training epoch (a progress display).
     """
     tables = BankTables.load(data_dir)
     preprocessor = Preprocessor.fit(tables.train)
@@ -104,7 +112,7 @@ def run_bank(
         top_cfg = dataclasses.replace(arch.top(), platform_dim=link.embedding_dim)
         train_data = BankData(enc_train, tables.train.labels, handles[:n_train])
         test_data = BankData(enc_test, tables.test.labels, handles[n_train:])
-        trained = train_bank_model(train_data, link, bank_cfg, top_cfg, cfg)
+        trained = train_bank_model(train_data, link, bank_cfg, top_cfg, cfg, on_epoch)
         test_pd = predict(trained.model, test_data, link, cfg.eval_batch_size)
         link.close()
 

@@ -359,6 +359,21 @@ class TrainedBank:
     wall_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the loop reports after each epoch (for a progress display): no row-level data."""
+
+    phase: Literal["train", "refit"]  # the early-stopped pass, or the refit on all rows
+    epoch: int  # 0-based
+    epochs: int  # the most this pass may run (early stopping may end it sooner)
+    train_loss: float
+    val_auc: float | None  # None in the refit pass (no validation rows)
+    seconds: float  # since training began
+
+
+EpochCallback = Callable[[EpochEnd], None]
+
+
 def stratified_split(
     labels: np.ndarray, share: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -429,12 +444,14 @@ def train_bank_model(
     bank_cfg: BottomConfig,
     top_cfg: TopConfig,
     cfg: TrainConfig,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainedBank:
     """Train the bank's model (and, through ``link``, the platform's) on ``train``.
 
     A stratified ``validation_share`` of the rows, drawn from ``cfg.seed``, is held
     out for early stopping; the best epoch's weights are restored on both sides. With
     ``cfg.refit`` both sides then start over and train that many epochs on every row.
+    ``on_epoch``, when given, is called after every epoch of either pass.
     """
     if top_cfg.platform_dim != link.embedding_dim:
         raise ValueError(
@@ -456,8 +473,16 @@ def train_bank_model(
         raise TypeError(
             f"TrainConfig.refit needs a link with restart(); {type(link).__name__} has none"
         )
+    def report(phase: Literal["train", "refit"], epochs: int) -> Callable[[dict[str, float]], None]:
+        def call(rec: dict[str, float]) -> None:
+            if on_epoch is not None:
+                on_epoch(EpochEnd(phase, int(rec["epoch"]), epochs, rec["train_loss"],
+                                  rec.get("val_auc"), time.perf_counter() - t0))
+        return call
+
     model, best_epoch, epochs_run, history = _train_pass(
-        t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs
+        t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs,
+        report("train", cfg.epochs),
     )
     refit_epochs = 0
     if refit:
@@ -466,7 +491,7 @@ def train_bank_model(
         refit_epochs = best_epoch + 1
         model, _, _, _ = _train_pass(
             t, labels, np.arange(labels.size), np.zeros(0, np.int64), link, bank_cfg,
-            top_cfg, cfg, refit_epochs,
+            top_cfg, cfg, refit_epochs, report("refit", refit_epochs),
         )
     return TrainedBank(
         model=model,
@@ -585,6 +610,7 @@ def _train_pass(
     top_cfg: TopConfig,
     cfg: TrainConfig,
     epochs: int,
+    on_epoch: Callable[[dict[str, float]], None],
 ) -> tuple[BankModel, int, int, list[dict[str, float]]]:
     """One training run from fresh weights on ``rows``, early-stopped on ``val_rows``
     (none: keep the last epoch); ends in ``link.commit``. (model, best, run, history)."""
@@ -611,6 +637,7 @@ def _train_pass(
         else:
             score = float(epoch)  # no validation: keep the last epoch
         history.append(rec)
+        on_epoch(rec)
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(ema.model.state_dict())
