@@ -15,6 +15,7 @@ every figure is the mean over ``--seeds`` with its standard deviation beside it
 rows of every seed (``--resamples``, 1,000 by default) with its 95% interval.
 
     python benchmarks/quality.py [--seeds 0-4] [--scenario default-credit|synth] [--people N]
+                                 [--jobs 1]
 
 The last stdout line is one JSON object; one line per seed goes to stderr as it ends.
 """
@@ -26,6 +27,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +123,23 @@ def main() -> None:
                         help="people in the synth scenario (default 200,000)")
     parser.add_argument("--resamples", type=int, default=1000,
                         help="paired bootstrap resamples of the test rows (default 1,000)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (default 1)")
     args = parser.parse_args()
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     torch.set_num_threads(1)
     rows, paired = [], []
-    for seed in seeds:
-        row, pair = one_seed(args.scenario, seed, args.people)
-        print(json.dumps(row, default=float), file=sys.stderr, flush=True)
-        rows.append(row)
-        paired.append(pair)
+    with ProcessPoolExecutor(args.jobs) as pool:  # each seed is deterministic on its own
+        runs = [pool.submit(one_seed, args.scenario, s, args.people) for s in seeds]
+        for run in runs:
+            row, pair = run.result()
+            print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+            rows.append(row)
+            paired.append(pair)
     boot = paired_bootstrap([p["labels"] for p in paired], [p["federated"] for p in paired],
                             [p["gbdt_tuned"] for p in paired], resamples=args.resamples)
     result: dict[str, Any] = {"scenario": args.scenario, "seeds": seeds, **summarise(rows)}
