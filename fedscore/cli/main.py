@@ -177,6 +177,7 @@ def bank_train(
 
     from bank_node.platform_link import PlatformError
     from bank_node.trainer import run_bank
+    from fedscore.cli.vertical import EpochProgress
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
     from fedscore.federation.nodeconfig import BankTrainConfig
@@ -195,9 +196,10 @@ def bank_train(
     try:
         bank = load_kit(cfg.kit)
         with _watched(cfg), Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key,
-                                   bank.party) as ledger:
+                                   bank.party) as ledger, EpochProgress(err, bank.party) as shown:
+            # progress on stderr: stdout stays the one JSON summary
             result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger,
-                              resume_dir=cfg.out / "resume")
+                              resume_dir=cfg.out / "resume", progress=shown)
     except (KitError, DataError, PsiError, PlatformError, LedgerError,
             FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
