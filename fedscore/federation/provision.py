@@ -1008,15 +1008,14 @@ def expiry_warnings(
                          ("CA certificate", kit.ca_pem, CA_CERT)):
         end = x509.load_pem_x509_certificate(pem).not_valid_after_utc
         left = end - now
-        if left <= timedelta(days=within_days):
-            days = max(0, left.days)
-            lines.append(f"{kit.party}'s {what} {kit.path / f} expires on {end.isoformat()} "
-                         f"(in {days} day{'s' if days != 1 else ''}; warning at {within_days}): "
-                         f"renew it with `fedscore provision rotate --party {kit.party}`"
-                         if what == "TLS certificate" else
-                         f"{kit.party}'s {what} {kit.path / f} expires on {end.isoformat()} "
-                         f"(in {days} day{'s' if days != 1 else ''}; warning at {within_days}):"
-                         " the federation must be re-provisioned")
+        if left > timedelta(days=within_days):
+            continue
+        days = max(0, left.days)
+        todo = (f"renew it with `fedscore provision rotate --party {kit.party}`"
+                if f == TLS_CERT else "the federation must be re-provisioned")
+        # the kit's file name, not its path: health answers go to other parties
+        lines.append(f"{kit.party}'s {what} ({f}) expires on {end.isoformat()} (in {days} "
+                     f"day{'s' if days != 1 else ''}; warning at {within_days}): {todo}")
     return lines
 
 

@@ -491,7 +491,7 @@ def test_sighup_makes_a_running_platform_refuse_a_revoked_bank(federation: Feder
     assert code == 0, "\n".join(server.seen)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_the_superlink_drops_a_revoked_banks_supernode(tmp_path: Path) -> None:
     """The SuperLink side, on a real ``flower-superlink`` with SuperNode authentication:
     Flower 1.41 keeps the authorized SuperNode keys in its own database (the key-file
