@@ -247,7 +247,8 @@ def test_the_strategy_clips_noises_and_accounts(tmp_path: Path) -> None:
     from tests.coordinator.test_strategy import _eval_res
 
     y = np.array([0, 1] * 20)
-    evaluate(1, [(proxies[0], _eval_res("bank-1", y, rng.random(40), "f"))], [])
+    evaluate(1, [(p, _eval_res(f"bank-{i}", y, rng.random(40), "f"))
+                 for i, p in enumerate(proxies, 1)], [])  # evaluation needs min-banks too
     lines = [json.loads(x) for x in (settings.run_dir / PRIVACY_FILE).read_text().splitlines()]
     assert [(x["round"], x["mechanism"], x["releases"]) for x in lines] == [
         (1, "bank-updates", 1), (1, "platform-embeddings", 4)]
