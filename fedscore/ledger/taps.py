@@ -308,7 +308,8 @@ class _ServerCall:
         when its client has gone (cancelled, or past its deadline): it will not arrive."""
         self.message(self.sent, data, message)
         context, peer = self._context, self._peer
-        if context is not None and peer is not None and not context.is_active():
+        active = getattr(context, "is_active", None)  # a sync server's context has it
+        if active is not None and peer is not None and not active():
             d = self._d
             d.failed(peer, d.kind_of(self._method, Flow.SENT), d.purpose_of(self._method),
                      data, message, grpc.StatusCode.CANCELLED)

@@ -423,7 +423,9 @@ class Ledger:
         Costs ~1.5 µs on the message's path instead of ~50 µs plus the SHA-256 (which
         lets go of the GIL, so the message's thread goes on meanwhile). What it gives up:
         entries still queued are lost if the process dies, and a write that fails after
-        this returned is only refused from the next call on (then every call is).
+        this returned is only refused from the next call on (then every call is, until
+        the disk takes writes again; the entry itself is kept and written then, maybe
+        under a lower seq than returned here, since refused entries give theirs up).
         """
         if type(payload) is not bytes:
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
