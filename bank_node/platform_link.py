@@ -243,7 +243,8 @@ class GrpcPlatformLink:
         self._batch += 1
         if mode == split_learning_pb2.STEP_MODE_BACKWARD:
             return np.zeros((0, self.embedding_dim), np.float32)
-        return serde.tensor_from_pb(result.embedding, rows=len(handles))
+        return serde.tensor_from_pb(result.embedding, rows=len(handles),
+                                    name="embedding")
 
     def _end_stream(self) -> None:
         if self._requests is not None and self._responses is not None:

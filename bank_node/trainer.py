@@ -33,7 +33,14 @@ from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.metrics import auc, ks
-from fedscore.ml.training import BankData, TrainConfig, TrainedBank, predict, train_bank_model
+from fedscore.ml.training import (
+    BankData,
+    EpochCallback,
+    TrainConfig,
+    TrainedBank,
+    predict,
+    train_bank_model,
+)
 from fedscore.wire.transport import secure_channel
 
 log = logging.getLogger(__name__)
@@ -172,6 +179,7 @@ def run_bank(
     resume_dir: Path | None = None,
     backoff: Backoff | None = None,
     on_epoch: Callable[[str, int], None] | None = None,
+    progress: EpochCallback | None = None,
 ) -> BankRunResult:
     """PSI with the platform over all the bank's customers, then split training and a test.
 
@@ -184,7 +192,8 @@ def run_bank(
     (only that). With ``resume_dir`` the bank's side is also kept on disk after every
     epoch, so a rerun after the bank itself stopped goes on from there too. Either way
     the model is the one an uninterrupted run gives. ``on_epoch(pass, epoch)`` is called
-    after each whole epoch.
+    after each whole epoch (for a resume); ``progress`` is told of every epoch with its
+    validation AUC and time (for a progress display).
     """
     tables = BankTables.load(data_dir)
     preprocessor = Preprocessor.fit(tables.train)
@@ -237,7 +246,8 @@ def run_bank(
 
             trained = train_bank_model(
                 BankData(enc_train, y_train, handles[:n_train]), link, bank_cfg,
-                top_cfg, cfg, resume=resume.epoch_state, on_epoch=epoch_done)
+                top_cfg, cfg, resume=resume.epoch_state, on_epoch=epoch_done,
+                progress=progress)
             test_pd = predict(trained.model, BankData(enc_test, y_test,
                                                       handles[n_train:]),
                               link, cfg.eval_batch_size)

@@ -26,7 +26,7 @@ from coordinator.privacy import PrivacyLog
 from coordinator.statistics import pooled_statistics
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, instructions
 from fedscore.errors import FedscoreError
-from fedscore.federation.provision import load_kit
+from fedscore.federation.provision import load_kit, log_expiry
 from fedscore.federation.release import write_release
 from fedscore.federation.runconfig import SECAGG_CLIP, ConfigError, RunSettings
 from fedscore.federation.statistics import PooledStatistics
@@ -53,6 +53,7 @@ def run_rounds(
     if not settings.coordinator_kit or not settings.platform_address:
         raise ConfigError("run config: coordinator-kit and platform-address are required")
     kit = load_kit(Path(settings.coordinator_kit))
+    log_expiry(kit, log)  # the coordinator has no health service: its run's log says it
     checkpoints = Checkpoints(settings.run_dir)
     latest = checkpoints.latest()
     done = latest.round if latest is not None else 0

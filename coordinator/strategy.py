@@ -41,6 +41,7 @@ from coordinator.dropouts import ReplyWatch, describe
 from coordinator.platform_control import PlatformControl
 from coordinator.privacy import BANK_UPDATES, PLATFORM_EMBEDDINGS, PrivacyLog
 from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import NonFiniteError, check_finite
 from fedscore.federation.runconfig import RunSettings
 from fedscore.federation.statistics import PooledStatistics
 from fedscore.ml.metrics import auc_from_histograms, ks_from_histograms
@@ -81,6 +82,16 @@ def pooled_metrics(bank_metrics: list[dict[str, Any]]) -> dict[str, float]:
         "pooled_ks": ks_from_histograms(np.asarray(pos), np.asarray(neg)),
         "n_test": int(n.sum()),
     }
+
+
+def _finite(arrays: list[np.ndarray], what: str) -> None:
+    """CoordinatorError unless every array is finite: a NaN or an infinity is never
+    averaged, checkpointed or released (the banks refuse to send one; this holds when
+    SecAgg+ is off, and for an average that overflowed)."""
+    try:
+        check_finite(((f"arr_{i}", a) for i, a in enumerate(arrays)), what)
+    except NonFiniteError as exc:
+        raise CoordinatorError(exc.message, code=exc.code) from None
 
 
 def instructions(settings: RunSettings) -> dict[str, Scalar]:
@@ -192,9 +203,13 @@ class CoordinatorStrategy(FedAvg):
         if lost:
             log.warning("round %d goes on with %s; lost: %s", r, ", ".join(banks),
                         describe(lost))
+        for proxy, res in results:  # under SecAgg+: the one sum it unmasked
+            _finite(parameters_to_ndarrays(res.parameters),
+                    f"round {r}: the update of {proxy.cid}")
         params, _ = super().aggregate_fit(server_round, results, [])
         if params is None:
             raise CoordinatorError(f"round {r}: no bank-side model came back")
+        _finite(parameters_to_ndarrays(params), f"round {r}: the bank-side average")
         update_dp = self.settings.update_dp()
         if update_dp.enabled:
             # Here, not in Flower's DifferentialPrivacyClientSideFixedClipping: that

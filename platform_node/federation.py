@@ -30,6 +30,7 @@ import torch
 
 from fedscore.crypto.dp import DpSettings, ReleaseCounter
 from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import check_finite
 from fedscore.ops import metrics
 from platform_node.model_store import (
     ModelStore,
@@ -206,8 +207,14 @@ class Federation:
         rows: int, bank: str = "",
     ) -> None:
         """Count bank ``bank``'s committed session weights in the round (again: replaces
-        its last)."""
+        its last).
+
+        Weights with a NaN or an infinity (a bank's huge gradients can overflow them even
+        when every gradient was finite) are refused, NonFiniteError (INVALID_ARGUMENT)
+        naming the tensor, and never averaged into the round."""
         copy = {k: v.detach().clone() for k, v in state.items()}
+        check_finite(copy.items(), f"round {round_} of run {run_id!r}: the session's platform "
+                     "model")
         with self._lock:
             current = self._check_open(run_id, round_, "commit in")
             current.contributions[session] = (bank, copy, int(rows))

@@ -23,9 +23,17 @@ from fedscore.api.v1 import (
 from fedscore.crypto.dp import gaussian_mechanism
 from fedscore.crypto.primitives import SealedBox, SealError
 from fedscore.errors import FedscoreError
-from fedscore.ml.training import PlatformBottom
+from fedscore.ml.training import MAX_PLATFORM_SNAPSHOTS, PlatformBottom
 from fedscore.ops import metrics
 from fedscore.wire import serde
+from fedscore.wire.limits import (
+    MAX_NAME_CHARS,
+    MAX_STEP_ROWS,
+    check_count,
+    check_length,
+    check_seed,
+    quote,
+)
 from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, RunPrivacy
 from platform_node.model_store import StateDict, model_version
@@ -47,7 +55,7 @@ def _session(
     registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
 ) -> Session:
     """The caller's session; SessionError (PERMISSION_DENIED) if it is not theirs."""
-    return registry.get(session_id, peer_party(context))
+    return registry.get(session_id, peer_party(context, registry.kit))
 
 
 def _opened(
@@ -104,11 +112,13 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         if not forward and command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
             raise serde.WireError(f"unknown step mode {command.mode}")
         # every check of the command before any of it runs: a refused one changes nothing
-        # (only handles inside this bank's intersection: WireError otherwise)
+        # (at most MAX_STEP_ROWS handles, LimitError; only handles inside this bank's
+        # intersection: WireError otherwise)
+        check_count("StepCommand.handles", len(command.handles) // 4, MAX_STEP_ROWS)
         handles = (serde.handles_from_bytes(command.handles, limit=session.psi.size)
                    if forward else None)
         if command.gradient.shape:
-            grad = serde.tensor_from_pb(command.gradient)
+            grad = serde.tensor_from_pb(command.gradient, name="gradient")
             session.bottom.backward(torch.from_numpy(grad.copy()))
         result = split_learning_pb2.StepResult()
         if handles is not None:
@@ -144,6 +154,9 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.OpenSessionResponse:
         """Start the session's next round with a fresh (or the run's base) bottom model."""
+        check_seed("seed", request.seed)  # LimitError (INVALID_ARGUMENT), before anything
+        check_length("run_id", request.run_id, MAX_NAME_CHARS)
+        check_length("base_version", request.base_version, MAX_NAME_CHARS)
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
@@ -158,7 +171,8 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
                 bottom.load_state_dict(base)
             except RuntimeError as exc:  # a stored model of another architecture
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"platform model {base_version} does not fit this node: {exc}")
+                              f"platform model {quote(base_version)} does not fit this "
+                              f"node: {exc}")
         if request.resume_key:
             self._resumable(session, bottom, request, context)
         else:
@@ -238,7 +252,9 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         try:
             bottom.restore(request.epoch)
         except KeyError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"no snapshot of epoch {request.epoch} (the platform keeps the last "
+                          f"{MAX_PLATFORM_SNAPSHOTS} epochs ended)")
         state = bottom.state_dict()
         if session.federation_round:
             assert self._federation is not None  # OpenSession refused it otherwise
@@ -255,6 +271,6 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CloseSessionResponse:
         """Forget the caller's session."""
-        self._registry.close(request.session_id, peer_party(context))
+        self._registry.close(request.session_id, peer_party(context, self._registry.kit))
         self._resume_keys.pop(request.session_id, None)
         return round_control_pb2.CloseSessionResponse()

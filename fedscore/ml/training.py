@@ -52,6 +52,13 @@ from fedscore.ml.model import BankModel, BottomModel
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
 
+MAX_PLATFORM_SNAPSHOTS = 64
+"""Epoch snapshots the platform keeps per session: the most recent ones only. Early
+stopping commits the best epoch, which is never more than ``patience`` epochs before
+the last one, so the bank's :class:`TrainConfig` keeps ``min(patience, epochs - 1)``
+below this; a peer calling EndEpoch forever costs the platform at most this many
+copies of its bottom model (issue 15)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -86,6 +93,12 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0:
             raise ValueError("TrainConfig: lr > 0, weight_decay >= 0, patience >= 0 required")
+        if min(self.patience, self.epochs - 1) >= MAX_PLATFORM_SNAPSHOTS:
+            raise ValueError(
+                f"TrainConfig.patience is {self.patience} with {self.epochs} epochs; the "
+                f"platform keeps the last {MAX_PLATFORM_SNAPSHOTS} epochs' snapshots, so the "
+                f"best epoch must be among them: patience < {MAX_PLATFORM_SNAPSHOTS} required"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.monitor not in ("auc", "loss"):
@@ -243,8 +256,12 @@ class PlatformBottom:
         self._out = None
 
     def snapshot(self, epoch: int) -> None:
-        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best one."""
+        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best
+        one; only the last :data:`MAX_PLATFORM_SNAPSHOTS` epochs snapshotted are kept."""
+        self._snapshots.pop(epoch, None)  # again: it becomes the most recent
         self._snapshots[epoch] = copy.deepcopy(self._ema.model.state_dict())
+        while len(self._snapshots) > MAX_PLATFORM_SNAPSHOTS:
+            del self._snapshots[next(iter(self._snapshots))]  # the oldest
 
     def restore(self, epoch: int) -> None:
         """Load the weights of ``epoch`` and drop every snapshot."""
@@ -407,6 +424,21 @@ class TrainedBank:
     wall_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the loop reports after each epoch (for a progress display): no row-level data."""
+
+    phase: Literal["train", "refit"]  # the early-stopped pass, or the refit on all rows
+    epoch: int  # 0-based
+    epochs: int  # the most this pass may run (early stopping may end it sooner)
+    train_loss: float
+    val_auc: float | None  # None in the refit pass (no validation rows)
+    seconds: float  # since training began
+
+
+EpochCallback = Callable[[EpochEnd], None]
+
+
 def stratified_split(
     labels: np.ndarray, share: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -480,6 +512,7 @@ def train_bank_model(
     *,
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: EpochCallback | None = None,
 ) -> TrainedBank:
     """Train the bank's model (and, through ``link``, the platform's) on ``train``.
 
@@ -492,6 +525,8 @@ def train_bank_model(
     history); passing one back as ``resume`` goes on from that epoch and ends with the
     same model as an uninterrupted run, provided the platform's side is at the same
     point (a resumed session of :class:`bank_node.platform_link.GrpcPlatformLink`).
+    ``progress``, when given, is told of every epoch of either pass (a progress display:
+    no weights, no rows).
     """
     if top_cfg.platform_dim != link.embedding_dim:
         raise ValueError(
@@ -515,6 +550,14 @@ def train_bank_model(
         )
     phase = resume["phase"] if resume is not None else "search"
 
+    def report(name: Literal["train", "refit"], epochs: int
+               ) -> Callable[[dict[str, float]], None] | None:
+        if progress is None:
+            return None
+        return lambda rec: progress(EpochEnd(name, int(rec["epoch"]), epochs,
+                                             rec["train_loss"], rec.get("val_auc"),
+                                             time.perf_counter() - t0))
+
     def hook(done: dict[str, Any], **extra: Any) -> Callable[[dict[str, Any]], None] | None:
         if on_epoch is None:
             return None
@@ -524,7 +567,7 @@ def train_bank_model(
         model, best_epoch, epochs_run, history = _train_pass(
             t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs,
             resume=resume["pass"] if resume is not None else None,
-            on_epoch=hook({}, phase="search"),
+            on_epoch=hook({}, phase="search"), progress=report("train", cfg.epochs),
         )
         resume = None
     else:
@@ -542,6 +585,7 @@ def train_bank_model(
             top_cfg, cfg, refit_epochs, resume=resume["pass"] if resume is not None else None,
             on_epoch=hook({"best_epoch": best_epoch, "epochs_run": epochs_run,
                            "history": history}, phase="refit"),
+            progress=report("refit", refit_epochs),
         )
     return TrainedBank(
         model=model,
@@ -668,6 +712,7 @@ def _train_pass(
     *,
     resume: dict[str, Any] | None = None,
     on_epoch: EpochHook | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[BankModel, int, int, list[dict[str, float]]]:
     """One training run from fresh weights on ``rows``, early-stopped on ``val_rows``
     (none: keep the last epoch); ends in ``link.commit``. (model, best, run, history).
@@ -708,6 +753,8 @@ def _train_pass(
         else:
             score = float(epoch)  # no validation: keep the last epoch
         history.append(rec)
+        if progress is not None:
+            progress(rec)
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(ema.model.state_dict())
