@@ -8,6 +8,8 @@ import pytest
 from fedscore.crypto.primitives import (
     CryptoError,
     Direction,
+    Opener,
+    SealedBox,
     Sealer,
     SealError,
     SealingPrivateKey,
@@ -62,3 +64,60 @@ def test_pruning_the_seen_set_keeps_every_seq_still_inside_the_window() -> None:
     for box in boxes[: len(boxes) - window]:
         with pytest.raises(SealError, match=r"older than the replay window|replayed"):
             opener.open(box, round=0)
+
+
+@pytest.mark.parametrize("size", [16, 17, 32, 63, 64])
+def test_every_session_id_length_in_the_range_seals(size: int) -> None:
+    # Not only the 16 bytes of new_session_id(): a comparison by identity with the bound
+    # (true for 16 alone, a cached small int) would refuse the rest.
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = bytes(range(size))
+    sealer = Sealer(derive_session_key(bank, platform.public_key(), sid), sid, B2P)
+    opener = Opener(derive_session_key(platform, bank.public_key(), sid), sid, B2P)
+    assert opener.open(sealer.seal(b"x", round=1, batch=2), round=1) == b"x"
+
+
+@pytest.mark.parametrize("size", [0, 15, 65])
+def test_a_session_id_outside_the_range_is_refused(size: int) -> None:
+    key = SessionKey(b"k" * 32)
+    with pytest.raises(CryptoError, match=f"session_id must be 16..64 bytes.*got {size}"):
+        Sealer(key, b"s" * size, B2P)
+
+
+def test_an_opener_takes_seqs_past_the_cached_small_ints_in_order() -> None:
+    # CPython keeps one object per int up to 256: a seq compared by identity would pass
+    # the first 257 boxes and refuse every later one, however genuine.
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = new_session_id()
+    sealer = Sealer(derive_session_key(bank, platform.public_key(), sid), sid, B2P)
+    opener = Opener(derive_session_key(platform, bank.public_key(), sid), sid, B2P)
+    for i in range(300):
+        box = sealer.seal(b"step", round=3, batch=i)
+        assert opener.open(box, round=3, batch=i) == b"step"
+    assert opener.expected_seq == 300
+
+
+def test_boxes_from_the_wire_open_with_large_rounds_and_batches() -> None:
+    # What arrives from the wire is a new object for every field: an equal session id, round
+    # or batch compared by identity instead of value would refuse every genuine box (past
+    # CPython's cached small ints), so these go through serde as a peer's boxes do.
+    from fedscore.wire import serde
+
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    sid = new_session_id()
+    key_b = derive_session_key(bank, platform.public_key(), sid)
+    key_p = derive_session_key(platform, bank.public_key(), bytes(bytearray(sid)))
+    round_, batch = 70_000, 2**40
+
+    def wire(box: SealedBox) -> SealedBox:
+        return serde.sealed_from_pb(serde.sealed_to_pb(box))
+
+    sealer = Sealer(key_b, sid, B2P)
+    opener = Opener(key_p, bytes(bytearray(sid)), B2P)
+    box = wire(sealer.seal(b"fwd", round=round_, batch=batch))
+    assert opener.open(box, round=int(str(round_)), batch=int(str(batch))) == b"fwd"
+
+    scoring = Sealer(key_b.for_scoring(), sid, B2P)
+    window = WindowOpener(key_p.for_scoring(), bytes(bytearray(sid)), B2P)
+    box = wire(scoring.seal(b"q", round=round_, batch=batch))
+    assert window.open(box, round=int(str(round_)), batch=int(str(batch))) == b"q"
