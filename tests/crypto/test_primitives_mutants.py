@@ -121,3 +121,68 @@ def test_boxes_from_the_wire_open_with_large_rounds_and_batches() -> None:
     window = WindowOpener(key_p.for_scoring(), bytes(bytearray(sid)), B2P)
     box = wire(scoring.seal(b"q", round=round_, batch=batch))
     assert window.open(box, round=int(str(round_)), batch=int(str(batch))) == b"q"
+
+
+def _openers(sid: bytes, direction: Direction) -> tuple[Sealer, Opener, WindowOpener]:
+    bank, platform = SealingPrivateKey.generate(), SealingPrivateKey.generate()
+    key_b = derive_session_key(bank, platform.public_key(), sid)
+    key_p = derive_session_key(platform, bank.public_key(), sid)
+    return (Sealer(key_b, sid, direction), Opener(key_p, sid, direction),
+            WindowOpener(key_p, sid, direction))
+
+
+@pytest.mark.parametrize("other", [b"\x00" * 16, b"\xff" * 16])
+def test_a_box_of_another_session_is_refused_by_its_header(other: bytes) -> None:
+    # The tag would refuse it too; the header check must refuse it first, whichever of
+    # the two session ids is the larger (a check turned into < or > passes one of them).
+    sealer, _, _ = _openers(other, B2P)
+    box = sealer.seal(b"x", round=0, batch=0)
+    _, opener, window = _openers(b"\x80" * 16, B2P)
+    with pytest.raises(SealError, match="is for session"):
+        opener.open(box)
+    with pytest.raises(SealError, match="is for session"):
+        window.open(box, round=0)
+
+
+@pytest.mark.parametrize(("sent", "expected"), [(Direction.BANK_TO_PLATFORM,
+                                                  Direction.PLATFORM_TO_BANK),
+                                                 (Direction.PLATFORM_TO_BANK,
+                                                  Direction.BANK_TO_PLATFORM)])
+def test_a_box_of_the_other_direction_is_refused_by_its_header(
+    sent: Direction, expected: Direction
+) -> None:
+    sid = new_session_id()
+    sealer, _, _ = _openers(sid, sent)
+    box = sealer.seal(b"x", round=0, batch=0)
+    _, opener, window = _openers(sid, expected)
+    with pytest.raises(SealError, match=f"direction is {sent.name}, expected {expected.name}"):
+        opener.open(box)
+    with pytest.raises(SealError, match=f"direction is {sent.name}, expected {expected.name}"):
+        window.open(box, round=0)
+
+
+@pytest.mark.parametrize("wanted", [4, 6])
+def test_a_box_for_another_round_or_batch_is_refused_either_way(wanted: int) -> None:
+    sid = new_session_id()
+    sealer, opener, window = _openers(sid, B2P)
+    box = sealer.seal(b"x", round=5, batch=5)
+    for op in (lambda: opener.open(box, round=wanted), lambda: window.open(box, round=wanted)):
+        with pytest.raises(SealError, match=f"is for round 5, expected round {wanted}"):
+            op()
+    for op in (lambda: opener.open(box, round=5, batch=wanted),
+               lambda: window.open(box, round=5, batch=wanted)):
+        with pytest.raises(SealError, match=f"is for batch 5, expected batch {wanted}"):
+            op()
+    assert opener.open(box, round=5, batch=5) == b"x"
+    assert window.open(box, round=5, batch=5) == b"x"
+
+
+def test_a_box_ahead_of_its_turn_is_refused_as_reordered() -> None:
+    sealer, opener, _ = _openers(new_session_id(), B2P)
+    first, second = (sealer.seal(b"x", round=0, batch=i) for i in range(2))
+    with pytest.raises(SealError, match="seq 1 reordered"):
+        opener.open(second)
+    assert opener.open(first) == b"x"
+    assert opener.open(second) == b"x"
+    with pytest.raises(SealError, match="seq 0 replayed"):
+        opener.open(first)
