@@ -44,6 +44,7 @@ from fedscore.atomic import atomic_write
 from fedscore.crypto.psi import PsiResult
 from fedscore.crypto.secure_sum import SECAGG_MAX_WEIGHT, encode
 from fedscore.data.preprocess import MOMENTS, Encoded, Moments, Preprocessor
+from fedscore.federation.arrays import check_finite
 from fedscore.federation.provision import load_kit
 from fedscore.federation.runconfig import (
     SECAGG_CLIP,
@@ -189,6 +190,9 @@ class BankClient(NumPyClient):
             result = train_round(train, link, model, cfg, epochs=settings.local_epochs,
                                  round_=round_, proximal_mu=settings.proximal_mu)
         arrays = to_arrays(result.model)
+        # never send a spoilt update: under SecAgg+ nobody could tell it in the sum
+        check_finite(((f"arr_{i}", a) for i, a in enumerate(arrays)),
+                     f"round {round_}: this bank's model update")
         # Update DP: every bank weighs the same, so the coordinator's mean is unweighted
         # and one bank moves it by at most clip / n, the sensitivity its noise is for.
         equal = max(1, int(settings.max_weight))
@@ -244,6 +248,8 @@ class BankClient(NumPyClient):
             torch.manual_seed(seed)
             model = BankModel(bank_cfg, self.arch.top())
         if parameters is not None:
+            check_finite(((f"arr_{i}", a) for i, a in enumerate(parameters)),
+                         "the coordinator's global model")
             load_arrays(model, parameters)
         return model
 

@@ -70,14 +70,21 @@ class GrpcPlatformLink:
         run_id: str = "",
         federation_round: int = 0,
         base_version: str = "",
+        resume_key: str = "",
+        phase: str = "search",
+        resume_epoch: int = 0,
     ) -> None:
         """Open the session; the platform's optimizer takes its settings from ``cfg``.
 
         Where the platform's bottom model starts: ``federation_round > 0``: from round
         ``federation_round`` of ``run_id`` (open on the platform), and the commit counts
         in that round's average; else ``base_version``: that committed model
-        (evaluation); else fresh weights from ``cfg.seed``.
+        (evaluation); else fresh weights from ``cfg.seed``. ``resume_key`` (a bank's own
+        training): the platform keeps the training's state at every epoch, per
+        ``phase`` ("search", then "refit" after :meth:`restart`), and ``resume_epoch``
+        > 0 starts it from the state kept after that many epochs.
         """
+        self._resume_key, self.phase, self._resume_epoch = resume_key, phase, resume_epoch
         self._run_id = run_id
         self._federation_round = federation_round
         self._base_version = base_version
@@ -138,8 +145,14 @@ class GrpcPlatformLink:
         )
         self.platform_model_version = reply.platform_model_version
 
+    @property
+    def session_round(self) -> int:
+        """The session round this link has open (a resumed link opens a later one)."""
+        return self._round
+
     def restart(self) -> None:
         """Start the platform's bottom model afresh in the next round of this session."""
+        self.phase = "refit"
         self._next_round()
 
     def reopen(self, *, federation_round: int = 0, base_version: str = "") -> None:
@@ -191,7 +204,10 @@ class GrpcPlatformLink:
             run_id=self._run_id,
             federation_round=self._federation_round,
             base_version=self._base_version,
+            resume_key=f"{self._resume_key}/{self.phase}" if self._resume_key else "",
+            resume_epoch=self._resume_epoch,
         )
+        self._resume_epoch = 0  # once: a later round of the session starts afresh
         return self._call("OpenSession", self._control.OpenSession, request)
 
     def _flush(self) -> None:
@@ -227,7 +243,8 @@ class GrpcPlatformLink:
         self._batch += 1
         if mode == split_learning_pb2.STEP_MODE_BACKWARD:
             return np.zeros((0, self.embedding_dim), np.float32)
-        return serde.tensor_from_pb(result.embedding, rows=len(handles))
+        return serde.tensor_from_pb(result.embedding, rows=len(handles),
+                                    name="embedding")
 
     def _end_stream(self) -> None:
         if self._requests is not None and self._responses is not None:

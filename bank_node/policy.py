@@ -198,6 +198,13 @@ def _code_for(codes: tuple[ReasonCode, ...], feature: str) -> tuple[str, str]:
     return derived_code(feature), feature
 
 
+MIN_DEADLINE_MS = 1
+MAX_DEADLINE_MS = 10_000
+"""The platform's part of one decision may take 1 ms to 10 s. Above that no caller is
+still waiting (a decision engine's own deadline is far shorter), and a value like 1e13
+overflowed gRPC's timeout so that every joint call silently timed out (issue 15)."""
+
+
 @dataclass(frozen=True)
 class Fallback:
     """[fallback]: what the bank decides when the platform does not answer in time."""
@@ -334,8 +341,9 @@ class Policy:
 
         f = self.fallback
         _need_number(where, "fallback.deadline_ms", f.deadline_ms)
-        if f.deadline_ms <= 0:
-            _fail(where, "fallback.deadline_ms", f.deadline_ms, "a number of milliseconds > 0")
+        if not MIN_DEADLINE_MS <= f.deadline_ms <= MAX_DEADLINE_MS:
+            _fail(where, "fallback.deadline_ms", f.deadline_ms,
+                  f"milliseconds in [{MIN_DEADLINE_MS}, {MAX_DEADLINE_MS}]")
         if f.mode not in FALLBACK_MODES:
             _fail(where, "fallback.mode", f.mode,
                   f"one of {', '.join(_fmt(m) for m in FALLBACK_MODES)}")

@@ -39,13 +39,16 @@ import grpc.aio
 import numpy as np
 import pandas as pd
 
+from bank_node.applicant import did_you_mean
 from bank_node.policy import Outcome, Policy
 from bank_node.policy_decide import Decision, decide, fallback_decision
 from bank_node.policy_decide_many import OUTCOMES, Decisions, decide_many
 from bank_node.scoring_platform import PlatformEmbeddings, first_row
 from bank_node.scoring_store import CustomerStore, ScoringError, ScoringModel
 from fedscore.api.v1 import embedding_pb2
+from fedscore.crypto.consent import MAX_ENCODED_CHARS
 from fedscore.crypto.primitives import VerifyKey
+from fedscore.data.ids import id_problem
 from fedscore.data.preprocess import Encoded
 from fedscore.data.table import PartyTable
 from fedscore.wire.batching import Batched
@@ -253,6 +256,13 @@ class Scorer:
                 consent_token: str) -> Prepared:
         """Step 1: one model and one platform session for the whole request, and its
         encoded bank row (ScoringError: unknown applicant, bad inline features)."""
+        problem = id_problem(applicant_id)  # the id alphabet every table keeps
+        if problem is not None:
+            raise ScoringError(f"applicant_id {problem}", code=grpc.StatusCode.INVALID_ARGUMENT)
+        if len(consent_token) > MAX_ENCODED_CHARS:  # refused, never a bank-only decision
+            raise ScoringError(f"consent_token: {len(consent_token)} characters; a consent "
+                               f"token has at most {MAX_ENCODED_CHARS}",
+                               code=grpc.StatusCode.INVALID_ARGUMENT)
         m = self._model
         platform, store = self.link
         row = store.row_of.get(applicant_id)
@@ -321,16 +331,24 @@ class Scorer:
         known = {f.name for f in schema.features}
         extra = sorted(set(features) - known)
         if extra:
-            raise ScoringError(f"features.{extra[0]}: not a feature of the bank's schema "
-                               f"(expected some of {', '.join(sorted(known))})",
+            listed = ", ".join(sorted(known))
+            name = extra[0] if len(extra[0]) <= 64 else extra[0][:64] + "..."  # the caller's
+            raise ScoringError(f"features.{name}: not a feature of the bank's schema"
+                               f"{did_you_mean(name, known)} (expected some of "
+                               f"{listed[:400]}{'...' if len(listed) > 400 else ''})",
+                               code=grpc.StatusCode.INVALID_ARGUMENT)
+        missing = [f.name for f in schema.features
+                   if not f.allow_missing and features.get(f.name, "") == ""]
+        if missing:  # every one of them, not the first only
+            names = ", ".join(f"features.{n}" for n in missing[:50])
+            more = f" and {len(missing) - 50} more" if len(missing) > 50 else ""
+            raise ScoringError(f"{names}{more}: missing; the schema requires "
+                               f"{'them' if len(missing) > 1 else 'it'}",
                                code=grpc.StatusCode.INVALID_ARGUMENT)
         values: dict[str, list[object]] = {}
         for f in schema.features:
             raw = features.get(f.name, "")
             if raw == "":
-                if not f.allow_missing:
-                    raise ScoringError(f"features.{f.name}: missing; the schema requires it",
-                                       code=grpc.StatusCode.INVALID_ARGUMENT)
                 values[f.name] = [np.nan if f.kind == "numeric" else None]
             elif f.kind == "numeric":
                 try:

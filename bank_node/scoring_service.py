@@ -16,7 +16,7 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -39,10 +39,25 @@ from fedscore.errors import FedscoreError
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.writer import Ledger
 from fedscore.ops import metrics
-from fedscore.wire.health import AioReadiness
+from fedscore.wire.health import HEALTH_SERVICE, REFLECTION_SERVICE, AioReadiness
+from fedscore.wire.limits import (
+    MAX_BATCH_IDS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_SCORE_FEATURES,
+    MAX_VALUE_CHARS,
+    AioLimitsInterceptor,
+    Limits,
+    WorkClass,
+    check_count,
+    check_length,
+    methods_of,
+    server_options,
+)
 from fedscore.wire.observe import AioObserveInterceptor
 from fedscore.wire.status import AioStatusInterceptor
-from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
+from fedscore.wire.transport import add_secure_port
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,6 +155,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                     ) -> scoring_pb2.ScoreResponse:
         """Score one applicant: the bank's own party only; refusals end with their code."""
         await self._only_own_party(context)
+        check_score_request(request)  # LimitError (INVALID_ARGUMENT) before any work
         if not request.applicant_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "applicant_id: empty")
         amount = request.requested_amount
@@ -167,13 +183,19 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         """Score each chunk of a portfolio stream off the event loop, one reply per chunk."""
         await self._only_own_party(context)
         async for request in request_iterator:
-            yield await self._off_loop(self._batch, list(request.applicant_ids))
+            ids = list(request.applicant_ids)
+            check_count("ScoreBatchRequest.applicant_ids", len(ids), MAX_BATCH_IDS)
+            if ids:
+                check_length("ScoreBatchRequest.applicant_ids[]", max(ids, key=len),
+                             MAX_ID_CHARS)
+            yield await self._off_loop(self._batch, ids)
 
     async def LoadRelease(self, request: scoring_pb2.LoadReleaseRequest,
                           context: grpc.aio.ServicerContext) -> scoring_pb2.LoadReleaseResponse:
         """Switch to the release at ``request.path``; a refused one leaves the old in place
         (FAILED_PRECONDITION)."""
         await self._only_own_party(context)
+        check_length("LoadReleaseRequest.path", request.path, MAX_PATH_CHARS)
         try:
             new, old = await self._off_loop(self._scorer.scorer.load_release, Path(request.path))
         except ScoringError:
@@ -184,8 +206,52 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         return scoring_pb2.LoadReleaseResponse(model_version=new, previous_model_version=old)
 
 
+def check_score_request(request: scoring_pb2.ScoreRequest) -> None:
+    """The documented bounds of one Score request (docs/security.md, "Limits"): an
+    applicant id of at most MAX_ID_CHARS, at most MAX_SCORE_FEATURES inline features,
+    names of at most MAX_NAME_CHARS and values of at most MAX_VALUE_CHARS; LimitError
+    (INVALID_ARGUMENT) otherwise, before the features are copied or read."""
+    check_length("applicant_id", request.applicant_id, MAX_ID_CHARS)
+    features = request.features
+    check_count("features", len(features), MAX_SCORE_FEATURES)
+    for name, value in features.items():
+        check_length("features (a name)", name, MAX_NAME_CHARS)
+        check_length(f"features.{name}", value, MAX_VALUE_CHARS)
+
+
 SCORING_SERVICES = (scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,)
 """The scoring server's own gRPC service (besides health and reflection)."""
+
+MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+"""The largest message the scoring server reads (gRPC refuses a larger one unread):
+twice a ScoreBatch message of MAX_BATCH_IDS ids of MAX_ID_CHARS characters."""
+
+MAX_IN_FLIGHT = 64
+"""Score calls the server admits at once by default; more are refused at once with
+RESOURCE_EXHAUSTED (``benchmarks/overload.py``: its throughput peaks well below)."""
+
+
+def scoring_limits(max_in_flight: int = MAX_IN_FLIGHT, batch_streams: int = 4,
+                   batch_idle_s: float = 30.0) -> Limits:
+    """The scoring server's work classes (docs/security.md, "Limits"): ``max_in_flight``
+    Score calls, admitted only when their deadline is longer than recent calls took
+    (else RESOURCE_EXHAUSTED at once, rather than an answer too late); ``batch_streams``
+    ScoreBatch streams (one per pool thread), ended when idle for ``batch_idle_s``;
+    LoadRelease and the probes on slots of their own, so no Score load delays them."""
+    service = SCORING_SERVICES[0]
+    return Limits(
+        [
+            WorkClass("score", methods_of(service, only=["Score"]), per_peer=max_in_flight,
+                      total=max_in_flight, admit=True),
+            WorkClass("batch", methods_of(service, only=["ScoreBatch"]),
+                      per_peer=batch_streams, total=batch_streams, idle_s=batch_idle_s),
+            WorkClass("control", methods_of(service, only=["LoadRelease"]), per_peer=2,
+                      total=2),
+            WorkClass("probes", methods_of(HEALTH_SERVICE, REFLECTION_SERVICE),
+                      per_peer=8, total=8),
+        ],
+        default=WorkClass("other", frozenset(), per_peer=4, total=4),
+    )
 
 
 class ScoringServer:
@@ -196,7 +262,9 @@ class ScoringServer:
     (:mod:`fedscore.wire.health`). Its aio channel to the platform (``Scorer.aio_channel``)
     is opened on that loop then, and closed with the server."""
 
-    def __init__(self, address: str, kit: StartupKit, max_workers: int) -> None:
+    def __init__(self, address: str, kit: StartupKit, max_workers: int,
+                 limits: Limits | None = None) -> None:
+        self.limits = limits or scoring_limits(batch_streams=max_workers)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="scoring-loop",
                                         daemon=True)
@@ -216,8 +284,9 @@ class ScoringServer:
 
     async def _build(self, address: str, kit: StartupKit) -> int:
         self._server = grpc.aio.server(
-            interceptors=[AioObserveInterceptor(self._party), AioStatusInterceptor()],
-            options=GRPC_OPTIONS)
+            interceptors=[AioObserveInterceptor(self._party), AioStatusInterceptor(),
+                          AioLimitsInterceptor(self.limits)],
+            options=server_options(MAX_RECEIVE_BYTES))
         self._readiness = await AioReadiness.create(self._server, SCORING_SERVICES)
         return add_secure_port(self._server, address, kit)
 
@@ -232,9 +301,21 @@ class ScoringServer:
         """Serve ``scorer`` (its store aligned, its release loaded); health turns SERVING."""
         self._run(self._open(scorer))
 
+    def set_details(self, details: Callable[[], Sequence[str]]) -> None:
+        """Warnings every health answer carries from now on (:mod:`fedscore.wire.health`)."""
+        self._readiness.set_details(details)
+
     def start(self) -> None:
         """Start serving."""
         self._run(self._server.start())
+
+    def follow(self, ledger: Ledger) -> None:
+        """Answer NOT_SERVING while ``ledger`` cannot be written (its queries to the
+        platform are not sent meanwhile: the policy's fallback answers), SERVING again
+        once it can (:func:`fedscore.wire.health.follow_ledger`)."""
+        from fedscore.wire.health import follow_ledger
+
+        follow_ledger(self._readiness, ledger, self._loop)
 
     def drain(self) -> None:
         """Answer NOT_SERVING from now on; calls are still served until :meth:`stop`."""
@@ -267,17 +348,18 @@ class ScoringServer:
         self._pool.shutdown(wait=False)
 
 
-def bind_server(address: str, kit: StartupKit, *, max_workers: int = 4) -> ScoringServer:
+def bind_server(address: str, kit: StartupKit, *, max_workers: int = 4,
+                limits: Limits | None = None) -> ScoringServer:
     """Bind ``address`` (port 0: a free one) before the scorer is built: health answers
     NOT_SERVING until :meth:`ScoringServer.ready`; ``max_workers`` threads for ScoreBatch
-    and LoadRelease."""
-    return ScoringServer(address, kit, max_workers)
+    and LoadRelease; ``limits``: its work classes (:func:`scoring_limits` by default)."""
+    return ScoringServer(address, kit, max_workers, limits)
 
 
-def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 4
-                  ) -> tuple[ScoringServer, int]:
+def create_server(address: str, scorer: Scorer, kit: StartupKit, *, max_workers: int = 4,
+                  limits: Limits | None = None) -> tuple[ScoringServer, int]:
     """:func:`bind_server` for a built ``scorer``: SERVING once started."""
-    server = bind_server(address, kit, max_workers=max_workers)
+    server = bind_server(address, kit, max_workers=max_workers, limits=limits)
     try:
         server.ready(scorer)
     except BaseException:
@@ -312,8 +394,11 @@ def build_scorer(kit: StartupKit, data_dir: Path, release: Path, platform_addres
 
 
 def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, address: str,
-          policy_file: Path | None, ledger_dir: Path, drain_s: float = 0.0) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads ``release`` (a newer one put in its place).
+          policy_file: Path | None, ledger_dir: Path, drain_s: float = 0.0,
+          cert_warn_days: int = 30) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the kit's manifest and revocation list and
+    ``release`` (a newer one put in its place). A certificate within ``cert_warn_days`` of
+    expiry is logged at start and on SIGHUP, and named in every health answer.
 
     Every message to and from the platform is recorded in the ledger at ``ledger_dir``
     (the decision engine's calls stay inside the bank and are not). The port is bound once
@@ -321,7 +406,12 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     release's loading, SERVING after (the line "... scoring server on ..."), and
     NOT_SERVING again for ``drain_s`` seconds on SIGTERM before the server stops.
     """
-    from fedscore.federation.provision import load_kit
+    from fedscore.federation.provision import (
+        expiry_warnings,
+        load_kit,
+        log_expiry,
+        reload_logged,
+    )
     from fedscore.wire.transport import secure_channel
 
     # one BLAS thread for numpy (no torch here: the model is numpy): a second one makes
@@ -336,6 +426,8 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
     except BaseException:
         ledger.close()
         raise
+    server.set_details(lambda: expiry_warnings(kit, within_days=cert_warn_days))
+    log_expiry(kit, log, cert_warn_days)
     server.start()
     print(f"{kit.party}: scoring server at {host}:{server.port} is aligning its store with "
           "the platform and loading its release (health: NOT_SERVING)", flush=True)
@@ -346,6 +438,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         scorer = build_scorer(kit, data_dir, release, platform_address, policy,
                               channel=channel, ledger=ledger)
         server.ready(scorer)
+        server.follow(ledger)
     except BaseException:
         server.stop(grace=None)
         channel.close()
@@ -362,6 +455,7 @@ def serve(kit_dir: Path, data_dir: Path, release: Path, platform_address: str, a
         stop.set()
 
     def _reload(signum: int, frame: FrameType | None) -> None:
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
         try:
             new, old = scorer.load_release(release)
             print(f"release {new} replaces {old}", flush=True)

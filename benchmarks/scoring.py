@@ -8,7 +8,9 @@ default-credit banks (Flower Simulation Engine, SecAgg+) trains it first.
 * ``Score`` at concurrency 1, 8 and 32 (closed loop: each client sends its next request
   when the last one answered), applicants drawn from bank-1's customers inside its
   intersection with the platform, so every score waits for the platform's embedding:
-  ``p50_ms``, ``p99_ms`` and ``scores_per_s`` per level.
+  ``p50_ms``, ``p99_ms`` and ``scores_per_s`` per level (and ``refused``: calls the
+  server's admission shed with RESOURCE_EXHAUSTED, after which a client backs off for
+  up to 50 ms, as ``benchmarks/overload.py``'s do).
 * ``ScoreBatch``: bank-1's whole store streamed in chunks of ``--chunk`` ids
   (``batch_rows_per_s``).
 * ``joint_over_local``: the joint ``Score``'s p50 over the p50 of a bank-only local
@@ -38,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -87,6 +90,8 @@ def score_server(kit: Path, data: Path, release: Path, platform: str, log: Path
     assert proc.stdout is not None
     try:
         line = proc.stdout.readline()
+        while line and "NOT_SERVING" in line:  # "... loading (health: NOT_SERVING)" first
+            line = proc.stdout.readline()
         found = re.search(r"scoring server on (\S+?:\d+):", line)
         if found is None:
             proc.wait(10)
@@ -158,7 +163,7 @@ def closed_loop(address: str, kit: StartupKit, server_party: str, concurrency: i
     this one's as ``load_generator``."""
     procs = {"load_generator": os.getpid(), **(pids or {})}
 
-    async def run() -> tuple[list[float], float, dict[str, float]]:
+    async def run() -> tuple[list[float], float, dict[str, float], int]:
         channels = [grpc.aio.secure_channel(address, channel_credentials(kit),
                                             options=channel_options(kit, server_party))
                     for _ in range(min(concurrency, 8))]
@@ -168,12 +173,21 @@ def closed_loop(address: str, kit: StartupKit, server_party: str, concurrency: i
         await asyncio.gather(*(c.channel_ready() for c in channels))
         stop = time.perf_counter() + seconds
         latencies: list[float] = []
+        refused = 0
 
         async def client(w: int) -> None:
+            nonlocal refused
             send, k = sends[w % len(sends)], w
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                await send(k)
+                try:
+                    await send(k)
+                except grpc.aio.AioRpcError as exc:  # shed by the server's admission:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # back off
+                        raise
+                    refused += 1
+                    await asyncio.sleep(random.uniform(0, 0.05))
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 k += concurrency
 
@@ -184,15 +198,17 @@ def closed_loop(address: str, kit: StartupKit, server_party: str, concurrency: i
         cpu = {name: _cpu_s(pid) - cpu0[name] for name, pid in procs.items()}
         for c in channels:
             await c.close()
-        return latencies, wall, cpu
+        return latencies, wall, cpu, refused
 
-    latencies, wall, cpu = asyncio.run(run())
+    latencies, wall, cpu, refused = asyncio.run(run())
     lat_ms = np.asarray(latencies) * 1000
     out: dict[str, Any] = {
         "concurrency": concurrency, "requests": int(lat_ms.size),
         "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
         "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
         "scores_per_s": round(lat_ms.size / wall, 1)}
+    if refused:  # calls the server's admission refused (RESOURCE_EXHAUSTED), backed off
+        out["refused"] = refused
     if pids:
         out["cpu_us_per_score"] = {name: round(s / lat_ms.size * 1e6) for name, s in cpu.items()}
     return out

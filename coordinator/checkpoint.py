@@ -80,7 +80,12 @@ class Checkpoints:
     def update(self, round_: int, **info: Any) -> None:
         """Add keys (the evaluation) to a saved round's ``round.json``, atomically."""
         path = self._dir(round_) / "round.json"
-        doc = json.loads(path.read_text())
+        try:  # a round never saved stays FileNotFoundError: the caller's mistake
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: unreadable: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
         doc.update(info)
         atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
 
@@ -99,8 +104,11 @@ class Checkpoints:
         folder = self._dir(round_)
         try:
             info = json.loads((folder / "round.json").read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise CheckpointError(f"{folder / 'round.json'}: unreadable: {exc}") from None
+        if not isinstance(info, dict) or not isinstance(info.get("platform_version", ""), str):
+            raise CheckpointError(f"{folder / 'round.json'}: expected a JSON object with a "
+                                  "string platform_version")
         try:
             arrays = read_arrays(folder / "weights.npz")
         except ArraysError as exc:

@@ -7,7 +7,7 @@ and stores the result durably). Errors carry the platform's status code and mess
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -68,11 +68,14 @@ class PlatformControl:
         )
         return int(reply.embedding_releases)
 
-    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
-        """Average and store the round's platform model; its version and what went into it."""
+    def finish_round(self, run_id: str, round_: int, banks: Sequence[str] = ()
+                     ) -> FinishedRound:
+        """Average and store the round's platform model from the sessions of ``banks``
+        (those whose updates the coordinator aggregated; empty: every committed session);
+        its version and what went into it."""
         reply = self._call(
             "FinishRound", self._stub.FinishRound,
-            federation_pb2.FinishRoundRequest(run_id=run_id, round=round_),
+            federation_pb2.FinishRoundRequest(run_id=run_id, round=round_, banks=list(banks)),
         )
         return FinishedRound(reply.platform_model_version, int(reply.sessions), int(reply.rows))
 

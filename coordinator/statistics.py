@@ -37,6 +37,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
+from coordinator.dropouts import ReplyWatch, describe
 from fedscore.atomic import atomic_write
 from fedscore.crypto.secure_sum import (
     SECAGG_CLIPPING_RANGE,
@@ -61,11 +62,14 @@ class StatisticsError(FedscoreError, RuntimeError):
 
 
 class StatisticsStrategy(Strategy):
-    """One round: every available bank (at least min-banks) sends its encoded sums."""
+    """One round: every available bank (at least min-banks) sends its encoded sums; the
+    sum goes on without a lost bank while min-banks remain."""
 
-    def __init__(self, settings: RunSettings, config: dict[str, Scalar]) -> None:
+    def __init__(self, settings: RunSettings, config: dict[str, Scalar],
+                 watch: ReplyWatch | None = None) -> None:
         self.settings = settings
         self.config = config
+        self.watch = watch
         self.result: PooledStatistics | None = None
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -79,6 +83,8 @@ class StatisticsStrategy(Strategy):
         least = self.settings.min_banks  # sample() waits for that many, then takes all
         clients = client_manager.sample(max(least, client_manager.num_available()), least)
         ins = FitIns(parameters, {**self.config, TASK_KEY: STATISTICS_TASK})
+        if self.watch is not None:
+            self.watch.reset()
         return [(c, ins) for c in clients]
 
     def aggregate_fit(
@@ -87,13 +93,22 @@ class StatisticsStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Decode the banks' sum into :attr:`result`; any failure is a StatisticsError."""
-        if failures or not results:
+        """Decode the banks' sum into :attr:`result`; StatisticsError names the lost banks
+        when fewer than min-banks are left."""
+        banks = sorted(self.watch.name(c.node_id) if self.watch is not None
+                       else f"node-{c.node_id}" for c, _ in results)
+        lost = {b: why for b, why in lost_banks(self.watch, failures).items()
+                if b not in banks}  # lost after its vector was in: it still counts
+        if len(results) < self.settings.min_banks:
             raise StatisticsError(
-                f"preprocessing statistics: {len(failures)} bank(s) failed "
-                f"({failures[0]!r} ...); see the banks' SuperNode logs" if failures
-                else "preprocessing statistics: no bank answered"
+                f"preprocessing statistics: only {len(results)} bank(s) left "
+                f"({', '.join(banks) or 'none'}), fewer than min-banks = "
+                f"{self.settings.min_banks}; lost: {describe(lost)}; see those banks' "
+                "SuperNode logs"
             )
+        if lost:
+            log.warning("preprocessing statistics go on with %s; lost: %s",
+                        ", ".join(banks), describe(lost))
         # SecAgg+ hands every result the weighted mean (weights are all 1); plain
         # messages each hold one bank's vector: either way n x mean is the sum.
         mean = np.mean([parameters_to_ndarrays(r.parameters)[0] for _, r in results], axis=0)
@@ -101,7 +116,7 @@ class StatisticsStrategy(Strategy):
             sums, tag = decode(mean * len(results), len(results))
         except SecureSumError as exc:
             raise StatisticsError(f"preprocessing statistics: {exc}") from None
-        self.result = PooledStatistics(tag.hex(), sums, len(results))
+        self.result = PooledStatistics(tag.hex(), sums, len(results), tuple(banks))
         return None, {}
 
     def configure_evaluate(
@@ -126,16 +141,23 @@ class StatisticsStrategy(Strategy):
         return None
 
 
+def lost_banks(watch: ReplyWatch | None, failures: list[Any]) -> dict[str, str]:
+    """Bank -> why, for the banks the watch saw lost (without one: the failures)."""
+    if watch is not None:
+        return watch.lost()
+    return {f"failure-{i}": repr(f)[:300] for i, f in enumerate(failures)}
+
+
 def pooled_statistics(
     grid: Grid, context: Any, settings: RunSettings, config: dict[str, Scalar],
-    *, secure_aggregation: bool = True,
+    *, secure_aggregation: bool = True, watch: ReplyWatch | None = None,
 ) -> PooledStatistics:
     """The run's pooled statistics: from its run folder when a previous attempt of the
     run summed them (a resumed run must keep its transforms), else summed now."""
     path = settings.run_dir / FILE
     if path.exists():
         return PooledStatistics.from_json(json.loads(path.read_text()))
-    strategy = StatisticsStrategy(settings, config)
+    strategy = StatisticsStrategy(settings, config, watch)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1),
                            strategy=strategy)
     fit = SecAggPlusWorkflow(
@@ -145,8 +167,9 @@ def pooled_statistics(
     DefaultWorkflow(fit_workflow=fit)(grid, legacy)
     if strategy.result is None:
         raise StatisticsError(
-            "preprocessing statistics: secure aggregation halted (a bank failed; see the "
-            "banks' SuperNode logs)"
+            "preprocessing statistics: secure aggregation halted, too few banks left to "
+            f"reconstruct the sum (min-banks = {settings.min_banks}); lost: "
+            f"{describe(lost_banks(watch, []))}; see those banks' SuperNode logs"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(strategy.result.to_json()).encode())

@@ -44,6 +44,16 @@ from fedscore.ml.architecture import BottomConfig
 from fedscore.ml.model import BottomModel
 from fedscore.ops import metrics
 from fedscore.wire import serde
+from fedscore.wire.limits import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_QUERY_BYTES,
+    MAX_QUERY_CONSENTED,
+    MAX_QUERY_HANDLES,
+    LimitError,
+    check_count,
+    check_length,
+)
 from fedscore.wire.transport import peer_party
 from platform_node.model_store import StateDict
 from platform_node.sessions import Session, SessionError, SessionRegistry
@@ -135,13 +145,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self._refusals = state_dir / REFUSALS_FILE if state_dir is not None else None
         self._now = now
         self._lock = threading.Lock()
+        # the refusals file has a lock of its own: a refusal's fsync must not hold up
+        # another bank's query, which takes _lock for its session's sealing pair
+        self._file_lock = threading.Lock()
 
     def GetEmbeddings(
         self, request: embedding_pb2.GetEmbeddingsRequest, context: grpc.ServicerContext
     ) -> embedding_pb2.GetEmbeddingsResponse:
         """The embeddings a bank may have for one sealed query, sealed back; a refused
         query is recorded (:meth:`_refuse`) before the call ends with its code."""
-        peer = peer_party(context)
+        peer = peer_party(context, self._registry.kit)
         try:
             return self._answer(request, peer)
         except ScoringRefusal as refusal:
@@ -160,12 +173,25 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         except SessionError as exc:
             raise ScoringRefusal(str(exc), code=exc.code, label="session") from None
         opener, sealer = self._scoring_pair(session)
+        try:  # the documented bounds, before it is decrypted and before any row is read
+            check_length("sealed query", box.ciphertext, MAX_QUERY_BYTES)
+        except LimitError as exc:
+            raise ScoringRefusal(str(exc), code=exc.code, label="too-large") from None
         try:
             query = embedding_pb2.EmbeddingQuery.FromString(
                 opener.open(box, round=SCORING_ROUND))
         except SealError as exc:
             raise ScoringRefusal(f"sealed query refused: {exc}",
                                  code=grpc.StatusCode.DATA_LOSS, label="sealed") from None
+        try:
+            check_count("EmbeddingQuery.handles", len(query.handles) // 4, MAX_QUERY_HANDLES)
+            check_count("EmbeddingQuery.consented", len(query.consented), MAX_QUERY_CONSENTED)
+            check_length("platform_model_version", query.platform_model_version,
+                         MAX_NAME_CHARS)
+            for applicant in query.consented:
+                check_length("consented.applicant_id", applicant.applicant_id, MAX_ID_CHARS)
+        except LimitError as exc:
+            raise ScoringRefusal(str(exc), code=exc.code, label="too-large") from None
         try:
             handles = serde.handles_from_bytes(query.handles, limit=session.psi.size)
         except serde.WireError as exc:
@@ -215,7 +241,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                     extra={"peer": peer, "reason": refusal.label, "code": refusal.code.name})
         metrics.REFUSALS.labels(self._issuer, peer, refusal.label, refusal.code.name).inc()
         if self._refusals is not None:
-            with self._lock, self._refusals.open("a") as f:
+            with self._file_lock, self._refusals.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())

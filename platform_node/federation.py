@@ -30,6 +30,7 @@ import torch
 
 from fedscore.crypto.dp import DpSettings, ReleaseCounter
 from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import check_finite
 from fedscore.ops import metrics
 from platform_node.model_store import (
     ModelStore,
@@ -43,6 +44,9 @@ BaseFactory = Callable[[int], StateDict]
 """seed -> the initial platform bottom weights of a run (round 0)."""
 
 log = logging.getLogger(__name__)
+
+MAX_BANKS = 1024
+"""The most banks one FinishRound may name (a federation's manifest holds fewer)."""
 
 
 class FederationError(FedscoreError):
@@ -66,7 +70,8 @@ class _OpenRound:
     round: int
     base_version: str
     base: StateDict
-    contributions: dict[bytes, tuple[StateDict, int]] = field(default_factory=dict)
+    # session id -> (the bank whose session it is, its committed weights, its rows)
+    contributions: dict[bytes, tuple[str, StateDict, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,20 +204,45 @@ class Federation:
 
     def contribute(
         self, run_id: str, round_: int, session: bytes, state: Mapping[str, torch.Tensor],
-        rows: int,
+        rows: int, bank: str = "",
     ) -> None:
-        """Count a committed session's weights in the round (again: replaces its last)."""
+        """Count bank ``bank``'s committed session weights in the round (again: replaces
+        its last).
+
+        Weights with a NaN or an infinity (a bank's huge gradients can overflow them even
+        when every gradient was finite) are refused, NonFiniteError (INVALID_ARGUMENT)
+        naming the tensor, and never averaged into the round."""
         copy = {k: v.detach().clone() for k, v in state.items()}
+        check_finite(copy.items(), f"round {round_} of run {run_id!r}: the session's platform "
+                     "model")
         with self._lock:
             current = self._check_open(run_id, round_, "commit in")
-            current.contributions[session] = (copy, int(rows))
+            current.contributions[session] = (bank, copy, int(rows))
 
-    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
-        """Average the round's contributions by training rows, store them, close the round."""
+    def finish_round(self, run_id: str, round_: int, banks: Sequence[str] = ()
+                     ) -> FinishedRound:
+        """Average the round's contributions by training rows, store them, close the round.
+
+        ``banks``: the banks whose bank-side updates the coordinator aggregated; only
+        their sessions count (a bank lost between its commit here and its update reaching
+        the coordinator's sum would otherwise count on the platform's side only). Every
+        one of them must have committed; empty: every committed session counts."""
         self._run_id(run_id)
+        if len(banks) > MAX_BANKS:
+            raise FederationError(f"FinishRound names {len(banks)} banks; at most {MAX_BANKS}",
+                                  code=grpc.StatusCode.INVALID_ARGUMENT)
         with self._lock:
             current = self._check_open(run_id, round_, "finish")
-            parts = list(current.contributions.values())
+            wanted = set(banks)
+            committed = {bank for bank, _, _ in current.contributions.values()}
+            missing = sorted(wanted - committed)
+            if missing:
+                raise FederationError(
+                    f"round {round_} of run {run_id!r}: the coordinator aggregated "
+                    f"{', '.join(missing)[:200]}, which committed no session here",
+                )
+            parts = [(state, rows) for bank, state, rows in current.contributions.values()
+                     if not wanted or bank in wanted]
             rows = sum(r for _, r in parts)
             if not parts:
                 raise FederationError(

@@ -14,6 +14,7 @@ import grpc
 from fedscore.api.v1 import federation_pb2, federation_pb2_grpc
 from fedscore.crypto.dp import DpSettings
 from fedscore.federation.provision import StartupKit
+from fedscore.wire.limits import MAX_NAME_CHARS, check_length
 from fedscore.wire.transport import authorize_peer
 from platform_node.federation import Federation, FederationError
 from platform_node.model_store import StoreError
@@ -28,10 +29,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._kit = kit
         self._federation = federation
 
-    def _serve(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-        """``call()`` for an authorized coordinator; a FederationError ends the call with its
-        own code, a StoreError with INTERNAL and a message that names the store."""
+    def _serve(self, context: grpc.ServicerContext, run_id: str, call: Callable[[], T]) -> T:
+        """``call()`` for an authorized coordinator and a ``run_id`` of at most
+        MAX_NAME_CHARS characters (INVALID_ARGUMENT, before any work); a FederationError
+        ends the call with its own code, a StoreError with INTERNAL and a message that
+        names the store."""
         authorize_peer(context, self._kit, "coordinator")
+        check_length("run_id", run_id, MAX_NAME_CHARS)
         try:
             return call()
         except StoreError as exc:
@@ -41,9 +45,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, request: federation_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> federation_pb2.StartRoundResponse:
         """Open a round of a run (with its embedding DP); answers the version it starts from."""
-        dp = self._serve(context, lambda: _embedding_dp(request))
+        dp = self._serve(context, request.run_id, lambda: _embedding_dp(request))
         version = self._serve(
-            context,
+            context, request.run_id,
             lambda: self._federation.start_round(request.run_id, request.round, request.seed,
                                                  embedding_dp=dp),
         )
@@ -54,7 +58,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     ) -> federation_pb2.FinishRoundResponse:
         """Average and commit the round's sessions; answers the version and what went in."""
         done = self._serve(
-            context, lambda: self._federation.finish_round(request.run_id, request.round)
+            context, request.run_id,
+            lambda: self._federation.finish_round(request.run_id, request.round,
+                                                  tuple(request.banks)),
         )
         return federation_pb2.FinishRoundResponse(
             platform_model_version=done.version, sessions=done.sessions, rows=done.rows
@@ -64,7 +70,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, request: federation_pb2.GetRunStateRequest, context: grpc.ServicerContext
     ) -> federation_pb2.GetRunStateResponse:
         """The run's last finished round, its version and the embedding releases counted."""
-        last, version = self._serve(context, lambda: self._federation.run_state(request.run_id))
+        last, version = self._serve(context, request.run_id,
+                                   lambda: self._federation.run_state(request.run_id))
         most, rows = self._federation.releases(request.run_id)
         return federation_pb2.GetRunStateResponse(
             last_round=last, platform_model_version=version, embedding_releases=most,

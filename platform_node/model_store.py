@@ -4,8 +4,10 @@ Layout under ``root``: ``<run_id>/round-<r:04d>.pt`` (a torch state dict) and
 ``<run_id>/state.json`` (``last_round``, ``version`` and the version of every round
 of the run's lineage). Every file is written atomically: a temporary file in the same
 folder, fsync, ``os.replace``, then fsync of the folder, so a crash leaves either the
-old file or the new one, never a partial one. Round 0 is a run's initial model; it is
-stored (so evaluations can name it) but is not a finished round.
+old file or the new one, never a partial one. Opening a store reads every model it
+names: a missing or damaged file (StoreError naming it) stops the platform from
+starting rather than failing every query for that model. Round 0 is a run's initial
+model; it is stored (so evaluations can name it) but is not a finished round.
 
 Finishing round r again (a coordinator that restarted round r from base r - 1)
 replaces round r and drops the later rounds of the old lineage: they were trained
@@ -29,6 +31,8 @@ import torch
 
 from fedscore.atomic import atomic_write
 from fedscore.errors import FedscoreError
+from fedscore.federation.arrays import NonFiniteError, check_finite
+from fedscore.wire.limits import quote
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"r(\d+)-[0-9a-f]{12}")
@@ -60,7 +64,7 @@ def check_run_id(run_id: str) -> str:
     """A run id is a folder name: letters, digits, '.', '_', '-'; no path tricks."""
     if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
         raise StoreError(
-            f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"invalid run id {quote(run_id)}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return run_id
@@ -70,7 +74,8 @@ def round_of_version(version: str) -> int:
     """The round a version names; UnknownVersion when it is not a version."""
     match = _VERSION.fullmatch(version)
     if match is None:
-        raise UnknownVersion(f"{version!r} is not a platform model version (r<round>-<12 hex>)")
+        raise UnknownVersion(f"{quote(version)} is not a platform model version "
+                             "(r<round>-<12 hex>)")
     return int(match.group(1))
 
 
@@ -102,6 +107,11 @@ class ModelStore:
                 run_id = state_file.parent.name
                 if _RUN_ID.fullmatch(run_id):
                     self._runs[run_id] = self._read_state(state_file)
+            # Read every stored model once now: a missing or damaged one stops the node
+            # from starting, naming the file, instead of failing every query for it later.
+            for run_id, run in self._runs.items():
+                for round_, version in run.rounds.items():
+                    self._read_model(run_id, round_, version)
 
     @staticmethod
     def _read_state(path: Path) -> _Run:
@@ -128,6 +138,10 @@ class ModelStore:
         if round_ < 0:
             raise StoreError(f"round must be >= 0, got {round_}")
         copy = {k: v.detach().cpu().clone() for k, v in state.items()}
+        try:  # never store (and serve, and start rounds from) a spoilt model
+            check_finite(copy.items(), f"run {run_id!r} round {round_}")
+        except NonFiniteError as exc:
+            raise StoreError(exc.message, code=grpc.StatusCode.INVALID_ARGUMENT) from None
         version = model_version(round_, copy)
         with self._lock:
             old = self._runs.get(run_id, _Run())
@@ -166,6 +180,9 @@ class ModelStore:
 
     def _read_model(self, run_id: str, round_: int, version: str) -> StateDict:
         path = self._file(run_id, round_)
+        if not path.is_file():
+            raise StoreError(f"{path}: missing; {path.parent / 'state.json'} names its "
+                             f"model {version}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file: UnpicklingError, EOFError, RuntimeError...
@@ -174,8 +191,13 @@ class ModelStore:
             not isinstance(state, dict)
             or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                        for k, v in state.items())
-            or model_version(round_, state) != version
         ):
+            raise StoreError(f"{path}: not a platform model (a dict of named tensors)")
+        try:
+            check_finite(state.items(), str(path))
+        except NonFiniteError as exc:
+            raise StoreError(exc.message) from None
+        if model_version(round_, state) != version:
             raise StoreError(f"{path}: content does not match its version {version}")
         return state
 

@@ -110,8 +110,10 @@ class PsiServicer(psi_pb2_grpc.PsiServiceServicer):
             if not context.is_active():
                 return  # the bank cancelled or went away; nobody to tell
             log.warning("PSI with %s failed: %s", peer, error)
-            if isinstance(error, PsiError):
-                raise error  # its own code: INVALID_ARGUMENT; FAILED_PRECONDITION for our ids
+            if isinstance(error, FedscoreError):
+                # its own code: INVALID_ARGUMENT for a PsiError, FAILED_PRECONDITION for our
+                # ids, DEADLINE_EXCEEDED for a stream that went quiet (fedscore.wire.limits)
+                raise error
             assert isinstance(error, BaseException)
             raise FedscoreError("PSI failed on the platform") from error  # INTERNAL
         result = outcome["result"]

@@ -40,10 +40,11 @@ from fedscore.ledger.taps import PROBE_METHODS, LedgerTap
 from fedscore.ledger.writer import Ledger
 from fedscore.ml.architecture import SplitArchitecture
 from fedscore.ml.training import PlatformBottom, TrainConfig
-from fedscore.wire.health import Readiness
+from fedscore.wire.health import HEALTH_SERVICE, REFLECTION_SERVICE, Readiness, follow_ledger
+from fedscore.wire.limits import Limits, LimitsInterceptor, WorkClass, methods_of, server_options
 from fedscore.wire.observe import ObserveInterceptor
 from fedscore.wire.status import StatusInterceptor
-from fedscore.wire.transport import GRPC_OPTIONS, add_secure_port
+from fedscore.wire.transport import add_secure_port
 from platform_node.embedding_service import EmbeddingServicer, EmbeddingTable
 from platform_node.federation import Federation
 from platform_node.federation_service import FederationServicer
@@ -51,6 +52,7 @@ from platform_node.model_store import ModelStore, StateDict
 from platform_node.psi_service import PsiServicer
 from platform_node.sessions import SessionRegistry
 from platform_node.split_service import RoundControlServicer, SplitLearningServicer
+from platform_node.training_store import TrainingStore
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,35 @@ PLATFORM_SERVICES = tuple(
 )
 """The platform's own gRPC services (besides health and reflection)."""
 
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+"""The largest message the platform reads (gRPC refuses a larger one unread): four
+times its largest legitimate one, a Step of 65,536 handles with a gradient of 16 floats
+per row (docs/security.md, "Limits")."""
+
+
+def platform_limits(*, psi_idle_s: float = 120.0, step_idle_s: float = 300.0) -> Limits:
+    """The platform's work classes (docs/security.md, "Limits"): the coordinator's
+    control calls have 4 slots no bank can take; each bank at most 2 PSI streams, 4
+    training calls and 8 scoring queries in flight; a PSI stream that sends nothing for
+    ``psi_idle_s`` seconds and a Step stream idle for ``step_idle_s`` are ended
+    (DEADLINE_EXCEEDED). The idle bounds leave room for a bank's longest legitimate
+    pause: sorting a large intersection before its ``Done``, its own work between two
+    steps."""
+
+    psi, split, rounds, control, embedding = PLATFORM_SERVICES
+    return Limits(
+        [
+            WorkClass("control", methods_of(control), per_peer=4, total=4),
+            WorkClass("psi", methods_of(psi), per_peer=2, total=8, idle_s=psi_idle_s),
+            WorkClass("training", methods_of(split, rounds), per_peer=4, total=16,
+                      idle_s=step_idle_s),
+            WorkClass("scoring", methods_of(embedding), per_peer=8, total=16),
+            WorkClass("probes", methods_of(HEALTH_SERVICE, REFLECTION_SERVICE),
+                      per_peer=4, total=8),
+        ],
+        default=WorkClass("other", frozenset(), per_peer=2, total=4),
+    )
+
 
 def add_services(server: grpc.Server, node: PlatformNode) -> None:
     """Add the platform's servicers over ``node`` to ``server``."""
@@ -126,7 +157,10 @@ def add_services(server: grpc.Server, node: PlatformNode) -> None:
         SplitLearningServicer(node.sessions), server
     )
     round_control_pb2_grpc.add_RoundControlServiceServicer_to_server(
-        RoundControlServicer(node.sessions, node.make_bottom, node.federation), server
+        RoundControlServicer(node.sessions, node.make_bottom, node.federation,
+                             TrainingStore(node.state_dir / "training" if node.state_dir
+                                           else None)),
+        server
     )
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
         FederationServicer(node.kit, node.federation), server
@@ -165,20 +199,24 @@ def bind_server(
     address: str,
     kit: StartupKit,
     *,
-    max_workers: int = 16,
+    limits: Limits | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     ledger: Ledger | None = None,
 ) -> PlatformServer:
     """The platform's server on ``address`` with health (NOT_SERVING) and reflection, its
     services closed until :meth:`PlatformServer.ready`; with ``ledger``, every message it
     receives or sends (probes aside: they carry nothing) is recorded there first. What its
-    handlers raise becomes gRPC status in one place (:class:`StatusInterceptor`)."""
+    handlers raise becomes gRPC status in one place (:class:`StatusInterceptor`). Its
+    work classes (``limits``, by default :func:`platform_limits`) bound what each peer
+    may have in flight, before any work or ledger entry, and size its thread pool so
+    that no class can take another's threads."""
+    limits = limits or platform_limits()
     taps = [LedgerTap(ledger, ignore=PROBE_METHODS)] if ledger is not None else []
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ObserveInterceptor(kit.party), StatusInterceptor(), *taps,
-                      *interceptors],
-        options=GRPC_OPTIONS,
+        futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="platform"),
+        interceptors=[ObserveInterceptor(kit.party), StatusInterceptor(),
+                      LimitsInterceptor(limits), *taps, *interceptors],
+        options=server_options(MAX_RECEIVE_BYTES),
     )
     readiness = Readiness(server, PLATFORM_SERVICES)
     port = add_secure_port(server, address, kit)
@@ -189,13 +227,13 @@ def create_server(
     address: str,
     node: PlatformNode,
     *,
-    max_workers: int = 16,
+    limits: Limits | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     ledger: Ledger | None = None,
 ) -> tuple[grpc.Server, int]:
     """The platform's server for a loaded ``node`` on ``address``, SERVING once started
     (:func:`bind_server`, then ready)."""
-    bound = bind_server(address, node.kit, max_workers=max_workers,
+    bound = bind_server(address, node.kit, limits=limits,
                         interceptors=interceptors, ledger=ledger)
     bound.ready(node)
     return bound.server, bound.port
@@ -203,9 +241,12 @@ def create_server(
 
 def serve(
     kit_dir: Path, data: Path, schema: Path, address: str, state_dir: Path | None = None,
-    ledger_dir: Path | None = None, drain_s: float = 0.0,
+    ledger_dir: Path | None = None, drain_s: float = 0.0, cert_warn_days: int = 30,
 ) -> None:
-    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table.
+    """Run until SIGINT/SIGTERM; refuses to start without a valid kit or table. SIGHUP
+    reloads the kit's manifest and revocation list (a newer one put in its place, e.g. by
+    ``fedscore provision revoke``); a certificate within ``cert_warn_days`` of expiry is
+    logged at start and on SIGHUP, and named in every health answer.
 
     ``state_dir`` keeps committed federated models across restarts (None: memory only).
     The audit ledger goes to ``ledger_dir``, by default ``state_dir/ledger``; a platform
@@ -219,7 +260,12 @@ def serve(
     import torch
 
     from fedscore.data.table import load_table
-    from fedscore.federation.provision import load_kit
+    from fedscore.federation.provision import (
+        expiry_warnings,
+        load_kit,
+        log_expiry,
+        reload_logged,
+    )
 
     torch.set_num_threads(1)
     kit = load_kit(kit_dir)
@@ -237,6 +283,8 @@ def serve(
     except BaseException:
         ledger.close()
         raise
+    bound.readiness.set_details(lambda: expiry_warnings(kit, within_days=cert_warn_days))
+    log_expiry(kit, log, cert_warn_days)
     bound.server.start()
     print(f"platform node at {host}:{bound.port}: loading its table (health: NOT_SERVING)",
           flush=True)
@@ -245,6 +293,7 @@ def serve(
     try:
         node = PlatformNode(kit, load_table(data, schema), state_dir=state_dir)
         bound.ready(node)
+        follow_ledger(bound.readiness, ledger)  # NOT_SERVING while its disk is full
     except BaseException:
         bound.stop(grace=None).wait()
         ledger.close()
@@ -258,8 +307,12 @@ def serve(
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        print(reload_logged(kit, log, cert_warn_days), flush=True)
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     stop.wait()
     log.info("platform node draining for %.1f s", drain_s, extra={"event": "draining"})
     bound.stop(grace=2, drain_s=drain_s).wait()

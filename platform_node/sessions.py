@@ -102,6 +102,11 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self.listeners: list[Callable[[Session], None]] = []
 
+    @property
+    def kit(self) -> StartupKit:
+        """The platform's kit: its live manifest and revocation list check every caller."""
+        return self._kit
+
     def on_psi_complete(self, peer: str, result: PsiResult) -> None:
         """Store the session of a finished PSI with ``peer``; SessionError for a party the
         manifest does not know as a bank (the PSI servicer refuses it first)."""

@@ -23,13 +23,22 @@ from fedscore.api.v1 import (
 from fedscore.crypto.dp import gaussian_mechanism
 from fedscore.crypto.primitives import SealedBox, SealError
 from fedscore.errors import FedscoreError
-from fedscore.ml.training import PlatformBottom
+from fedscore.ml.training import MAX_PLATFORM_SNAPSHOTS, PlatformBottom
 from fedscore.ops import metrics
 from fedscore.wire import serde
+from fedscore.wire.limits import (
+    MAX_NAME_CHARS,
+    MAX_STEP_ROWS,
+    check_count,
+    check_length,
+    check_seed,
+    quote,
+)
 from fedscore.wire.transport import peer_party
 from platform_node.federation import Federation, RunPrivacy
 from platform_node.model_store import StateDict, model_version
 from platform_node.sessions import Session, SessionRegistry
+from platform_node.training_store import TrainingStateError, TrainingStore
 
 BottomFactory = Callable[[int, float, float, float], PlatformBottom]
 """(seed, learning rate, weight decay, EMA decay) -> a fresh platform bottom for one session."""
@@ -46,7 +55,7 @@ def _session(
     registry: SessionRegistry, session_id: bytes, context: grpc.ServicerContext
 ) -> Session:
     """The caller's session; SessionError (PERMISSION_DENIED) if it is not theirs."""
-    return registry.get(session_id, peer_party(context))
+    return registry.get(session_id, peer_party(context, registry.kit))
 
 
 def _opened(
@@ -103,11 +112,13 @@ class SplitLearningServicer(split_learning_pb2_grpc.SplitLearningServiceServicer
         if not forward and command.mode != split_learning_pb2.STEP_MODE_BACKWARD:
             raise serde.WireError(f"unknown step mode {command.mode}")
         # every check of the command before any of it runs: a refused one changes nothing
-        # (only handles inside this bank's intersection: WireError otherwise)
+        # (at most MAX_STEP_ROWS handles, LimitError; only handles inside this bank's
+        # intersection: WireError otherwise)
+        check_count("StepCommand.handles", len(command.handles) // 4, MAX_STEP_ROWS)
         handles = (serde.handles_from_bytes(command.handles, limit=session.psi.size)
                    if forward else None)
         if command.gradient.shape:
-            grad = serde.tensor_from_pb(command.gradient)
+            grad = serde.tensor_from_pb(command.gradient, name="gradient")
             session.bottom.backward(torch.from_numpy(grad.copy()))
         result = split_learning_pb2.StepResult()
         if handles is not None:
@@ -131,15 +142,21 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         registry: SessionRegistry,
         make_bottom: BottomFactory,
         federation: Federation | None = None,
+        training: TrainingStore | None = None,
     ) -> None:
         self._registry = registry
         self._make_bottom = make_bottom
         self._federation = federation
+        self._training = training or TrainingStore(None)
+        self._resume_keys: dict[bytes, str] = {}  # session -> its resumable training's key
 
     def OpenSession(
         self, request: round_control_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.OpenSessionResponse:
         """Start the session's next round with a fresh (or the run's base) bottom model."""
+        check_seed("seed", request.seed)  # LimitError (INVALID_ARGUMENT), before anything
+        check_length("run_id", request.run_id, MAX_NAME_CHARS)
+        check_length("base_version", request.base_version, MAX_NAME_CHARS)
         session = _session(self._registry, request.session_id, context)
         if not (request.learning_rate > 0 and np.isfinite(request.learning_rate)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "learning_rate must be > 0")
@@ -154,7 +171,12 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
                 bottom.load_state_dict(base)
             except RuntimeError as exc:  # a stored model of another architecture
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"platform model {base_version} does not fit this node: {exc}")
+                              f"platform model {quote(base_version)} does not fit this "
+                              f"node: {exc}")
+        if request.resume_key:
+            self._resumable(session, bottom, request, context)
+        else:
+            self._resume_keys.pop(session.session_id, None)
         privacy = self._privacy(request)
         if privacy is not None:  # noise from the OS's CSPRNG-seeded generator, per session
             bottom.noise = gaussian_mechanism(privacy.settings.clip,
@@ -168,6 +190,24 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
             embedding_dim=bottom.out_dim,
             platform_model_version=base_version or session.committed_version or "",
         )
+
+    def _resumable(self, session: Session, bottom: PlatformBottom,
+                   request: round_control_pb2.OpenSessionRequest,
+                   context: grpc.ServicerContext) -> None:
+        """Keep this training's state at every epoch under its key; with resume_epoch,
+        start from the state kept after that many epochs."""
+        if request.federation_round or request.base_version:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "resume_key is for a bank's own training, not a federated run's")
+        try:
+            if request.resume_epoch:
+                bottom.load_training_state(self._training.load(
+                    session.peer, request.resume_key, request.resume_epoch))
+            else:
+                self._training.forget(session.peer, request.resume_key)
+        except TrainingStateError as exc:
+            context.abort(exc.code, exc.message)
+        self._resume_keys[session.session_id] = request.resume_key
 
     def _privacy(self, request: round_control_pb2.OpenSessionRequest) -> RunPrivacy | None:
         """The embedding DP of a session of a federated run: training in one of its
@@ -194,9 +234,13 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
     def EndEpoch(
         self, request: round_control_pb2.EndEpochRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.EndEpochResponse:
-        """Snapshot the session's bottom model as of ``request.epoch``."""
-        _, bottom = _opened(self._registry, request.session_id, context)
+        """Snapshot the session's bottom model as of ``request.epoch`` (and keep its whole
+        state durably when the training is resumable)."""
+        session, bottom = _opened(self._registry, request.session_id, context)
         bottom.snapshot(request.epoch)
+        key = self._resume_keys.get(session.session_id)
+        if key is not None:
+            self._training.save(session.peer, key, request.epoch + 1, bottom.training_state())
         return round_control_pb2.EndEpochResponse()
 
     def CommitRound(
@@ -208,13 +252,15 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         try:
             bottom.restore(request.epoch)
         except KeyError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no snapshot of epoch {request.epoch}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"no snapshot of epoch {request.epoch} (the platform keeps the last "
+                          f"{MAX_PLATFORM_SNAPSHOTS} epochs ended)")
         state = bottom.state_dict()
         if session.federation_round:
             assert self._federation is not None  # OpenSession refused it otherwise
             self._federation.contribute(
                 session.run_id, session.federation_round, session.session_id, state,
-                session.train_rows,
+                session.train_rows, bank=session.peer,
             )
         session.committed_version = model_version(request.round, state)
         return round_control_pb2.CommitRoundResponse(
@@ -225,5 +271,6 @@ class RoundControlServicer(round_control_pb2_grpc.RoundControlServiceServicer):
         self, request: round_control_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> round_control_pb2.CloseSessionResponse:
         """Forget the caller's session."""
-        self._registry.close(request.session_id, peer_party(context))
+        self._registry.close(request.session_id, peer_party(context, self._registry.kit))
+        self._resume_keys.pop(request.session_id, None)
         return round_control_pb2.CloseSessionResponse()

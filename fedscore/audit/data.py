@@ -23,7 +23,7 @@ from typing import Any
 
 from fedscore.audit.findings import AuditReport, ledger_party
 from fedscore.crypto.primitives import VerifyKey
-from fedscore.ledger.entry import LEDGER_FILE, Entry, LedgerError
+from fedscore.ledger.entry import FAILED, LEDGER_FILE, Entry, LedgerError
 from fedscore.ledger.taps import PSI_RESULT_KIND
 from fedscore.ledger.verify import check_chain
 
@@ -269,6 +269,8 @@ def collect_messages(
                 continue
             if e.direction == "sent":
                 sent[(party, e.peer)].append(Message(party, e.peer, e, path))
+            elif e.direction == FAILED:
+                continue  # about a sent message, not a message (AuditReport.failed)
             else:
                 received[(e.peer, party)].append(Message(e.peer, party, e, path))
     messages: list[Message] = []

@@ -145,12 +145,30 @@ def document(data: ReportData) -> list[Block]:
         ], frozenset({2})),
     ]
     blocks += _problems(a)
+    blocks += _outages(a)
     blocks += _flow(data)
     blocks += _intersections(data)
     blocks += _scoring_blocks(data)
     blocks += _privacy_blocks(data)
     blocks += _leakage_blocks(data)
     return blocks
+
+
+def _outages(a: AuditReport) -> list[Block]:
+    """Sends that failed (an outage, not a mismatch) and answers sent after their caller
+    gave up: how many, between which boundary, with which status, and when."""
+    out: list[Block] = [Heading(2, "Failed sends and outages", "outages")]
+    lines = a.outages
+    if not lines:
+        out.append(Para(["None: no node recorded a send as failed."]))
+        return out
+    out.append(Para([
+        "A node records a message as sent when it hands it to gRPC and, when the call then "
+        "fails, a second entry with the call's status. A failed send the receiver never "
+        "recorded is an outage, not a hidden message; an answer only its sender recorded "
+        "counts here when its receiver recorded giving up on the call it answers."]))
+    out.append(Bullets([[Styled(line, "code")] for line in lines]))
+    return out
 
 
 def _problems(a: AuditReport) -> list[Block]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fedscore.ledger.entry import HEAD_FILE, LEDGER_FILE, parse_line
 
-__all__ = ["AuditReport", "LedgerSummary", "Traffic", "Unmatched", "ledger_party"]
+__all__ = ["AuditReport", "FailedSend", "LedgerSummary", "Traffic", "Unmatched",
+           "ledger_party"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,38 @@ class Unmatched:
             f"{self.payload_sha256[:16]}..., {when}) recorded by the {self.recorded_by} only: "
             f"{other}'s ledger has no matching {what} entry"
         )
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class FailedSend:
+    """A message its sender recorded as sent and then as failed (its call's ``status``):
+    an outage, not a hidden message, when the receiver has no entry for it
+    (``delivered`` False); ``delivered`` when the receiver got it all the same."""
+
+    sender: str
+    receiver: str
+    kind: str
+    bytes: int
+    payload_sha256: str
+    time: float
+    """When it was recorded as sent."""
+    status: str
+    failed_time: float
+    delivered: bool
+    file: Path
+    line: int
+    seq: int
+    """Where its failed entry is."""
+
+    def __str__(self) -> str:
+        return (f"{self.file}:{self.line} seq {self.seq}: {self.kind} message {self.sender} "
+                f"-> {self.receiver} ({self.bytes} bytes, sent {_iso(self.time)}) failed with "
+                f"{self.status}"
+                + ("; the receiver recorded it all the same" if self.delivered else ""))
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,34 @@ class AuditReport:
     unmatched: list[Unmatched] = field(default_factory=list)
     traffic: dict[tuple[str, str, str], Traffic] = field(default_factory=dict)
     """(from, to, kind) -> messages and bytes, each message counted once."""
+    failed: list[FailedSend] = field(default_factory=list)
+    """Sends their sender recorded as failed (an outage; delivered or not), by time."""
+    answered_late: list[Unmatched] = field(default_factory=list)
+    """Answers only their sender recorded, each explained by one call of the receiver's
+    that failed after its request had arrived (it gave up: DEADLINE_EXCEEDED, CANCELLED;
+    or the connection broke: UNAVAILABLE): the answer never reached it."""
+
+    @property
+    def outages(self) -> list[str]:
+        """One line per boundary and status: how many sends failed, and when."""
+        groups: dict[tuple[str, str, str], list[FailedSend]] = {}
+        for f in self.failed:
+            if not f.delivered:
+                groups.setdefault((f.sender, f.receiver, f.status), []).append(f)
+        lines = [
+            f"{s} -> {r}: {len(fs):,} send(s) failed with {status}, between "
+            f"{_iso(min(f.time for f in fs))} and {_iso(max(f.failed_time for f in fs))}"
+            for (s, r, status), fs in sorted(groups.items())
+        ]
+        late: dict[tuple[str, str], list[Unmatched]] = {}
+        for u in self.answered_late:
+            late.setdefault((u.sender, u.receiver), []).append(u)
+        lines += [
+            f"{s} -> {r}: {len(us):,} answer(s) sent after {r} had given up on them, between "
+            f"{_iso(min(u.time for u in us))} and {_iso(max(u.time for u in us))}"
+            for (s, r), us in sorted(late.items())
+        ]
+        return lines
 
     @property
     def entries(self) -> dict[str, int]:

@@ -51,7 +51,7 @@ def audit_and_report(
     loaded = load_kit(kit)
     peers = loaded.peers
     keys = {name: p.verify_key for name, p in peers.items()}
-    report = verify_ledgers(folders, keys)
+    report = verify_ledgers(folders, loaded.ledger_keys())
     data = build_report(
         federation=loaded.federation, parties={n: p.role for n, p in peers.items()},
         keys=keys, folders=folders, audit=report, kit=kit, platform_state=platform_state,

@@ -55,11 +55,11 @@ def verify_command(
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        peers = load_kit(kit).peers
+        keys = load_kit(kit).ledger_keys()
     except KitError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    report = verify_ledgers(folders, {name: p.verify_key for name, p in peers.items()})
+    report = verify_ledgers(folders, keys)
 
     ledgers = Table(title="ledgers")
     for column in ("party", "folder", "entries", "chain"):
@@ -81,6 +81,8 @@ def verify_command(
         console.print(f"[red]problem:[/red] {escape(problem)}")
     for u in report.unmatched:
         console.print(f"[red]unmatched:[/red] {escape(str(u))}")
+    for line in report.outages:
+        console.print(f"[yellow]outage:[/yellow] {escape(line)}")
     if report.ok:
         total = sum(report.entries.values())
         console.print(

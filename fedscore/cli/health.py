@@ -4,6 +4,8 @@ Every fedscore server answers ``grpc.health.v1`` (NOT_SERVING while it loads and
 drains, SERVING in between) and server reflection, over the node's mutual TLS: the probe
 presents a startup kit of the federation (any party's) and pins the server's party name,
 as every channel does. For a container's ``HEALTHCHECK``: exit 0 when SERVING, 1 else.
+The node's warnings (a certificate within ``cert-warn-days`` of expiry) follow the status,
+one ``warning:`` line each; they do not change the exit code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def health_command(
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     from fedscore.federation.provision import KitError, load_kit
+    from fedscore.wire.health import DETAIL_KEY
     from fedscore.wire.transport import secure_channel
 
     try:
@@ -48,7 +51,7 @@ def health_command(
                     for found in reply.list_services_response.service:
                         console.print(found.name, highlight=False)
                 return
-            answer = health_pb2_grpc.HealthStub(channel).Check(
+            answer, call = health_pb2_grpc.HealthStub(channel).Check.with_call(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     except KitError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
@@ -59,5 +62,9 @@ def health_command(
         raise typer.Exit(1) from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     console.print(status, highlight=False)
+    for key, value in call.trailing_metadata() or ():
+        if key == DETAIL_KEY:  # the node's warnings, e.g. a certificate about to expire
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            console.print(f"warning: {escape(text)}", highlight=False, soft_wrap=True)
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
         raise typer.Exit(1)

@@ -33,6 +33,23 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    """``fedscore --version``: the installed distribution's version (what an image holds)."""
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"fedscore {version('fedscore')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print fedscore's version and exit."),
+) -> None:
+    """Privacy-preserving federated credit scoring for joint lending."""
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.markup import escape
 
@@ -49,6 +66,8 @@ METRICS_HELP = ("host:port (a bare port: on 127.0.0.1) to serve Prometheus metri
 LOG_FORMAT_HELP = "text (default) or json: one JSON object per line (key log-format)."
 LOG_LEVEL_HELP = ("DEBUG (a line per message and request), INFO (default: lifecycle, "
                   "sessions, rounds), WARNING or ERROR (key log-level).")
+CERT_WARN_HELP = ("Days before the node's TLS or CA certificate expires to warn (log and "
+                  "health answer; key cert-warn-days; default 30).")
 DRAIN_HELP = ("Seconds the health service answers NOT_SERVING before the server stops "
               "(key drain-s; default 0).")
 
@@ -105,6 +124,7 @@ def platform_serve(
         "is required."
     ),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    cert_warn_days: int | None = typer.Option(None, help=CERT_WARN_HELP),
     metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
@@ -119,13 +139,13 @@ def platform_serve(
 
     cfg = _node_config(PlatformConfig, config, kit=kit, data=data, schema=schema,
                        address=address, state_dir=state_dir, ledger_dir=ledger_dir,
-                       drain_s=drain_s,
+                       drain_s=drain_s, cert_warn_days=cert_warn_days,
                        metrics_address=metrics_address, log_format=log_format,
                        log_level=log_level)
     try:
         with _watched(cfg):
             serve(cfg.kit, cfg.data, cfg.table_schema, cfg.address, cfg.state_dir,
-                  cfg.ledger_dir, drain_s=cfg.drain_s)
+                  cfg.ledger_dir, drain_s=cfg.drain_s, cert_warn_days=cfg.cert_warn_days)
     except (KitError, DataError, StoreError, LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -148,11 +168,16 @@ def bank_train(
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
 ) -> None:
-    """Align customers with the platform (PSI) and train the split model; print test metrics."""
+    """Align customers with the platform (PSI) and train the split model; print test metrics.
+
+    Survives outages: an unreachable platform is retried with backoff, and the training
+    goes on from its last whole epoch (PSI again only if the platform restarted); a rerun
+    after this command stopped resumes from OUT/resume."""
     import dataclasses
 
     from bank_node.platform_link import PlatformError
     from bank_node.trainer import run_bank
+    from fedscore.cli.vertical import EpochProgress
     from fedscore.crypto.psi import PsiError
     from fedscore.data.table import DataError
     from fedscore.federation.nodeconfig import BankTrainConfig
@@ -171,8 +196,10 @@ def bank_train(
     try:
         bank = load_kit(cfg.kit)
         with _watched(cfg), Ledger(cfg.ledger_dir or cfg.out / "ledger", bank.signing_key,
-                                   bank.party) as ledger:
-            result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger)
+                                   bank.party) as ledger, EpochProgress(err, bank.party) as shown:
+            # progress on stderr: stdout stays the one JSON summary
+            result = run_bank(bank, cfg.data, cfg.platform, train, out=cfg.out, ledger=ledger,
+                              resume_dir=cfg.out / "resume", progress=shown)
     except (KitError, DataError, PsiError, PlatformError, LedgerError,
             FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
@@ -196,6 +223,7 @@ def bank_score_server(
     ledger_dir: Path | None = typer.Option(None, help="The audit ledger's folder for this "
                                            "server (its own: not the training one; required)."),
     drain_s: float | None = typer.Option(None, help=DRAIN_HELP),
+    cert_warn_days: int | None = typer.Option(None, help=CERT_WARN_HELP),
     metrics_address: str | None = typer.Option(None, help=METRICS_HELP),
     log_format: str | None = typer.Option(None, help=LOG_FORMAT_HELP),
     log_level: str | None = typer.Option(None, help=LOG_LEVEL_HELP),
@@ -215,13 +243,13 @@ def bank_score_server(
 
     cfg = _node_config(ScoreServerConfig, config, kit=kit, data=data, release=release,
                        platform=platform, address=address, policy=policy,
-                       ledger_dir=ledger_dir, drain_s=drain_s,
+                       ledger_dir=ledger_dir, drain_s=drain_s, cert_warn_days=cert_warn_days,
                        metrics_address=metrics_address, log_format=log_format,
                        log_level=log_level)
     try:
         with _watched(cfg):
             serve(cfg.kit, cfg.data, cfg.release, cfg.platform, cfg.address, cfg.policy,
-                  cfg.ledger_dir, drain_s=cfg.drain_s)
+                  cfg.ledger_dir, drain_s=cfg.drain_s, cert_warn_days=cfg.cert_warn_days)
     except (KitError, DataError, PsiError, PolicyError, ReleaseError, ScoringError,
             LedgerError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -244,22 +272,20 @@ def score(
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from bank_node.applicant import ApplicantError, applicant_from_json
     from fedscore.api.v1 import scoring_pb2, scoring_pb2_grpc
     from fedscore.federation.provision import KitError, load_kit
     from fedscore.wire.transport import secure_channel
 
     try:
-        doc = json.loads(applicant.read_text())
-        if not isinstance(doc, dict) or not isinstance(doc.get("applicant_id"), str):
-            raise ValueError("expected an object with a string applicant_id")
+        checked = applicant_from_json(json.loads(applicant.read_text()), str(applicant))
         request = scoring_pb2.ScoreRequest(
-            applicant_id=doc["applicant_id"],
-            features={str(k): "" if v is None else str(v)
-                      for k, v in (doc.get("features") or {}).items()},
-            consent_token=str(doc.get("consent_token") or ""),
-            requested_amount=float(doc.get("requested_amount") or 0.0),
+            applicant_id=checked.applicant_id, features=checked.features,
+            consent_token=checked.consent_token, requested_amount=checked.requested_amount,
         )
-    except (OSError, ValueError, TypeError) as exc:
+    except ApplicantError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON
         raise _fail(f"{applicant}: {exc}") from None
     try:
         bank = load_kit(kit)
@@ -432,13 +458,13 @@ def _register() -> None:
     from fedscore.cli.config import config_app
     from fedscore.cli.data import app as data_app
     from fedscore.cli.health import health_command
-    from fedscore.cli.provision import provision_command
+    from fedscore.cli.provision import provision_app
 
     app.add_typer(data_app, name="data", help="Prepare scenario data sets and check tables.")
     app.add_typer(platform_app, name="platform")
     app.add_typer(bank_app, name="bank")
     app.add_typer(release_app, name="release")
-    app.command("provision")(provision_command)
+    app.add_typer(provision_app, name="provision")
     app.add_typer(audit_app, name="audit",
                   help="Verify the nodes' audit ledgers; render a report for a reviewer.")
     app.add_typer(config_app, name="config")

@@ -57,6 +57,7 @@ from fedscore.errors import FedscoreError
 
 __all__ = [
     "DEFAULT_LEEWAY_S",
+    "MAX_ENCODED_CHARS",
     "MAX_LEEWAY_S",
     "MAX_TTL_S",
     "ConsentError",
@@ -90,6 +91,9 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 _MIN_PAYLOAD = len(MAGIC) + TOKEN_ID_BYTES + 1 + 1 + 1 + 1 + DIGEST_BYTES + 8 + 8
 _MAX_PAYLOAD = _MIN_PAYLOAD - 2 + 2 * MAX_PARTY_BYTES
 _MAX_ENCODED = (4 * (_MAX_PAYLOAD + SIGNATURE_BYTES) + 2) // 3
+MAX_ENCODED_CHARS = _MAX_ENCODED
+"""The longest encoded token there can be (two 63-byte party names): callers refuse a
+longer string before sending or parsing it."""
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{32}")
 # Same rule as fedscore.federation.provision party names (lowercase, digits, '-', at most 63 chars).

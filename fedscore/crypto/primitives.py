@@ -440,6 +440,10 @@ class CertificateKey:
         """Sign a certificate builder with this key (ECDSA-SHA256)."""
         return builder.sign(self._key, hashes.SHA256())
 
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> bytes:
+        """Sign a revocation list builder with this key (ECDSA-SHA256); PEM."""
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(_PEM)
+
     def sign(self, data: bytes) -> bytes:
         """ECDSA-SHA256 (DER) signature; the CA uses it to sign the federation manifest."""
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
@@ -469,6 +473,15 @@ def verify_with_certificate(cert: x509.Certificate, signature: bytes, data: byte
         raise SignatureError(
             f"ECDSA signature does not verify under certificate {cert.subject.rfc4514_string()}"
         ) from None
+
+
+def verify_crl_signature(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> None:
+    """Check that ``cert``'s (EC) key signed the revocation list; raise SignatureError."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
+        raise SignatureError(
+            f"revocation list not signed by certificate {cert.subject.rfc4514_string()}"
+        )
 
 
 def supernode_auth_keypair() -> tuple[bytes, bytes]:

@@ -458,10 +458,10 @@ class PsiParty:
     @staticmethod
     def _count(msg: Blinded | DoubleBlinded, kind: str) -> int:
         size = len(msg.points)
-        if size == 0 or size % POINT_SIZE:
+        if size == 0 or size % POINT_SIZE or size > MAX_CHUNK_SIZE * POINT_SIZE:
             raise PsiProtocolError(
                 f"{kind} chunk at offset {msg.offset} is {size} bytes; expected a positive "
-                f"multiple of {POINT_SIZE}"
+                f"multiple of {POINT_SIZE}, at most {MAX_CHUNK_SIZE} points"
             )
         return size // POINT_SIZE
 

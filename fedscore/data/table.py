@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from fedscore.data.ids import FORBIDDEN, NOT_NFC, id_masks
 from fedscore.data.schema import Schema, SchemaError
 from fedscore.errors import FedscoreError
 
@@ -291,13 +292,23 @@ def _read_csv(path: Path, out: _Collector) -> _Raw | None:
     except pa.ArrowInvalid as exc:
         if "UTF8" in str(exc) or "UTF-8" in str(exc):
             _report_encoding(path, out)
-        else:
+        elif not _report_quotes(path, out):  # the row, when a quote is the cause
             out.add(None, None, f"cannot parse as CSV: {exc}")
         return None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         out.add(None, None, f"cannot read file: {exc}")
         return None
 
+    # One record per physical line, so that row numbers are lines: a quoted value that
+    # spans lines (or a quote never closed, which Arrow may read as swallowing the rest
+    # of a block without a word) shows as fewer records than lines; name the rows.
+    lines, quoted = _count_lines(path)
+    if quoted and _report_quotes(path, out):  # also a last line's quote never closed
+        return None
+    if lines is not None and lines != 1 + table.num_rows + len(invalid):
+        out.add(None, None, f"{lines - 1} data lines but {table.num_rows + len(invalid)} "
+                "records parsed; expected one record per line")
+        return None
     skipped = sorted(int(r.number) for r in invalid)
     for r in invalid[:_DETAIL_PER_CHECK]:
         out.add(int(r.number), None, f"has {r.actual_columns} fields, expected "
@@ -311,6 +322,54 @@ def _read_csv(path: Path, out: _Collector) -> _Raw | None:
         rows = rows[~np.isin(rows, np.asarray(skipped, dtype=np.int64))]
     columns = {name: table.column(i).combine_chunks() for i, name in enumerate(names)}
     return _Raw(columns, n, rows, header_row=1, skipped=len(skipped))
+
+
+def _count_lines(path: Path) -> tuple[int | None, bool]:
+    """(physical lines as Arrow splits them: ``\n``, ``\r\n`` or ``\r``; whether any
+    double quote occurs); None lines when the file cannot be read (the reader says so)."""
+    count, last, prev_cr, quoted = 0, b"", False, False
+    try:
+        with _open_text_bytes(path) as fh:
+            while block := fh.read(1 << 22):
+                quoted = quoted or b'"' in block
+                count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+                if prev_cr and block.startswith(b"\n"):
+                    count -= 1  # a \r\n split across two blocks
+                prev_cr = block.endswith(b"\r")
+                last = block[-1:]
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None, False
+    return count + (1 if last not in (b"", b"\n", b"\r") else 0), quoted
+
+
+def _report_quotes(path: Path, out: _Collector) -> bool:
+    """Report each line (its row) where a double quote opens a value that the line does
+    not close: values may not span lines. False when there is none."""
+    found, row, rest = 0, 0, b""
+    try:
+        with _open_text_bytes(path) as fh:
+            while True:  # in blocks: the file may be large
+                block = fh.read(1 << 22)
+                lines = (rest + block).splitlines(keepends=True)
+                # the last line may go on in the next block (even "\r" before "\n")
+                rest = lines.pop() if block and lines else b""
+                for line in lines:
+                    row += 1
+                    if b'"' in line and line.count(b'"') % 2:
+                        found += 1
+                        if found <= _DETAIL_PER_CHECK:
+                            out.add(row, None, "a double quote opens a value that this line "
+                                    "does not close; expected one record per line (a quoted "
+                                    "value may not hold a line break, and a quote inside one "
+                                    "is written twice)")
+                if not block:
+                    break
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+    if found > _DETAIL_PER_CHECK:
+        out.add(None, None, f"... and {found - _DETAIL_PER_CHECK} more lines with an unclosed "
+                "double quote")
+    return found > 0
 
 
 def _open_text_bytes(path: Path) -> io.BufferedIOBase:
@@ -455,6 +514,11 @@ def _check_ids(raw: _Raw, column: str, out: _Collector) -> np.ndarray | None:
     padded = _mask(pc.not_equal(pc.utf8_trim_whitespace(arr), arr)) & ~empty
     out.rows(padded, raw, column, "id {value} has leading or trailing whitespace", arr,
              "ids with leading or trailing whitespace")
+    forbidden, not_nfc = id_masks(arr)  # the id alphabet (fedscore.data.ids, docs/data.md)
+    out.rows(forbidden & ~empty, raw, column, "id {value} " + FORBIDDEN, arr,
+             "ids with control or format characters")
+    out.rows(not_nfc & ~empty, raw, column, "id {value} " + NOT_NFC, arr,
+             "ids not in NFC")
     ids = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
     if len(pc.unique(arr)) == len(arr):  # the common case, checked in C++
         return ids

@@ -194,6 +194,9 @@ class PlatformConfig(_Watched):
     ledger_dir: OptionalPath = Field(None, description="the audit ledger's folder (default: "
                                      "state-dir/ledger)")
     drain_s: Seconds = Field(0.0, description="seconds NOT_SERVING before the server stops")
+    cert_warn_days: Annotated[int, Field(ge=0, le=3650)] = Field(
+        30, description="warn (log, health answer) this many days before the node's TLS "
+        "or CA certificate expires")
 
     @model_validator(mode="after")
     def _has_ledger(self) -> PlatformConfig:
@@ -220,6 +223,9 @@ class ScoreServerConfig(_Watched):
                                  "bank_node/default_policy.toml)")
     ledger_dir: PathValue = Field(description="the audit ledger's folder for this server")
     drain_s: Seconds = Field(0.0, description="seconds NOT_SERVING before the server stops")
+    cert_warn_days: Annotated[int, Field(ge=0, le=3650)] = Field(
+        30, description="warn (log, health answer) this many days before the node's TLS "
+        "or CA certificate expires")
 
 
 class BankTrainConfig(_Watched):

@@ -5,7 +5,9 @@ A release folder holds ``bank_model.npz`` (the global bank-side weights),
 schema, a bank rebuilds the transforms the weights were trained on),
 ``manifest.json`` (release version, run, round, the platform bottom-model version the
 weights pair with, each bank's preprocessing fingerprint, metrics, the run's settings,
-the differential-privacy budget spent, and the SHA-256 of every file) and
+the differential-privacy budget spent, the banks whose updates went into each round
+(``contributors``, and ``banks_last_round`` for the weights released), and the SHA-256
+of every file) and
 ``manifest.sig`` (Ed25519 over the manifest bytes, by the coordinator's signing key
 from its startup kit). :func:`verify_release` raises
 on any change to any file.
@@ -59,11 +61,14 @@ def write_release(
     config: dict[str, Any],
     statistics: PooledStatistics,
     privacy: dict[str, Any] | None = None,
+    contributors: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Write and sign a release into ``folder`` (replaced if it exists); return the manifest.
 
     ``privacy``: the run's final (ε, δ) per DP mechanism, the last ``privacy.jsonl`` line
-    of each (``{}``: DP was off)."""
+    of each (``{}``: DP was off). ``contributors``: round (a string; "0" is the pooled
+    statistics) -> the banks whose updates went into it; a bank lost in a round is not
+    named there, so a reader of the release knows whose data the weights rest on."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -81,6 +86,8 @@ def write_release(
         "signed_by": signer_name,
         "preprocessing_layout": statistics.layout,
         "privacy": privacy or {},
+        "contributors": {r: sorted(b) for r, b in (contributors or {}).items()},
+        "banks_last_round": sorted((contributors or {}).get(str(round_), [])),
         "files": {name: _sha256(folder / name) for name in (MODEL_FILE, PREPROCESSING_FILE)},
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()

@@ -49,7 +49,13 @@ class RunSettings:
     seed: int = 0
     batch_size: int = 128
     lr: float = 2e-3
-    min_banks: int = 2  # SecAgg+ needs at least two banks per round
+    # The fewest banks whose updates must reach a round's sum (and round 0's statistics,
+    # and a round's evaluation): a round goes on without lost banks while at least this
+    # many remain, else the run stops naming the missing ones. SecAgg+ needs two, and
+    # its reconstruction threshold (2/3 of a round's banks) bounds how many may drop.
+    min_banks: int = 2
+    reply_timeout: float = 3600.0  # seconds a bank has to answer one message (a whole
+    # local training in SecAgg+'s masked-vector stage); a bank silent for longer is lost
     max_weight: float = 100_000.0  # >= the largest bank's training rows (SecAgg+ scaling)
     state_dir: str = "fedscore-state"  # the coordinator's checkpoints and releases
     coordinator_kit: str = ""  # the coordinator's startup kit (mTLS to the platform)
@@ -117,6 +123,7 @@ _RANGES = {
     "num-rounds": ">= 1", "local-epochs": ">= 1", "proximal-mu": ">= 0",
     "seed": "0 <= seed < 2**62", "batch-size": ">= 1", "lr": "> 0",
     "min-banks": ">= 2, SecAgg+ needs two banks", "max-weight": "> 0", "run-id": "non-empty",
+    "reply-timeout": "seconds, finite, > 0",
     "dp-embedding-noise": "finite, >= 0; 0 = off", "dp-embedding-clip": "finite, > 0",
     "dp-update-noise": "finite, >= 0; 0 = off", "dp-update-clip": "finite, > 0",
     "dp-delta": "0 < delta < 1",
@@ -129,6 +136,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "batch-size": lambda v: v >= 1,
     "lr": lambda v: v > 0,
     "min-banks": lambda v: v >= 2,
+    "reply-timeout": lambda v: 0 < v < math.inf,
     "max-weight": lambda v: v > 0,
     "run-id": bool,
     "dp-embedding-noise": lambda v: 0 <= v < math.inf,

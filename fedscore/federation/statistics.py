@@ -30,6 +30,7 @@ class PooledStatistics:
     layout: str  # SHA-256 hex of the banks' (common) column layout
     sums: np.ndarray  # float64 [columns * 7], row-major as Moments.sums
     banks: int
+    contributors: tuple[str, ...] = ()  # the banks summed (a lost bank is not among them)
 
     def to_config(self) -> dict[str, str | bytes]:
         """The entries of a round's instructions that carry these statistics."""
@@ -38,9 +39,11 @@ class PooledStatistics:
     def to_json(self) -> dict[str, Any]:
         """As ``preprocessing.json`` holds them (a run folder's, a release's)."""
         return {"layout": self.layout, "banks": self.banks,
+                "contributors": list(self.contributors),
                 "sums": [float(v) for v in self.sums]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PooledStatistics:
         """Read back what :meth:`to_json` wrote."""
-        return cls(str(d["layout"]), np.asarray(d["sums"], np.float64), int(d["banks"]))
+        return cls(str(d["layout"]), np.asarray(d["sums"], np.float64), int(d["banks"]),
+                   tuple(str(b) for b in d.get("contributors", ())))

@@ -10,8 +10,19 @@ entry before it (as a transparency log signs its tree head, not each leaf).
 
 File format (``ledger.jsonl``), one line per entry, UTF-8/ASCII, ``\\n``-terminated::
 
-    {"bytes":..,"direction":"sent"|"received","kind":..,"party":..,"payload_sha256":..,
-     "peer":..,"prev":..,"purpose":..,"round":..,"rows":..,"seq":..,"signature":..,"time":..}
+    {"bytes":..,"direction":"sent"|"received"|"failed","kind":..,"party":..,
+     "payload_sha256":..,"peer":..,"prev":..,"purpose":..,"round":..,"rows":..,"seq":..,
+     "signature":..,["status":..,]"time":..}
+
+- ``direction`` ``"failed"`` (since format 1.1; a ledger without it reads as before): the
+  message of an earlier ``"sent"`` entry of this ledger (same peer, kind, size, SHA-256)
+  did not get through, as far as this node knows: its call ended with the gRPC status
+  in ``status`` (a code name, e.g. ``UNAVAILABLE``; the field is on failed entries only).
+  A node records a message as sent when it hands it to gRPC, before it can know whether it
+  left, so that a message it cannot record is never sent; the failed entry then tells a
+  genuine outage (sent, failed, the receiver has nothing) from a message hidden or deleted
+  (the receiver has it, the sender has no entry; or the sender has it and says nothing
+  failed). See ``docs/ledger.md``;
 
 - canonical form: ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
   ensure_ascii=True)``; a line that is not exactly the canonical form of what it parses to is
@@ -57,8 +68,14 @@ ZERO_HASH = "0" * 64
 """The ``prev`` of seq 0, and the hash the head names before any entry."""
 SIGN_EVERY = 256
 """At most this many entries in a row share one signature (bounds what a reader scans)."""
-DIRECTIONS = ("sent", "received")
-"""The two values of an entry's ``direction``."""
+DIRECTIONS = ("sent", "received", "failed")
+"""The values of an entry's ``direction``: a message sent, received, or an earlier sent one
+whose call failed (with its ``status``)."""
+FAILED = "failed"
+"""The ``direction`` of an entry saying an earlier sent message's call failed."""
+STATUS_FIELD = "status"
+"""The field a failed entry carries (a gRPC status code name) and no other entry does."""
+_STATUS = re.compile(r"[A-Z][A-Z_]{0,31}")
 
 ENTRY_FIELDS: tuple[str, ...] = (
     "seq", "time", "party", "peer", "direction", "kind", "rows", "bytes",
@@ -115,6 +132,8 @@ class Entry:
     purpose: str
     prev: str
     signature: str
+    status: str = ""
+    """A failed entry's gRPC status code name; "" (and no such key in the line) otherwise."""
 
     @property
     def hash(self) -> str:
@@ -151,33 +170,45 @@ def line_fragments(party: str, peer: str, direction: str, kind: str, purpose: st
 
 
 def encode_line(frags: tuple[str, str, str], size: int, digest: str, prev: str, round_: int,
-                rows: int, seq: int, signature: str | None, time_: float) -> bytes:
+                rows: int, seq: int, signature: str | None, time_: float,
+                status: str = "") -> bytes:
     """:func:`canonical_json` of an entry (with ``signature``, or without the key when
     None), spelled out: the writer's hot loop; a test holds it to :func:`canonical_json`
-    byte for byte. ``frags`` is :func:`line_fragments` of the entry's strings."""
+    byte for byte. ``frags`` is :func:`line_fragments` of the entry's strings; ``status``
+    only on a failed entry (a code name: nothing to escape)."""
     a, b, c = frags
     sig = "" if signature is None else f',"signature":"{signature}"'
+    st = f',"status":"{status}"' if status else ""
     return (f'{{"bytes":{size}{a}{digest}{b}{prev}{c}{round_},"rows":{rows},"seq":{seq}'
-            f'{sig},"time":{time_!r}}}').encode("ascii")
+            f'{sig}{st},"time":{time_!r}}}').encode("ascii")
 
 
 def _entry_line(f: dict[str, Any], signature: str | None) -> bytes:
     """:func:`encode_line` of an entry's fields."""
     frags = line_fragments(f["party"], f["peer"], f["direction"], f["kind"], f["purpose"])
     return encode_line(frags, int(f["bytes"]), f["payload_sha256"], f["prev"], int(f["round"]),
-                       int(f["rows"]), int(f["seq"]), signature, float(f["time"]))
+                       int(f["rows"]), int(f["seq"]), signature, float(f["time"]),
+                       f.get(STATUS_FIELD, ""))
+
+
+def _fields(entry: Entry) -> dict[str, Any]:
+    """The entry's fields as its line holds them: ``status`` only on a failed entry."""
+    fields = asdict(entry)
+    if not fields[STATUS_FIELD]:
+        del fields[STATUS_FIELD]
+    return fields
 
 
 def signed_bytes(entry: Entry) -> bytes:
     """What the signature covers: the domain, then the canonical JSON of every other field."""
-    fields = asdict(entry)
+    fields = _fields(entry)
     del fields["signature"]
     return ENTRY_DOMAIN + canonical_json(fields)
 
 
 def entry_line(entry: Entry) -> bytes:
     """The entry's line in ``ledger.jsonl``, without the newline."""
-    return canonical_json(asdict(entry))
+    return canonical_json(_fields(entry))
 
 
 def is_int(v: object) -> TypeGuard[int]:
@@ -191,7 +222,7 @@ def _check_fields(obj: object) -> str | None:
         return f"expected a JSON object, got {type(obj).__name__}"
     keys = set(obj)
     missing = [k for k in ENTRY_FIELDS if k not in keys]
-    extra = sorted(keys - set(ENTRY_FIELDS))
+    extra = sorted(keys - {*ENTRY_FIELDS, STATUS_FIELD})
     if missing or extra:
         return "fields " + "; ".join(
             p for p in (
@@ -209,7 +240,14 @@ def _check_fields(obj: object) -> str | None:
         if not isinstance(obj[k], str):
             return f"field {k!r} must be a string, got {obj[k]!r}"
     if obj["direction"] not in DIRECTIONS:
-        return f"field 'direction' must be 'sent' or 'received', got {obj['direction']!r}"
+        return ("field 'direction' must be 'sent', 'received' or 'failed', got "
+                f"{obj['direction']!r}")
+    status = obj.get(STATUS_FIELD)
+    if obj["direction"] == FAILED:
+        if not isinstance(status, str) or not _STATUS.fullmatch(status):
+            return "a failed entry's field 'status' must be a gRPC status code name"
+    elif status is not None:
+        return f"field 'status' is only on failed entries, not on {obj['direction']!r} ones"
     for k in ("payload_sha256", "prev"):
         if not isinstance(obj[k], str) or not HEX64.fullmatch(obj[k]):
             return f"field {k!r} must be 64 lowercase hex digits"

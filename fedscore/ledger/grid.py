@@ -167,8 +167,11 @@ class LedgeredGrid(Grid):
                                 "party name and signature")
         peer = self._kit.peers.get(party)
         if peer is None or peer.role != "bank":
+            revoked = any(h.name == party and h.reason == "revoked"
+                          for h in self._kit.trust.history)
             raise IdentityError(f"SuperNode {nid} claims to be {party!r}, which is not a bank "
-                                f"of federation {self._kit.federation!r}",
+                                f"of federation {self._kit.federation!r}"
+                                f"{' (it was revoked)' if revoked else ''}",
                                 code=grpc.StatusCode.PERMISSION_DENIED)
         if party in self._names.values():
             raise IdentityError(f"SuperNode {nid} claims to be {party!r}, which another "

@@ -7,21 +7,36 @@ two ends of a call hash the same bytes. :class:`LedgerTap` is the server's inter
 :func:`fedscore.wire.transport.secure_channel` returns when given a ledger);
 :func:`default_kind` and its siblings say what each fedscore message is. :class:`MessageTap`
 hands the bytes to any callable instead of a ledger (the privacy tests audit them).
+
+What a node records is what it handed to gRPC, and a call that then fails gets a second,
+"failed" entry with its status (:meth:`fedscore.ledger.writer.Ledger.record_failed`), so an
+auditor tells a message that never arrived from one that was hidden. A client's unary
+request is recorded (signed and in the OS) before the call starts and the call is not made
+if it cannot be recorded (the :class:`LedgerError` reaches the caller; a serializer that
+raises would not do: ``grpc.aio`` sends an empty message instead); a server's answer made
+after its client gave up (the call no longer active: cancelled, or past its deadline) is
+recorded as sent, then failed with CANCELLED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import hashlib
+import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from types import TracebackType
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from fedscore.crypto.primitives import POINT_SIZE
-from fedscore.ledger.entry import is_int
+from fedscore.ledger.entry import LedgerError, is_int
 from fedscore.ledger.writer import Ledger
+
+log = logging.getLogger(__name__)
 
 
 class Flow(enum.Enum):
@@ -172,6 +187,12 @@ def default_rows(message: object) -> int:
 
 Record = Callable[[str, bytes, object], None]
 """Records one message (peer, its serialized bytes, the message) of one method and flow."""
+Failed = Callable[[grpc.StatusCode], None]
+"""Records that the call of a request recorded as sent failed, with its status."""
+Send = Callable[[Any], tuple[bytes, Failed]]
+"""Serializes a request and records it as sent: (its bytes, what records a failure)."""
+Serializer = Callable[[Any], bytes] | None
+Deserializer = Callable[[bytes], Any] | None
 
 
 class _Describer:
@@ -192,7 +213,40 @@ class _Describer:
         self.purpose_of = purpose_of
         self.round_of = round_of
         self.rows_of = rows_of
+        self.ledger = ledger
         self._write = ledger.record if wait else ledger.submit
+
+    def failed(self, peer: str, kind: str, purpose: str, data: bytes, message: object,
+               code: grpc.StatusCode, digest: str | None = None) -> None:
+        """Record that the call carrying ``data`` (recorded as sent) failed with ``code``;
+        a ledger that cannot take it is logged, not raised: the call failed already."""
+        try:
+            self.ledger.record_failed(
+                peer, message_kind(kind, message),
+                digest or hashlib.sha256(data).hexdigest(), len(data), code.name,
+                rows=self.rows_of(message), round=self.round_of(message), purpose=purpose)
+        except LedgerError as exc:
+            log.warning("a failed call to %s could not be recorded as failed: %s", peer, exc)
+
+    def sender(self, method: str, peer: str, serialize: Serializer) -> Send:
+        """What serializes ``method``'s requests to ``peer`` and records each (signed, in
+        the OS) before it is sent; returns the bytes and what records the call's failure."""
+        kind, purpose = self.kind_of(method, Flow.RECEIVED), self.purpose_of(method)
+        ledger, round_of, rows_of = self.ledger, self.round_of, self.rows_of
+
+        def send(message: Any) -> tuple[bytes, Failed]:
+            data: bytes = serialize(message) if serialize else message
+            digest = hashlib.sha256(data).hexdigest()
+            ledger.record_digest(peer, "sent", message_kind(kind, message), digest, len(data),
+                                 rows=rows_of(message), round=round_of(message),
+                                 purpose=purpose)
+
+            def failed(code: grpc.StatusCode) -> None:
+                self.failed(peer, kind, purpose, data, message, code, digest)
+
+            return data, failed
+
+        return send
 
     def recorder(self, method: str, server_flow: Flow, sent: bool) -> Record:
         """What records ``method``'s messages flowing ``server_flow`` (as the server sees
@@ -227,11 +281,14 @@ class _ServerCall:
     the context (hence the client's certificate); it is recorded as the handler starts.
     """
 
-    __slots__ = ("_lock", "_peer", "_pending", "received", "sent")
+    __slots__ = ("_context", "_d", "_lock", "_method", "_peer", "_pending", "received",
+                 "sent")
 
     def __init__(self, describer: _Describer, method: str) -> None:
         self.received = describer.recorder(method, Flow.RECEIVED, False)
         self.sent = describer.recorder(method, Flow.SENT, True)
+        self._d, self._method = describer, method
+        self._context: grpc.ServicerContext | None = None
         self._peer: str | None = None
         self._pending: list[tuple[Record, bytes, object]] = []
         self._lock = threading.Lock()
@@ -246,9 +303,20 @@ class _ServerCall:
                 peer = self._peer
         record(peer, data, message)
 
+    def answered(self, data: bytes, message: object) -> None:
+        """An answer was handed to gRPC: recorded as sent, and as failed (CANCELLED)
+        when its client has gone (cancelled, or past its deadline): it will not arrive."""
+        self.message(self.sent, data, message)
+        context, peer = self._context, self._peer
+        if context is not None and peer is not None and not context.is_active():
+            d = self._d
+            d.failed(peer, d.kind_of(self._method, Flow.SENT), d.purpose_of(self._method),
+                     data, message, grpc.StatusCode.CANCELLED)
+
     def bind(self, context: grpc.ServicerContext) -> None:
         peer = _client_party(context)
         with self._lock:
+            self._context = context
             self._peer = peer
             pending, self._pending = self._pending, []
         for record, data, message in pending:
@@ -306,7 +374,7 @@ class LedgerTap(grpc.ServerInterceptor):
 
         def _serialize(message: Any) -> bytes:
             data: bytes = serialize(message) if serialize else message
-            call.message(call.sent, data, message)
+            call.answered(data, message)
             return data
 
         def _wrap(behavior: Callable[[Any, Any], Any] | None) -> Callable[[Any, Any], Any] | None:
@@ -334,18 +402,17 @@ class LedgerTap(grpc.ServerInterceptor):
 # --------------------------------------------------------------------------------------------
 
 
-Serializer = Callable[[Any], bytes] | None
-Deserializer = Callable[[bytes], Any] | None
-
-
 class SerializerTap:
     """Records what a client sends to and receives from ``peer`` (the server's party) by
     wrapping each method's (de)serializers, as :class:`LedgerTap` does on the server: the
     entry is of exactly the bytes gRPC sends or received, taken as they are made or read,
     so it matches the server's. A request is recorded when it is serialized (before gRPC
     sends it), a response when it is deserialized (a response the caller never reads is
-    not recorded; a refused call records only its request). Methods in ``ignore`` (full
-    names) are not recorded; ``wait`` as for :class:`LedgerTap`.
+    not recorded; a refused call records only its request). A unary-unary call's request
+    is recorded before the call starts, which is not made when the ledger cannot take it,
+    and a failed call is recorded as failed with its status (:class:`TappedFactories`).
+    Methods in ``ignore`` (full names) are not recorded; ``wait`` as for
+    :class:`LedgerTap`.
 
     Client interceptors would do the same at several times the cost (``docs/ledger.md``).
     """
@@ -388,6 +455,94 @@ class SerializerTap:
 
         return serialize, deserialize
 
+    def unary(self, method: str | bytes, request_serializer: Serializer,
+              response_deserializer: Deserializer) -> tuple[Send, Deserializer] | None:
+        """For a unary-unary ``method``: what records and serializes a request before its
+        call (:meth:`_Describer.sender`) and the recording response deserializer; None for
+        an ignored method."""
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        if name in self._ignore:
+            return None
+        _, deserialize = self.wrap(name, request_serializer, response_deserializer)
+        return self._d.sender(name, self.peer, request_serializer), deserialize
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode:
+    code = exc.code() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+class _RecordedUnary:
+    """A sync unary-unary callable whose request is recorded before the call starts (no
+    call when it cannot be) and whose failure is recorded with its status."""
+
+    def __init__(self, inner: Any, send: Send) -> None:
+        self._inner = inner
+        self._send = send
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """As the channel's callable (its response, or grpc.RpcError)."""
+        return self._invoke(self._inner, request, *args, **kwargs)
+
+    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """As the channel's ``with_call``."""
+        return self._invoke(self._inner.with_call, request, *args, **kwargs)
+
+    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """As the channel's ``future``; a failure is recorded when the call ends."""
+        data, failed = self._send(request)
+        future = self._inner.future(data, *args, **kwargs)
+
+        def done(f: Any) -> None:
+            if f.code() != grpc.StatusCode.OK:
+                failed(f.code())
+
+        future.add_done_callback(done)
+        return future
+
+    def _invoke(self, fn: Callable[..., Any], request: Any, *args: Any, **kwargs: Any
+                ) -> Any:
+        data, failed = self._send(request)
+        try:
+            return fn(data, *args, **kwargs)
+        except grpc.RpcError as exc:
+            failed(_code(exc))
+            raise
+
+
+class _AioRecordedCall:
+    """An aio unary-unary call whose failure (or cancellation) is recorded when awaited."""
+
+    def __init__(self, call: Any, failed: Failed) -> None:
+        self._call = call
+        self._failed = failed
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.RpcError as exc:
+            self._failed(_code(exc))
+            raise
+        except asyncio.CancelledError:
+            self._failed(grpc.StatusCode.CANCELLED)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _AioRecordedUnary:
+    """:class:`_RecordedUnary` for a ``grpc.aio`` channel."""
+
+    def __init__(self, inner: Any, send: Send) -> None:
+        self._inner = inner
+        self._send = send
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> _AioRecordedCall:
+        """The call, its request recorded first (LedgerError: not recorded, not made)."""
+        data, failed = self._send(request)
+        return _AioRecordedCall(self._inner(data, *args, **kwargs), failed)
+
 
 class TappedFactories:
     """The four multi-callable factories of a channel wrapper, with each method's
@@ -398,10 +553,17 @@ class TappedFactories:
 
     def unary_unary(self, method: str, request_serializer: Serializer = None,
                     response_deserializer: Deserializer = None, **kwargs: Any) -> Any:
-        """The channel's unary-unary callable for ``method``, its messages recorded."""
-        return self._channel.unary_unary(
-            method, *self.tap.wrap(method, request_serializer, response_deserializer),
-            **kwargs)
+        """The channel's unary-unary callable for ``method``, its messages recorded: the
+        request before the call starts, a failure with its status."""
+        tapped = self.tap.unary(method, request_serializer, response_deserializer)
+        if tapped is None:
+            return self._channel.unary_unary(method, request_serializer,
+                                             response_deserializer, **kwargs)
+        send, deserialize = tapped
+        inner = self._channel.unary_unary(method, None, deserialize, **kwargs)
+        if isinstance(self._channel, grpc.aio.Channel):
+            return _AioRecordedUnary(inner, send)
+        return _RecordedUnary(inner, send)
 
     def unary_stream(self, method: str, request_serializer: Serializer = None,
                      response_deserializer: Deserializer = None, **kwargs: Any) -> Any:

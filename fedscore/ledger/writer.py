@@ -23,6 +23,16 @@ Every entry handed in is also counted (``fedscore_messages_total`` and
 ``fedscore_message_bytes_total`` per peer, direction and kind, :mod:`fedscore.ops.metrics`)
 as it takes its seq, and every batch written counts its entries and the write's latency:
 the metrics and the ledger count the same messages in one place.
+
+A node that cannot write its ledger (a full disk, an I/O error) fails closed: the batch
+whose write failed is cut back off the file (so no partial line stays), every caller of
+:meth:`Ledger.record` whose entry was in it gets a :class:`LedgerError` (its message must
+not be sent), entries of :meth:`Ledger.submit` (messages already on their way) are kept
+to be written first once the disk takes them, and every new entry is refused with
+UNAVAILABLE. Every ``probe_interval_s`` (on the next entry handed in, or on the
+background thread's timer if none comes) it writes a probe file beside the ledger; once
+that works the ledger takes entries again. :meth:`Ledger.watch` tells a node's health
+(:mod:`fedscore.wire.health`) each change.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from fedscore.crypto.primitives import SignatureError, SigningPrivateKey
 from fedscore.ledger.entry import (
     DIRECTIONS,
     ENTRY_DOMAIN,
+    FAILED,
     HEAD_FILE,
     HEX64,
     LEDGER_FILE,
@@ -72,6 +83,14 @@ log = logging.getLogger(__name__)
 HEAD_INTERVAL_S = 1.0
 """Most often the background thread rewrites ``ledger.head`` (3 of the 4 fsyncs of a
 commit); when the ledger goes quiet, the head catches up within this long."""
+PROBE_FILE = "ledger.probe"
+"""What a failed ledger writes (then removes) beside itself to learn that the disk is back."""
+PROBE_BYTES = 64 * 1024
+"""Size of the probe: room for a few batches, so a disk with a few bytes free does not
+let the ledger flap between failing and taking entries."""
+
+Watcher = Callable[[str | None], None]
+"""Told of each change: why the ledger refuses entries, or None once it takes them again."""
 
 
 
@@ -98,7 +117,7 @@ def _lock(fd: int, path: Path, timeout_s: float) -> None:
 def _refuse(peer: object, direction: object, kind: object, purpose: object, rows: object,
             round: object) -> NoReturn:
     """What is wrong with an entry's fields (the hot path checks them all at once)."""
-    if direction not in DIRECTIONS:
+    if direction not in DIRECTIONS[:2]:
         raise ValueError(f"direction must be 'sent' or 'received', got {direction!r}")
     if not (isinstance(peer, str) and isinstance(kind, str) and isinstance(purpose, str)):
         raise TypeError("peer, kind and purpose must be strings")
@@ -119,8 +138,13 @@ class Ledger:
     thread. On open, the chain continues from the last entry (a torn last line from a crash
     is dropped with a warning); a damaged chain or a second writer on the same folder
     (either would fork the chain) is refused, after waiting up to ``lock_timeout_s`` for it
-    to close.
+    to close. A write that fails makes it refuse entries until a probe every
+    ``probe_interval_s`` succeeds (module docstring).
     """
+
+    _write_fd: Callable[[int, Any], int] = staticmethod(os.write)
+    """How the ledger writes to its file and to the probe: a test puts a failing one
+    on an instance to give it a full disk."""
 
     def __init__(
         self,
@@ -132,6 +156,7 @@ class Ledger:
         sync_interval_s: float = 0.05,
         drain_interval_s: float = 0.05,
         lock_timeout_s: float = 0.0,
+        probe_interval_s: float = 1.0,
     ) -> None:
         if not party:
             raise ValueError("party must be a non-empty string")
@@ -152,11 +177,15 @@ class Ledger:
         self._clock = clock
         self._interval = float(sync_interval_s)
         self._drain_interval = min(float(drain_interval_s), self._interval)
+        self._probe_interval = float(probe_interval_s)
+        self._failed_at = -math.inf  # monotonic time of the last failure or failed probe
+        self._watchers: list[Watcher] = []
         self._queue_lock = threading.Lock()  # next seq, the queue, closed
         self._chain_lock = threading.Lock()  # prev, the file; held while signing a batch
         self._sync_lock = threading.Lock()  # one fsync + head write at a time, in order
         # (seq, time, peer, direction, kind, purpose, rows, round, size, payload bytes or
-        # its hex SHA-256, a list that receives (prev, signature) or None)
+        # its hex SHA-256, a list that receives (prev, signature) once written or None,
+        # status: "" or a failed entry's code name)
         self._queue: list[tuple[Any, ...]] = []
         self._failed: BaseException | None = None
         self._closed = False
@@ -165,6 +194,7 @@ class Ledger:
         try:
             _lock(self._fd, self.path, lock_timeout_s)
             self._next_seq, self._prev = self._resume()
+            self._size = os.fstat(self._fd).st_size  # what the chain's entries take
         except BaseException:
             os.close(self._fd)
             raise
@@ -329,20 +359,51 @@ class Ledger:
             raise ValueError("payload_sha256 must be 64 lowercase hex digits")
         if not is_int(size) or size < 0:
             raise ValueError(f"size must be a non-negative integer, got {size!r}")
-        out: list[str] = []
-        seq, now = self._enqueue(peer, direction, kind, payload_sha256, size, rows, round,
-                                 purpose, out)
+        return self._record(peer, direction, kind, payload_sha256, size, rows, round,
+                            purpose, "")
+
+    def record_failed(
+        self,
+        peer: str,
+        kind: str,
+        payload_sha256: str,
+        size: int,
+        status: str,
+        *,
+        rows: int = 0,
+        round: int = 0,
+        purpose: str = "",
+    ) -> Entry:
+        """Record that the call carrying a message recorded as sent earlier (same peer,
+        kind, SHA-256 and size) failed with gRPC status ``status`` (a code name): as far
+        as this node knows it never arrived. :meth:`record`'s guarantees."""
+        if not (isinstance(status, str) and status.isupper() and status.replace("_", "")
+                .isalpha()):
+            raise ValueError(f"status must be a gRPC status code name, got {status!r}")
+        if not (isinstance(payload_sha256, str) and HEX64.fullmatch(payload_sha256)):
+            raise ValueError("payload_sha256 must be 64 lowercase hex digits")
+        if not is_int(size) or size < 0:
+            raise ValueError(f"size must be a non-negative integer, got {size!r}")
+        return self._record(peer, FAILED, kind, payload_sha256, size, rows, round, purpose,
+                            status)
+
+    def _record(self, peer: str, direction: str, kind: str, payload_sha256: str, size: int,
+                rows: int, round: int, purpose: str, status: str) -> Entry:
+        out: list[Any] = []  # (prev, signature, seq) once written
+        _, now = self._enqueue(peer, direction, kind, payload_sha256, size, rows, round,
+                               purpose, out, status)
         with self._chain_lock:
             self._drain()
-            if self._written_seq < seq:  # the background thread's write failed
-                raise LedgerError(f"{self.path}: ledger failed: {self._failed}",
-                                  code=grpc.StatusCode.INTERNAL)
+            if not out:  # the background thread's write of it failed: it was dropped
+                raise LedgerError(f"{self.path}: cannot record: the ledger failed: "
+                                  f"{self._failed}", code=grpc.StatusCode.UNAVAILABLE)
         if not self._dirty.is_set():
             self._dirty.set()  # the background thread fsyncs (group commit)
-        prev, signature = out
-        return Entry(seq=seq, time=now, party=self.party, peer=peer, direction=direction,
-                     kind=kind, rows=rows, bytes=size, payload_sha256=payload_sha256,
-                     round=round, purpose=purpose, prev=prev, signature=signature)
+        prev, signature, written_seq = out
+        return Entry(seq=int(written_seq), time=now, party=self.party, peer=peer,
+                     direction=direction, kind=kind, rows=rows, bytes=size,
+                     payload_sha256=payload_sha256, round=round, purpose=purpose, prev=prev,
+                     signature=signature, status=status)
 
     def submit(
         self,
@@ -368,37 +429,127 @@ class Ledger:
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         # hashed by the background thread; bytes cannot change meanwhile
         seq, _ = self._enqueue(peer, direction, kind, payload, len(payload), rows, round,
-                               purpose, None)
+                               purpose, None, "")
         if not self._dirty.is_set():
             self._dirty.set()
         return seq
 
     def _enqueue(
         self, peer: str, direction: str, kind: str, payload: bytes | str, size: int,
-        rows: int, round: int, purpose: str, out: list[str] | None,
+        rows: int, round: int, purpose: str, out: list[str] | None, status: str,
     ) -> tuple[int, float]:
         """Check the fields, then give the entry its seq and time (message order)."""
         if not (type(rows) is int and type(round) is int and rows >= 0 and round >= 0
-                and (direction == "sent" or direction == "received")
+                and (direction == "sent" or direction == "received"
+                     or (direction == FAILED and status))
                 and isinstance(peer, str) and isinstance(kind, str)
                 and isinstance(purpose, str)):
             _refuse(peer, direction, kind, purpose, rows, round)
+        recovered = False
         with self._queue_lock:
             if self._closed:
                 raise LedgerError(f"{self.path}: ledger is closed",
                                   code=grpc.StatusCode.UNAVAILABLE)
             if self._failed is not None:
-                raise LedgerError(f"{self.path}: ledger failed earlier: {self._failed}",
-                                  code=grpc.StatusCode.INTERNAL)
+                if time.monotonic() - self._failed_at < self._probe_interval \
+                        or not self._probe():
+                    raise self._refusal()
+                self._failed = None  # the disk is back: this entry goes in
+                recovered = True
             now = float(self._clock())
             if not math.isfinite(now):
                 raise ValueError(f"clock returned {now!r}")
             seq = self._next_seq
             self._next_seq = seq + 1
             self._queue.append(
-                (seq, now, peer, direction, kind, purpose, rows, round, size, payload, out))
+                (seq, now, peer, direction, kind, purpose, rows, round, size, payload, out,
+                 status))
+        if recovered:
+            self._tell(None)
         self._counters.count(peer, direction, kind, size, rows, round)
         return seq, now
+
+    # -- failing closed, and coming back -----------------------------------------------
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call ``watcher(reason)`` when the ledger starts refusing entries, and
+        ``watcher(None)`` when it takes them again (from whichever thread saw it); at once
+        with the state now."""
+        self._watchers.append(watcher)
+        failed = self._failed
+        self._tell(None if failed is None else self._reason(failed), [watcher])
+
+    @property
+    def failure(self) -> str | None:
+        """Why the ledger refuses entries now, or None."""
+        failed = self._failed
+        return None if failed is None else self._reason(failed)
+
+    def _reason(self, exc: BaseException) -> str:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (f"the audit ledger {self.path} cannot be written ({what}): nothing is sent "
+                "that it cannot record")
+
+    def _refusal(self) -> LedgerError:
+        failed = self._failed
+        return LedgerError(
+            f"{self.path}: cannot record: the ledger failed earlier: {failed}; retried every "
+            f"{self._probe_interval:g} s", code=grpc.StatusCode.UNAVAILABLE)
+
+    def _tell(self, reason: str | None, watchers: list[Watcher] | None = None) -> None:
+        for watcher in list(self._watchers) if watchers is None else watchers:
+            try:
+                watcher(reason)
+            except Exception:  # a watcher's failure must not break the ledger
+                log.exception("%s: a ledger watcher failed", self.path)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Refuse entries from now on, until a probe succeeds; tell the watchers."""
+        with self._queue_lock:
+            first = self._failed is None
+            self._failed = exc
+            self._failed_at = time.monotonic()
+        if first:
+            self._failed_now(exc)
+
+    def _failed_now(self, exc: BaseException) -> None:
+        log.error("%s: %s; refusing entries until the disk takes writes again",
+                  self.path, exc)
+        self._dirty.set()  # wake the background thread: its timer probes from now on
+        self._tell(self._reason(exc))
+
+    def _probe(self) -> bool:
+        """Whether the ledger's disk takes a write now: a probe file written, synced and
+        removed beside the ledger. Updates the time of the last try."""
+        self._failed_at = time.monotonic()
+        probe = self.folder / PROBE_FILE
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(bytes(PROBE_BYTES))
+                while view:
+                    view = view[self._write_fd(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            log.debug("%s: probe failed: %s", self.path, exc)
+            return False
+        return True
+
+    def _try_recover(self) -> None:
+        """The background thread's timer: probe, and take entries again if it works."""
+        with self._queue_lock:
+            if self._failed is None or self._closed \
+                    or time.monotonic() - self._failed_at < self._probe_interval:
+                return
+            if not self._probe():
+                return
+            self._failed = None
+        log.info("%s: the disk takes writes again; the ledger takes entries", self.path)
+        self._tell(None)
+        self._dirty.set()  # write what was kept
 
     def _drain(self) -> None:
         """Chain, sign and append every queued entry, in seq order. Needs ``_chain_lock``.
@@ -412,34 +563,40 @@ class Ledger:
                 batch = self._queue
                 self._queue = []
             if self._failed is not None:
-                raise LedgerError(f"{self.path}: ledger failed earlier: {self._failed}",
-                                  code=grpc.StatusCode.INTERNAL)
+                with self._queue_lock:
+                    self._requeue(batch)
+                raise self._refusal()
             started = time.perf_counter()
             lines = []
+            outs = []
             prev, party, last = self._prev, self.party, len(batch)
-            for i, (seq, t, peer, direction, kind, purpose, rows, round_, size, payload, out
-                    ) in enumerate(batch, 1):
+            for i, (seq, t, peer, direction, kind, purpose, rows, round_, size, payload, out,
+                    status) in enumerate(batch, 1):
                 # submitted: hash it now; recorded: already its hex digest
                 digest = hashlib.sha256(payload).hexdigest() if type(payload) is bytes \
                     else payload
                 frags = line_fragments(party, peer, direction, kind, purpose)
                 # One signature per write: it covers the entries before it through prev.
                 sig = self._signer.sign(ENTRY_DOMAIN + encode_line(
-                    frags, size, digest, prev, round_, rows, seq, None, t)).hex() \
+                    frags, size, digest, prev, round_, rows, seq, None, t, status)).hex() \
                     if i == last or i % SIGN_EVERY == 0 else ""
-                line = encode_line(frags, size, digest, prev, round_, rows, seq, sig, t)
+                line = encode_line(frags, size, digest, prev, round_, rows, seq, sig, t,
+                                   status)
                 if out is not None:
-                    out.extend((prev, sig))
+                    outs.append((out, prev, sig, seq))
                 prev = hashlib.sha256(line).hexdigest()
                 lines.append(line)
             lines.append(b"")
+            data = b"\n".join(lines)
             try:
-                self._write_all(b"\n".join(lines))
+                self._write_all(data)
             except OSError as exc:
-                # A partial line may be on disk and the chain state is unknown: fail closed.
-                self._failed = exc
+                self._write_failed(exc, batch)
                 raise LedgerError(f"{self.path}: cannot append: {exc}",
-                                  code=grpc.StatusCode.INTERNAL) from None
+                                  code=grpc.StatusCode.UNAVAILABLE) from None
+            self._size += len(data)
+            for out, p, sig, seq in outs:  # only now: what record() waits on is written
+                out.extend((p, sig, seq))
             self._prev = prev
             self._written_seq = int(batch[-1][0])
             self._entries.inc(last)
@@ -448,8 +605,36 @@ class Ledger:
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            n = os.write(self._fd, view)
+            n = self._write_fd(self._fd, view)
             view = view[n:]
+
+    def _write_failed(self, exc: OSError, batch: list[tuple[Any, ...]]) -> None:
+        """A batch's write failed (needs ``_chain_lock``): cut what it left off the file,
+        drop the entries of :meth:`record` callers (each is told; its message is not
+        sent), keep those of :meth:`submit` (their messages left) numbered next, and
+        refuse new entries until a probe succeeds."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as cut:  # cannot even cut: the chain's end is unknown for good
+            log.error("%s: cannot cut a failed write back off (%s); closed for good",
+                      self.path, cut)
+            self._probe_interval = math.inf
+        with self._queue_lock:
+            self._requeue(batch)
+            first = self._failed is None
+            self._failed, self._failed_at = exc, time.monotonic()
+        if first:
+            self._failed_now(exc)
+
+    def _requeue(self, batch: list[tuple[Any, ...]]) -> None:
+        """``batch`` was not written (needs ``_queue_lock``): keep the entries of
+        :meth:`submit` in it and in the queue, numbered on from the last written entry,
+        and drop those of :meth:`record`, whose callers are told (their ``out`` stays
+        empty) and send nothing."""
+        kept = [e for e in (*batch, *self._queue) if e[10] is None]
+        first = self._written_seq + 1
+        self._queue = [(first + i, *e[1:]) for i, e in enumerate(kept)]
+        self._next_seq = first + len(kept)
 
     # -- durability -----------------------------------------------------------------------
 
@@ -459,9 +644,14 @@ class Ledger:
         passed since the last fsync (group commit; at once after a quiet spell); rewrite
         the head with a commit at most every ``HEAD_INTERVAL_S``, or once quiet that long."""
         last_sync = last_head = -math.inf
-        try:
-            # close() sets _stop before _dirty, so a _dirty.clear() below cannot hide it
-            while not self._stop.is_set():
+        # close() sets _stop before _dirty, so a _dirty.clear() below cannot hide it
+        while not self._stop.is_set():
+            if self._failed is not None:  # the timer probe: no entry may come to try
+                if self._stop.wait(min(self._probe_interval, 60.0)):
+                    return
+                self._try_recover()
+                continue
+            try:
                 lagging = self._head_seq != self._synced_seq
                 if not self._dirty.wait(
                     max(0.0, last_head + HEAD_INTERVAL_S - time.monotonic()) if lagging
@@ -484,10 +674,10 @@ class Ledger:
                     last_sync = now
                     if head:
                         last_head = now
-        except (OSError, LedgerError) as exc:
-            log.error("%s: %s; the ledger refuses further records", self.path, exc)
-            if self._failed is None:
-                self._failed = exc
+            except LedgerError:
+                pass  # a failed write: _write_failed already failed the ledger
+            except OSError as exc:  # fsync or the head: what is written stays, unsynced
+                self._fail(exc)
 
     def _sync_now(self, *, head: bool = True) -> None:
         with self._sync_lock:
@@ -534,10 +724,17 @@ class Ledger:
         self._dirty.set()
         self._thread.join()
         try:
+            if self._failed is not None and math.isfinite(self._probe_interval):
+                self._failed_at = -math.inf  # one last try for what was kept
+                if self._probe():
+                    self._failed = None
             if self._failed is None:
                 with self._chain_lock:
                     self._drain()
                 self._sync_now()
+            elif self._queue:
+                log.error("%s: closed while its disk refuses writes: %d entries of messages "
+                          "sent are lost", self.path, len(self._queue))
         finally:
             os.close(self._fd)
 

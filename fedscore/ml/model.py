@@ -69,12 +69,19 @@ class BottomModel(_Seedable):
     def __init__(self, cfg: BottomConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # The table's values come from their own generator, seeded by ONE draw from the
+        # seeded stream: however many category values the schema declares, every later
+        # weight (MLP, top model) starts at the same values (issue 17: declaring PAY_6's
+        # values moved every bank-side weight, and the gap by 0.005).
+        table_seed = int(torch.randint(0, 2**62, (1,)).item())
         # one table for every categorical column; column i owns rows offsets[i]..
         cards = torch.tensor((0, *cfg.cat_cardinalities), dtype=torch.int64)
         self.offsets: torch.Tensor
         self.register_buffer("offsets", torch.cumsum(cards, 0)[:-1].clone(), persistent=False)
-        self.embedding = nn.Embedding(max(int(cards.sum()), 1), cfg.cat_dim)
-        nn.init.normal_(self.embedding.weight, std=0.1)
+        rows = max(int(cards.sum()), 1)
+        table = torch.empty(rows, cfg.cat_dim)  # [sum(cards), cat_dim]
+        nn.init.normal_(table, std=0.1, generator=torch.Generator().manual_seed(table_seed))
+        self.embedding = nn.Embedding(rows, cfg.cat_dim, _weight=table)  # draws nothing
         d_in = cfg.n_numeric + cfg.cat_dim * len(cfg.cat_cardinalities)
         self.input_dropout = SeededDropout(cfg.dropout / 2)
         self.mlp, d = _mlp(d_in, cfg.hidden, cfg.dropout)

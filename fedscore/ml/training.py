@@ -34,10 +34,11 @@ Models are tiny: run with ``torch.set_num_threads(1)`` (more threads only spin).
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -50,6 +51,13 @@ from fedscore.ml.architecture import BottomConfig, TopConfig
 from fedscore.ml.model import BankModel, BottomModel
 
 PLATFORM_SEED_OFFSET = 1_000_003  # the platform's streams differ from the bank's
+
+MAX_PLATFORM_SNAPSHOTS = 64
+"""Epoch snapshots the platform keeps per session: the most recent ones only. Early
+stopping commits the best epoch, which is never more than ``patience`` epochs before
+the last one, so the bank's :class:`TrainConfig` keeps ``min(patience, epochs - 1)``
+below this; a peer calling EndEpoch forever costs the platform at most this many
+copies of its bottom model (issue 15)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,12 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0:
             raise ValueError("TrainConfig: lr > 0, weight_decay >= 0, patience >= 0 required")
+        if min(self.patience, self.epochs - 1) >= MAX_PLATFORM_SNAPSHOTS:
+            raise ValueError(
+                f"TrainConfig.patience is {self.patience} with {self.epochs} epochs; the "
+                f"platform keeps the last {MAX_PLATFORM_SNAPSHOTS} epochs' snapshots, so the "
+                f"best epoch must be among them: patience < {MAX_PLATFORM_SNAPSHOTS} required"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.monitor not in ("auc", "loss"):
@@ -92,6 +106,23 @@ class TrainConfig:
 
 
 _M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _dropout_state(model: torch.nn.Module) -> torch.Tensor | None:
+    """The state of the model's private dropout generator (None: it has none)."""
+    for m in model.modules():
+        g = getattr(m, "generator", None)
+        if isinstance(g, torch.Generator):
+            return g.get_state()
+    return None
+
+
+def _load_dropout_state(model: torch.nn.Module, state: torch.Tensor | None) -> None:
+    for m in model.modules():
+        g = getattr(m, "generator", None)
+        if isinstance(g, torch.Generator) and state is not None:
+            g.set_state(state)
+            return
 
 
 def _build_seeded(seed: int, build: type[_M], *args: object) -> _M:
@@ -137,6 +168,14 @@ class _Ema(Generic[_M]):
         model.load_state_dict(state)
         if self.model is not model:
             self.model.load_state_dict(state)
+
+    def full_state(self) -> dict[str, Any]:
+        """The averaged weights and the step count (what a resumed run needs)."""
+        return {"weights": copy.deepcopy(self.model.state_dict()), "steps": self.steps}
+
+    def load_full_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["weights"])
+        self.steps = int(state["steps"])
 
 
 class PlatformBottom:
@@ -217,8 +256,12 @@ class PlatformBottom:
         self._out = None
 
     def snapshot(self, epoch: int) -> None:
-        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best one."""
+        """Keep the scoring weights of ``epoch``, so :meth:`restore` can return to the best
+        one; only the last :data:`MAX_PLATFORM_SNAPSHOTS` epochs snapshotted are kept."""
+        self._snapshots.pop(epoch, None)  # again: it becomes the most recent
         self._snapshots[epoch] = copy.deepcopy(self._ema.model.state_dict())
+        while len(self._snapshots) > MAX_PLATFORM_SNAPSHOTS:
+            del self._snapshots[next(iter(self._snapshots))]  # the oldest
 
     def restore(self, epoch: int) -> None:
         """Load the weights of ``epoch`` and drop every snapshot."""
@@ -231,6 +274,28 @@ class PlatformBottom:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights used for scoring (the averaged ones when averaging is on)."""
         return self._ema.model.state_dict()
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything a training resumed after this point needs to go on exactly as if
+        never stopped: weights, their average, the optimizer's moments, the dropout
+        stream and the epoch snapshots (tensors, numbers and lists only: loadable with
+        ``torch.load(weights_only=True)``)."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "ema": self._ema.full_state(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "dropout": _dropout_state(self.model),
+            "snapshots": {str(e): copy.deepcopy(w) for e, w in self._snapshots.items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Go on from :meth:`training_state`'s point (on a bottom made as this one was)."""
+        self.model.load_state_dict(state["model"])
+        self._ema.load_full_state(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _load_dropout_state(self.model, state["dropout"])
+        self._snapshots = {int(e): w for e, w in state["snapshots"].items()}
+        self._out = None
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load scoring weights (into the model and, when averaging, into the average too)."""
@@ -359,6 +424,21 @@ class TrainedBank:
     wall_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the loop reports after each epoch (for a progress display): no row-level data."""
+
+    phase: Literal["train", "refit"]  # the early-stopped pass, or the refit on all rows
+    epoch: int  # 0-based
+    epochs: int  # the most this pass may run (early stopping may end it sooner)
+    train_loss: float
+    val_auc: float | None  # None in the refit pass (no validation rows)
+    seconds: float  # since training began
+
+
+EpochCallback = Callable[[EpochEnd], None]
+
+
 def stratified_split(
     labels: np.ndarray, share: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -429,12 +509,24 @@ def train_bank_model(
     bank_cfg: BottomConfig,
     top_cfg: TopConfig,
     cfg: TrainConfig,
+    *,
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: EpochCallback | None = None,
 ) -> TrainedBank:
     """Train the bank's model (and, through ``link``, the platform's) on ``train``.
 
     A stratified ``validation_share`` of the rows, drawn from ``cfg.seed``, is held
     out for early stopping; the best epoch's weights are restored on both sides. With
     ``cfg.refit`` both sides then start over and train that many epochs on every row.
+
+    Resuming: ``on_epoch`` gets, after every whole epoch, the bank's whole state
+    (``phase`` "search" or "refit", the pass's weights, optimizer, random streams,
+    history); passing one back as ``resume`` goes on from that epoch and ends with the
+    same model as an uninterrupted run, provided the platform's side is at the same
+    point (a resumed session of :class:`bank_node.platform_link.GrpcPlatformLink`).
+    ``progress``, when given, is told of every epoch of either pass (a progress display:
+    no weights, no rows).
     """
     if top_cfg.platform_dim != link.embedding_dim:
         raise ValueError(
@@ -456,17 +548,44 @@ def train_bank_model(
         raise TypeError(
             f"TrainConfig.refit needs a link with restart(); {type(link).__name__} has none"
         )
-    model, best_epoch, epochs_run, history = _train_pass(
-        t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs
-    )
+    phase = resume["phase"] if resume is not None else "search"
+
+    def report(name: Literal["train", "refit"], epochs: int
+               ) -> Callable[[dict[str, float]], None] | None:
+        if progress is None:
+            return None
+        return lambda rec: progress(EpochEnd(name, int(rec["epoch"]), epochs,
+                                             rec["train_loss"], rec.get("val_auc"),
+                                             time.perf_counter() - t0))
+
+    def hook(done: dict[str, Any], **extra: Any) -> Callable[[dict[str, Any]], None] | None:
+        if on_epoch is None:
+            return None
+        return lambda state: on_epoch({**done, **extra, "pass": state})
+
+    if phase == "search":
+        model, best_epoch, epochs_run, history = _train_pass(
+            t, labels, fit_rows, val_rows, link, bank_cfg, top_cfg, cfg, cfg.epochs,
+            resume=resume["pass"] if resume is not None else None,
+            on_epoch=hook({}, phase="search"), progress=report("train", cfg.epochs),
+        )
+        resume = None
+    else:
+        assert resume is not None
+        best_epoch, epochs_run = int(resume["best_epoch"]), int(resume["epochs_run"])
+        history = list(resume["history"])
     refit_epochs = 0
     if refit:
         assert isinstance(link, RestartableLink)
-        link.restart()
+        if resume is None:  # a resumed refit's link is already in the refit pass
+            link.restart()
         refit_epochs = best_epoch + 1
         model, _, _, _ = _train_pass(
             t, labels, np.arange(labels.size), np.zeros(0, np.int64), link, bank_cfg,
-            top_cfg, cfg, refit_epochs,
+            top_cfg, cfg, refit_epochs, resume=resume["pass"] if resume is not None else None,
+            on_epoch=hook({"best_epoch": best_epoch, "epochs_run": epochs_run,
+                           "history": history}, phase="refit"),
+            progress=report("refit", refit_epochs),
         )
     return TrainedBank(
         model=model,
@@ -575,6 +694,11 @@ def _train_epoch(
     return total / max(seen, 1)
 
 
+EpochHook = Callable[[dict[str, Any]], None]
+"""Called after each whole epoch of a pass with the bank's resumable state (see
+:func:`train_bank_model`)."""
+
+
 def _train_pass(
     t: _Tensors,
     labels: np.ndarray,
@@ -585,9 +709,17 @@ def _train_pass(
     top_cfg: TopConfig,
     cfg: TrainConfig,
     epochs: int,
+    *,
+    resume: dict[str, Any] | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[BankModel, int, int, list[dict[str, float]]]:
     """One training run from fresh weights on ``rows``, early-stopped on ``val_rows``
-    (none: keep the last epoch); ends in ``link.commit``. (model, best, run, history)."""
+    (none: keep the last epoch); ends in ``link.commit``. (model, best, run, history).
+
+    ``resume``: the state ``on_epoch`` was given after an epoch; the pass goes on from
+    there exactly as if it had never stopped (the platform's side must be at the same
+    epoch: the link's business)."""
     model = _build_seeded(cfg.seed, BankModel, bank_cfg, top_cfg)
     model.seed_dropout(cfg.seed + 1)
     opt = _optimizer(model, cfg.lr, cfg.weight_decay)
@@ -597,8 +729,18 @@ def _train_pass(
 
     best_score, best_epoch, best_state = -np.inf, -1, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
-    epoch = -1
-    for epoch in range(epochs):
+    epoch, start, stopped = -1, 0, False
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_full_state(resume["ema"])
+        opt.load_state_dict(resume["optimizer"])
+        _load_dropout_state(model, resume["dropout"])
+        rng.bit_generator.state = json.loads(resume["rng"])
+        best_score, best_epoch = float(resume["best_score"]), int(resume["best_epoch"])
+        best_state, history = resume["best_state"], list(resume["history"])
+        epoch = int(resume["epoch"])
+        start, stopped = epoch + 1, bool(resume["stopped"])
+    for epoch in range(start, epochs) if not stopped else ():
         train_loss = _train_epoch(model, opt, ema, t, rng.permutation(rows), link, cfg.batch_size)
         link.end_epoch(epoch)
         rec = {"epoch": float(epoch), "train_loss": train_loss}
@@ -611,10 +753,22 @@ def _train_pass(
         else:
             score = float(epoch)  # no validation: keep the last epoch
         history.append(rec)
+        if progress is not None:
+            progress(rec)
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(ema.model.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
+        else:
+            stopped = epoch - best_epoch >= cfg.patience
+        if on_epoch is not None:
+            on_epoch({
+                "epoch": epoch, "stopped": stopped, "model": copy.deepcopy(model.state_dict()),
+                "ema": ema.full_state(), "optimizer": copy.deepcopy(opt.state_dict()),
+                "dropout": _dropout_state(model), "rng": json.dumps(rng.bit_generator.state),
+                "best_score": float(best_score), "best_epoch": best_epoch,
+                "best_state": copy.deepcopy(best_state), "history": list(history),
+            })
+        if stopped:
             break
     if best_epoch < 0:  # validation never produced a finite score
         best_epoch, best_state = epoch, copy.deepcopy(ema.model.state_dict())

@@ -9,7 +9,8 @@ to a gRPC status on every server, ``health`` gives every server the health servi
 reflection and the gate that keeps its services closed until its node has loaded,
 ``batching`` lets concurrent callers share one call
 (threads or asyncio), ``observe`` counts and times every call a server serves (metrics,
-DEBUG log lines).
+DEBUG log lines), ``limits`` bounds what one request and one peer may cost a server
+(size bounds, per-peer work classes, stream deadlines, admission).
 
 May import: ``fedscore.ledger``, ``fedscore.federation``, ``fedscore.ml``,
 ``fedscore.data``, ``fedscore.crypto`` and the bottom layer (``fedscore.api``,
@@ -21,4 +22,4 @@ goes here; a new message goes into ``proto/`` first. This package imports nothin
 import from the submodule.
 """
 
-__all__ = ["aio", "batching", "health", "observe", "serde", "status", "transport"]
+__all__ = ["aio", "batching", "health", "limits", "observe", "serde", "status", "transport"]

@@ -35,15 +35,27 @@ def tensor_to_pb(array: np.ndarray) -> common_pb2.Tensor:
     return common_pb2.Tensor(shape=list(data.shape), data=data.tobytes())
 
 
-def tensor_from_pb(msg: common_pb2.Tensor, *, rows: int | None = None) -> np.ndarray:
-    """Decode a float32 tensor; ``rows`` is the expected first dimension, if known."""
+def tensor_from_pb(msg: common_pb2.Tensor, *, rows: int | None = None,
+                   name: str = "tensor") -> np.ndarray:
+    """Decode a float32 tensor; ``rows`` is the expected first dimension, if known.
+
+    Every value must be finite: a NaN or infinite gradient or embedding from a peer
+    would be stepped on, committed and averaged into everyone's model (issue 15), so it
+    is refused here, where every received tensor passes, with ``name`` in the error."""
     shape = tuple(int(s) for s in msg.shape)
     expected = int(np.prod(shape)) * _F32.itemsize if shape else 0
     if len(msg.data) != expected:
-        raise WireError(f"tensor of shape {shape} needs {expected} bytes, got {len(msg.data)}")
+        raise WireError(f"{name} of shape {shape} needs {expected} bytes, got {len(msg.data)}")
     if rows is not None and (not shape or shape[0] != rows):
-        raise WireError(f"tensor has shape {shape}, expected {rows} rows")
-    return np.frombuffer(msg.data, dtype=_F32).reshape(shape) if shape else np.zeros(0, _F32)
+        raise WireError(f"{name} has shape {shape}, expected {rows} rows")
+    if not shape:
+        return np.zeros(0, _F32)
+    out = np.frombuffer(msg.data, dtype=_F32).reshape(shape)
+    if not np.isfinite(out).all():
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        raise WireError(f"{name} has {bad} NaN or infinite values of {out.size}; every "
+                        "tensor must be finite")
+    return out
 
 
 def handles_to_bytes(handles: np.ndarray) -> bytes:

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error; see the server's log"
 """What a peer reads when a handler fails with anything but a FedscoreError."""
 
+MAX_MESSAGE_CHARS = 1024
+"""The longest status message a server sends: a message that quotes what a peer sent
+(which it should do through :func:`fedscore.wire.limits.quote`) is cut here, so it can
+never outgrow gRPC's metadata bound and turn into another status."""
+
 Behavior = Callable[[Any, Any], Any]
 
 
@@ -48,7 +53,10 @@ def status_of(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The (code, message) a call that ended in ``exc`` answers with; logs ``exc`` when it
     is not a FedscoreError, since the peer learns nothing of it."""
     if isinstance(exc, FedscoreError):
-        return exc.code, exc.message
+        message = exc.message
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... (cut from {len(message)} characters)"
+        return exc.code, message
     log.error("%s failed: unexpected %s", method, type(exc).__name__, exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 

@@ -9,10 +9,12 @@ CA. Servicers learn who is calling from the verified client certificate via
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from cryptography import x509
 
 from fedscore.federation.provision import KitError, PeerInfo, StartupKit
 
@@ -124,11 +126,13 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
-def peer_party(context: grpc.ServicerContext) -> str:
+def peer_party(context: grpc.ServicerContext, kit: StartupKit | None = None) -> str:
     """The party name (certificate CN) of the authenticated client.
 
     Aborts the call with UNAUTHENTICATED if the connection has no verified client
-    certificate, which cannot happen behind :func:`add_secure_port`.
+    certificate, which cannot happen behind :func:`add_secure_port`, and, given the node's
+    ``kit``, if that certificate is on the federation's revocation list (as the node has
+    it now: a SIGHUP reload takes effect on the next call, also on open connections).
     """
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
@@ -136,12 +140,41 @@ def peer_party(context: grpc.ServicerContext) -> str:
     names = auth.get("x509_common_name") or []
     if len(names) != 1:
         _abort(context, grpc.StatusCode.UNAUTHENTICATED, "no verified client certificate")
-    return names[0].decode("utf-8")
+    name = names[0].decode("utf-8")
+    if kit is not None:
+        refuse_revoked(context, kit, name)
+    return name
+
+
+@functools.lru_cache(maxsize=1024)
+def _serial(pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def refuse_revoked(context: grpc.ServicerContext, kit: StartupKit, name: str) -> None:
+    """Abort UNAUTHENTICATED when the caller's verified certificate is revoked.
+
+    gRPC's Python TLS has no CRL hook at the handshake, so the check runs on every call
+    (serials of certificates seen are cached; a revoked one costs a set lookup)."""
+    trust = kit.trust
+    if not trust.revoked:
+        return
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if len(pems) != 1:
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED,
+               "no client certificate to check against the revocation list")
+    serial = _serial(pems[0])
+    if serial in trust.revoked:
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED,
+               f"certificate {serial:x} of {name!r} is revoked (federation revocation list "
+               f"number {trust.crl_number})")
 
 
 def authorize_peer(context: grpc.ServicerContext, kit: StartupKit, *roles: str) -> PeerInfo:
-    """The caller's manifest entry; aborts PERMISSION_DENIED if unknown or of another role."""
-    name = peer_party(context)
+    """The caller's manifest entry; aborts UNAUTHENTICATED if its certificate is revoked,
+    PERMISSION_DENIED if unknown (a revoked party is no longer in the manifest) or of
+    another role."""
+    name = peer_party(context, kit)
     info = kit.peers.get(name)
     if info is None:
         _abort(

@@ -301,8 +301,11 @@ def traffic(kits: Kits, tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 def test_the_taps_record_matching_entries_on_both_ends(kits: Kits, traffic: Path) -> None:
     platform = read_ledger(traffic / "platform" / LEDGER_FILE)
     bank = read_ledger(traffic / "bank-1" / LEDGER_FILE)
-    # 2 health checks, uu, us (1 + 3), su (5 + 1), ss (7 + 7), refused (request only)
-    assert len(platform) == len(bank) == 2 * 2 + 2 + 4 + 6 + 14 + 1
+    # 2 health checks, uu, us (1 + 3), su (5 + 1), ss (7 + 7), refused (request only);
+    # the bank also records that the refused call failed, and with which status
+    assert len(platform) == len(bank) - 1 == 2 * 2 + 2 + 4 + 6 + 14 + 1
+    assert [e.status for e in bank if e.direction == "failed"] == ["PERMISSION_DENIED"]
+    bank = [e for e in bank if e.direction != "failed"]
     assert {e.peer for e in platform} == {"bank-1"}  # from the client certificate
     assert {e.peer for e in bank} == {"platform"}
 
@@ -319,6 +322,8 @@ def test_the_taps_record_matching_entries_on_both_ends(kits: Kits, traffic: Path
     assert report.ok, (report.problems, [str(u) for u in report.unmatched])
     assert report.traffic[("bank-1", "platform", "echo-request")].messages == 1 + 1 + 5 + 7 + 1
     assert report.traffic[("platform", "bank-1", "echo-reply")].messages == 1 + 3 + 1 + 7
+    (failed,) = report.failed  # the refused call: delivered, then refused; not an outage
+    assert (failed.status, failed.delivered, report.outages) == ("PERMISSION_DENIED", True, [])
 
 
 @pytest.mark.parametrize(("drop_direction", "expected"), [

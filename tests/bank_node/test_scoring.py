@@ -348,8 +348,8 @@ def test_the_score_command_prints_the_decision(live: Live, tmp_path: Path) -> No
     applicant.write_text('{"features": {}}')
     bad = runner.invoke(app, ["score", str(applicant), "--server", live.address, "--kit", kit])
     assert bad.exit_code == 1
-    assert "applicant.json: expected an object with a string applicant_id" in bad.output.replace(
-        "\n", "")
+    assert "applicant.json: applicant_id = None; expected a non-empty string" in (
+        bad.output.replace("\n", ""))
 
 
 def test_a_restarted_platform_costs_a_fallback_then_a_new_session(live: Live) -> None:

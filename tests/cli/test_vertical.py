@@ -81,3 +81,58 @@ def test_bank_kit_cannot_run_the_platform(federation: Federation, tmp_path: Path
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "not the platform" in done.stderr
+
+
+def test_bank_train_prints_one_line_per_epoch(
+    federation: Federation, live_platform: LivePlatform, tmp_path: Path
+) -> None:
+    """Off a terminal, ``fedscore bank train`` shows every epoch of both passes as one line
+    (epoch, validation AUC, time) on stderr, and stdout stays the one JSON summary."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from fedscore.cli.main import app
+
+    result = CliRunner().invoke(app, [
+        "bank", "train", "--kit", str(federation.kits / "bank-1"),
+        "--data", str(federation.data.bank_dirs["bank-1"]), "--platform", live_platform.address,
+        "--out", str(tmp_path / "out"), "--epochs", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    trained = re.findall(r"^bank-1 training: epoch (\d)/3, train loss [\d.]+, "
+                         r"validation AUC (0\.\d{4}), ([\d.]+) s$", result.stderr, re.M)
+    assert [int(e) for e, _, _ in trained] == [1, 2, 3]
+    seconds = [float(s) for _, _, s in trained]
+    assert seconds == sorted(seconds)
+    summary = json.loads(result.stdout)
+    refit = re.findall(r"^bank-1 refit on all rows: epoch (\d)/(\d), train loss [\d.]+, "
+                       r"[\d.]+ s$", result.stderr, re.M)
+    assert len(refit) == summary["best_epoch"] + 1
+    assert all(int(total) == summary["best_epoch"] + 1 for _, total in refit)
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    """On a terminal the same reports drive one rich bar, restarted for the refit pass."""
+    import io
+
+    from rich.console import Console
+
+    from fedscore.cli.vertical import EpochProgress
+    from fedscore.ml.training import EpochEnd
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with EpochProgress(console, "bank-9") as shown:
+        shown(EpochEnd("train", 0, 4, 0.5, 0.7123, 1.0))
+        shown(EpochEnd("train", 1, 4, 0.4, 0.7456, 2.0))
+        assert shown._bar is not None and shown._task is not None
+        task = shown._bar.tasks[0]
+        assert (task.completed, task.total) == (2, 4)
+        shown(EpochEnd("refit", 0, 2, 0.45, None, 3.0))
+        task = shown._bar.tasks[0]
+        assert (task.completed, task.total) == (1, 2)
+        assert len(shown._bar.tasks) == 1
+    text = screen.getvalue()
+    assert "bank-9 refit on all rows" in text and "epoch 1/2" in text
+    assert "validation AUC 0.7456" in text

@@ -23,6 +23,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from bank_node.federated import HIST_BINS, _histogram
 from coordinator.checkpoint import Checkpoints
+from coordinator.dropouts import ReplyWatch
 from coordinator.platform_control import FinishedRound
 from coordinator.strategy import CoordinatorError, CoordinatorStrategy, pooled_metrics
 from fedscore.federation.runconfig import RunSettings
@@ -101,8 +102,9 @@ class FakePlatform:
         self.calls.append(("start", run_id, round_))
         return f"r{round_ - 1}-base" if round_ > 1 else "init"
 
-    def finish_round(self, run_id: str, round_: int) -> FinishedRound:
+    def finish_round(self, run_id: str, round_: int, banks: Any = ()) -> FinishedRound:
         self.calls.append(("finish", run_id, round_))
+        self.banks = list(banks)
         return FinishedRound(f"r{round_}-v", sessions=3, rows=999)
 
 
@@ -143,7 +145,8 @@ STATS = PooledStatistics("cd" * 32, np.linspace(-1.0, 1.0, 14), 3)
 def _manager(n: int) -> tuple[SimpleClientManager, list[Proxy]]:
     cm = SimpleClientManager()
     proxies = [Proxy(str(i)) for i in range(n)]
-    for p in proxies:
+    for i, p in enumerate(proxies):
+        p.node_id = i  # as Flower's GridClientProxy has it
         cm.register(p)
     return cm, proxies
 
@@ -201,17 +204,45 @@ def test_aggregate_fit_is_the_row_weighted_mean_and_checkpoints_the_pair(
     assert events[0]["round"] == 1 and events[0]["platform_version"] == "r1-v"
 
 
-def test_aggregate_fit_refuses_failures(tmp_path: Path) -> None:
-    strategy, platform, cps, _ = _strategy(tmp_path)
+def _watch(n: int) -> ReplyWatch:
+    return ReplyWatch(None, 1.0, lambda: {i: f"bank-{i + 1}" for i in range(n)})  # type: ignore[arg-type]
+
+
+def test_aggregate_fit_refuses_fewer_than_min_banks_naming_the_lost(tmp_path: Path) -> None:
+    strategy, platform, cps, _ = _strategy(tmp_path, watch=_watch(2))
     cm, proxies = _manager(2)
     rng = np.random.default_rng(2)
     strategy.configure_fit(1, ndarrays_to_parameters(_weights(rng)), cm)
     results: list[tuple[ClientProxy, FitRes]] = [
         (proxies[0], FitRes(OK, ndarrays_to_parameters(_weights(rng)), 10, {}))]
-    with pytest.raises(CoordinatorError, match="round 1: 1 bank"):
+    with pytest.raises(CoordinatorError,
+                       match=r"round 1: only 1 bank\(s\) left \(bank-1\), fewer than "
+                             r"min-banks = 2; lost: bank-2 \(no result\)"):
         strategy.aggregate_fit(1, results, [RuntimeError("bank-2 went away")])
     assert ("finish", "run-x", 1) not in platform.calls  # the platform round stays open
     assert cps.rounds() == []
+
+
+def test_aggregate_fit_goes_on_without_a_lost_bank(tmp_path: Path) -> None:
+    strategy, platform, cps, _ = _strategy(tmp_path, watch=_watch(3))
+    cm, proxies = _manager(3)
+    rng = np.random.default_rng(6)
+    strategy.configure_fit(1, ndarrays_to_parameters(_weights(rng)), cm)
+    local = [_weights(rng) for _ in proxies[:2]]
+    results: list[tuple[ClientProxy, FitRes]] = [
+        (p, FitRes(OK, ndarrays_to_parameters(w), n, {}))
+        for p, w, n in zip(proxies[:2], local, [30, 10], strict=True)]
+    params, _ = strategy.aggregate_fit(1, results, [RuntimeError("bank-3 went away")])
+    assert params is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0],
+                               (30 * local[0][0] + 10 * local[1][0]) / 40)
+    # the platform averages the same two banks' copies; the checkpoint and log name them
+    assert platform.banks == ["bank-1", "bank-2"]
+    info = cps.load(1).info
+    assert info["contributors"] == ["bank-1", "bank-2"] and info["banks"] == 2
+    assert info["lost"] == {"bank-3": "no result"}
+    event = json.loads(cps.progress.read_text().splitlines()[-1])
+    assert event["contributors"] == ["bank-1", "bank-2"] and "bank-3" in event["lost"]
 
 
 def _eval_res(name: str, y: np.ndarray, p: np.ndarray, fingerprint: str) -> EvaluateRes:
@@ -271,12 +302,12 @@ def test_evaluate_round_trip(tmp_path: Path) -> None:
     assert all(ins.config["final"] is True for _, ins in strategy.configure_evaluate(2, params, cm))
 
 
-def test_aggregate_evaluate_refuses_failures(tmp_path: Path) -> None:
+def test_aggregate_evaluate_refuses_fewer_than_min_banks(tmp_path: Path) -> None:
     strategy, _, cps, _ = _strategy(tmp_path)
     cps.save(1, [np.zeros(2)], "r1-v", {})
     rng = np.random.default_rng(4)
     y, p = _bank(rng, 200, 0.3, 0.0)
-    with pytest.raises(CoordinatorError, match="failed to evaluate"):
+    with pytest.raises(CoordinatorError, match=r"round 1 evaluation: only 1 bank.*bank-2 crashed"):
         strategy.aggregate_evaluate(1, [(Proxy("0"), _eval_res("bank-1", y, p, "fp"))],
                                     [RuntimeError("bank-2 crashed")])
     assert "evaluation" not in cps.load(1).info
@@ -291,3 +322,19 @@ def test_strategy_starts_from_the_resumed_weights(tmp_path: Path) -> None:
     for a, b in zip(parameters_to_ndarrays(init), w, strict=True):
         np.testing.assert_array_equal(a, b)
     assert strategy.platform_version == "r1-v"
+
+
+def test_a_halted_secure_aggregation_names_the_lost_banks(tmp_path: Path) -> None:
+    """SecAgg+ halts (too few shares to unmask) before aggregate_fit: evaluation then stops
+    the run with the banks the watch saw lost, not a generic failure."""
+    watch = _watch(4)
+    strategy, platform, _, _ = _strategy(tmp_path, watch=watch)
+    cm, _ = _manager(4)
+    params = ndarrays_to_parameters(_weights(np.random.default_rng(7)))
+    strategy.configure_fit(1, params, cm)
+    watch._lost.update({2: "error: gone", 3: "no reply within 1 s"})  # as send_and_receive notes
+    with pytest.raises(CoordinatorError,
+                       match=r"round 1: secure aggregation halted: 2 bank\(s\) left \(bank-1, "
+                             r"bank-2\).*lost: bank-3 \(error: gone\), bank-4 \(no reply"):
+        strategy.configure_evaluate(1, params, cm)
+    assert ("finish", "run-x", 1) not in platform.calls

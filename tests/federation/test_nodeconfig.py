@@ -25,8 +25,8 @@ from fedscore.federation.nodeconfig import (
 )
 from tests.conftest import Federation
 
-PLATFORM_KEYS = ("address, data, drain-s, kit, ledger-dir, log-format, log-level, metrics-address, "
-                 "schema, state-dir")
+PLATFORM_KEYS = ("address, cert-warn-days, data, drain-s, kit, ledger-dir, log-format, "
+                 "log-level, metrics-address, schema, state-dir")
 ADDRESS = "host:port, a port from 0 to 65535 (an IPv6 host in brackets)"
 GOOD_PLATFORM = 'role = "platform"\nkit = "kit"\ndata = "data.csv"\nschema = "schema.toml"\n' \
                 'state-dir = "state"\n'
@@ -132,7 +132,8 @@ BROKEN = {
          f'{{f}}: platform = "p": expected {ADDRESS}',
          "{f}: ledger-dir is missing; expected the audit ledger's folder for this server "
          "(key ledger-dir or --ledger-dir)",
-         "{f}: unknown key 'who' (= 1); expected one of address, data, drain-s, kit, "
+         "{f}: unknown key 'who' (= 1); expected one of address, cert-warn-days, data, "
+         "drain-s, kit, "
          "ledger-dir, log-format, log-level, metrics-address, platform, policy, release "
          "(for fedscore bank score-server)"]),
 }

@@ -32,6 +32,7 @@ KIT_FILES = {
     "federation.json",
     "federation.sig",
     "kit.json",
+    "revoked.crl",
 }
 PRIVATE = {"tls.key", "sealing.key", "signing.key"}
 
@@ -53,7 +54,8 @@ def _copy_kit(src: Path, dst: Path) -> Path:
 
 def test_layout_and_permissions(fed: Path) -> None:
     assert sorted(p.name for p in fed.iterdir()) == sorted([*DEFAULT_PARTIES, "ca"])
-    assert {p.name for p in (fed / "ca").iterdir()} == {"ca.key", "ca.crt"}
+    assert {p.name for p in (fed / "ca").iterdir()} == {
+        "ca.key", "ca.crt", "federation.json", "federation.sig", "revoked.crl"}
     assert stat.S_IMODE((fed / "ca" / "ca.key").stat().st_mode) == 0o600
     for party in DEFAULT_PARTIES:
         kit = fed / party
@@ -153,10 +155,10 @@ def test_role_of() -> None:
 def test_cli(tmp_path: Path) -> None:
     import typer
 
-    from fedscore.cli.provision import provision_command
+    from fedscore.cli.provision import provision_app
 
     app = typer.Typer()
-    app.command("provision")(provision_command)
+    app.add_typer(provision_app, name="provision")
     app.command("noop")(lambda: None)
     runner = CliRunner()
     out = tmp_path / "cli"
@@ -257,4 +259,38 @@ def test_own_keys_must_match_manifest(fed: Path, tmp_path: Path) -> None:
     kit = _copy_kit(fed / "bank-1", tmp_path / "k2")
     shutil.copy(fed / "bank-2" / "signing.key", kit / "signing.key")
     with pytest.raises(KitError, match=r"signing\.key: public key does not match"):
+        load_kit(kit, now=NOW)
+
+
+def test_a_kit_from_before_revocation_lists_still_loads(fed: Path, tmp_path: Path) -> None:
+    """A manifest without version, crl_number, history and certificate serials (as
+    provisioned before revocation support), signed by the CA, and no revoked.crl: the
+    kit loads with nothing revoked; the same manifest asking for a list does not load
+    without one."""
+    from fedscore.crypto.primitives import CertificateKey
+
+    kit = _copy_kit(fed / "bank-1", tmp_path / "bank-1")
+    ca_key = CertificateKey.from_file(fed / "ca" / "ca.key")
+    manifest = json.loads((kit / "federation.json").read_text())
+    for key in ("version", "crl_number", "history"):
+        del manifest[key]
+    for party in manifest["parties"]:
+        del party["certificate_serial"]
+    (kit / "revoked.crl").unlink()
+
+    def sign(doc: dict[str, object]) -> None:
+        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        (kit / "federation.json").write_bytes(data)
+        (kit / "federation.sig").write_bytes(ca_key.sign(data))
+
+    sign(manifest)
+    loaded = load_kit(kit, now=NOW)
+    assert (loaded.trust.version, loaded.trust.crl_number, loaded.trust.revoked) == (
+        0, 0, frozenset())
+    assert set(loaded.peers) == set(DEFAULT_PARTIES)
+    sign({**manifest, "crl_number": 1})
+    with pytest.raises(KitError, match=r"revoked\.crl: missing"):
+        load_kit(kit, now=NOW)
+    sign({**manifest, "version": -1})
+    with pytest.raises(KitError, match="'version' must be a whole number"):
         load_kit(kit, now=NOW)

@@ -78,6 +78,8 @@ def test_wrong_type_is_named(key: str, value: object, kind: str) -> None:
     ("lr", 0.0),
     ("lr", -1e-3),
     ("min-banks", 1),
+    ("reply-timeout", 0.0),
+    ("reply-timeout", float("inf")),
     ("max-weight", 0.0),
     ("run-id", ""),
 ])

@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -472,24 +471,107 @@ def test_record_cost(tmp_path: Path, key: SigningPrivateKey) -> None:
 # -------------------------------------------------------------------------------------------
 
 
-def test_a_failing_record_stops_the_message(tmp_path: Path, key: SigningPrivateKey,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail closed: if the line cannot be written, record raises and the ledger stays shut."""
-    with Ledger(tmp_path, key, PARTY) as ledger:
+def _full(fd: int, data: object) -> int:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failing_record_stops_the_message(tmp_path: Path, key: SigningPrivateKey) -> None:
+    """Fail closed: if the line cannot be written, record raises (UNAVAILABLE), nothing of
+    it stays in the file, and the ledger refuses entries until its probe works again."""
+    with Ledger(tmp_path, key, PARTY, probe_interval_s=3600) as ledger:
         ledger.record("platform", "sent", "gradients", b"fine")
-
-        def broken(fd: int, data: object) -> int:
-            raise OSError(28, "No space left on device")
-
-        write: Callable[[int, object], int] = broken
-        monkeypatch.setattr(os, "write", write)
+        size = (tmp_path / LEDGER_FILE).stat().st_size
+        ledger._write_fd = _full
         with pytest.raises(LedgerError, match="No space left") as full:
             ledger.record("platform", "sent", "gradients", b"lost")
-        monkeypatch.undo()
+        assert ledger.failure is not None and "No space left" in ledger.failure
+        del ledger._write_fd  # the disk has room again, but no probe is due yet
         with pytest.raises(LedgerError, match="failed earlier") as after:
             ledger.record("platform", "sent", "gradients", b"after")
-        assert full.value.code is after.value.code is grpc.StatusCode.INTERNAL
+        assert full.value.code is after.value.code is grpc.StatusCode.UNAVAILABLE
+        assert (tmp_path / LEDGER_FILE).stat().st_size == size
     assert len(verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)) == 1
+
+
+def test_a_partial_write_is_cut_back_and_the_ledger_recovers_on_the_next_record(
+    tmp_path: Path, key: SigningPrivateKey
+) -> None:
+    """The disk takes half a batch, then is full: the half line is cut off the file, the
+    refused message's entry is dropped, and once the probe works the chain goes on."""
+    with Ledger(tmp_path, key, PARTY, probe_interval_s=0.01) as ledger:
+        ledger.record("platform", "sent", "gradients", b"fine")
+        size = (tmp_path / LEDGER_FILE).stat().st_size
+        calls = []
+
+        def half_then_full(fd: int, data: Any) -> int:
+            calls.append(len(data))
+            if len(calls) == 1:
+                return os.write(fd, bytes(data[:40]))
+            raise OSError(28, "No space left on device")
+
+        ledger._write_fd = half_then_full
+        with pytest.raises(LedgerError, match="No space left"):
+            ledger.record("platform", "sent", "gradients", b"refused")
+        assert (tmp_path / LEDGER_FILE).stat().st_size == size  # no torn line left
+        time.sleep(0.02)
+        with pytest.raises(LedgerError, match="failed earlier"):  # the probe fails too
+            ledger.record("platform", "sent", "gradients", b"still full")
+        seen: list[str | None] = []
+        ledger.watch(seen.append)
+        del ledger._write_fd
+        time.sleep(0.02)
+        after = ledger.record("platform", "sent", "gradients", b"after")
+        assert after.seq == 1 and ledger.failure is None
+        assert seen[0] is not None and seen[-1] is None
+    entries = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
+    assert [e.payload_sha256 for e in entries] == [
+        hashlib.sha256(p).hexdigest() for p in (b"fine", b"after")]
+    assert not (tmp_path / "ledger.probe").exists()
+
+
+def test_submitted_entries_wait_out_a_full_disk_and_the_timer_probe_recovers(
+    tmp_path: Path, key: SigningPrivateKey
+) -> None:
+    """Entries of messages already sent (submit) are kept while the disk is full and
+    written first once it has room; the background thread's probe finds that out with no
+    entry coming in, and tells the watchers."""
+    seen: list[str | None] = []
+    with Ledger(tmp_path, key, PARTY, drain_interval_s=0.001, probe_interval_s=0.05
+                ) as ledger:
+        ledger.watch(seen.append)
+        ledger._write_fd = _full
+        ledger.submit("platform", "sent", "gradients", b"left before the disk filled")
+        deadline = time.monotonic() + 5
+        while ledger.failure is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ledger.failure is not None
+        with pytest.raises(LedgerError, match="failed earlier"):
+            ledger.submit("platform", "sent", "gradients", b"refused")
+        del ledger._write_fd
+        while ledger.failure is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ledger.failure is None
+        ledger.sync()
+    assert seen[0] is None and seen[1] is not None and seen[-1] is None
+    (entry,) = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
+    assert entry.payload_sha256 == hashlib.sha256(b"left before the disk filled").hexdigest()
+
+
+def test_a_failed_call_is_recorded_with_its_status(tmp_path: Path, key: SigningPrivateKey
+                                                   ) -> None:
+    """A failed entry names the sent message and the call's status; it verifies, and
+    reads back as it was written; a status that is not a code name is refused."""
+    digest = hashlib.sha256(b"q").hexdigest()
+    with Ledger(tmp_path, key, PARTY) as ledger:
+        sent = ledger.record_digest("platform", "sent", "embedding-query", digest, 1)
+        failed = ledger.record_failed("platform", "embedding-query", digest, 1, "UNAVAILABLE")
+        with pytest.raises(ValueError, match="status"):
+            ledger.record_failed("platform", "embedding-query", digest, 1, "down, really")
+    read = verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)
+    assert read == [sent, failed]
+    assert (failed.direction, failed.status, sent.status) == ("failed", "UNAVAILABLE", "")
+    assert b'"status"' not in ledger_lines(tmp_path)[0]
+    assert b'"status":"UNAVAILABLE"' in ledger_lines(tmp_path)[1]
 
 
 def test_any_strings_are_encoded_canonically(tmp_path: Path, key: SigningPrivateKey) -> None:
@@ -527,26 +609,27 @@ def test_submitted_entries_are_hashed_signed_and_appended_in_order(
 
 
 def test_a_failed_background_write_refuses_what_follows(
-    tmp_path: Path, key: SigningPrivateKey, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, key: SigningPrivateKey
 ) -> None:
-    with Ledger(tmp_path, key, PARTY, drain_interval_s=0.001) as ledger:
+    with Ledger(tmp_path, key, PARTY, drain_interval_s=0.001, probe_interval_s=3600
+                ) as ledger:
         ledger.submit("platform", "sent", "gradients", b"fine")
         ledger.sync()
 
         def broken(fd: int, data: object) -> int:
             raise OSError(5, "Input/output error")
 
-        write: Callable[[int, object], int] = broken
-        monkeypatch.setattr(os, "write", write)
-        ledger.submit("platform", "sent", "gradients", b"lost")  # queued: it cannot know yet
+        ledger._write_fd = broken
+        ledger.submit("platform", "sent", "gradients", b"kept")  # queued: it cannot know yet
         with pytest.raises(LedgerError, match="Input/output error"):
             ledger.sync()
-        monkeypatch.undo()
+        del ledger._write_fd
         with pytest.raises(LedgerError, match="failed earlier"):
             ledger.submit("platform", "sent", "gradients", b"refused")
         with pytest.raises(LedgerError, match="failed earlier"):
             ledger.record("platform", "sent", "gradients", b"refused")
-    assert len(verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)) == 1
+    # close() tries once more: the message that left is on record, the refused ones not
+    assert len(verify_chain(tmp_path / LEDGER_FILE, key.verify_key(), PARTY)) == 2
 
 
 def test_close_never_hangs(tmp_path: Path, key: SigningPrivateKey) -> None:

@@ -159,3 +159,21 @@ def test_weights_that_do_not_fit_are_named() -> None:
         with pytest.raises(ValueError, match=r"weights bottom\.mlp\.0\.bias: got shape "
                                              r"\(1, 1\), this model has \(8,\)"):
             load(bad)
+
+
+def test_more_category_values_leave_every_other_initial_weight_alone() -> None:
+    # issue 17: the table drawn first from the seeded stream moved every later weight
+    # when a schema declared one more category value
+    def build(cards: tuple[int, ...]) -> BankModel:
+        torch.manual_seed(7)
+        return BankModel(BottomConfig(3, cards, 2, (8,), 5, 0.1), TOP)
+
+    small, large = build((4, 6)).state_dict(), build((4, 9)).state_dict()
+    assert small["bottom.embedding.weight"].shape == (10, 2)
+    assert large["bottom.embedding.weight"].shape == (13, 2)
+    for name, value in small.items():
+        if name != "bottom.embedding.weight":
+            assert torch.equal(value, large[name]), name
+    # the table is still a random draw of the intended scale, not zeros
+    table = large["bottom.embedding.weight"]
+    assert 0.05 < float(table.std()) < 0.2

@@ -215,6 +215,23 @@ def test_finish_averages_by_rows_and_a_session_replaces_its_contribution(
     assert "no round is open" in _raises("FAILED_PRECONDITION", fed.finish_round, RUN, 1)
 
 
+def test_finish_averages_only_the_banks_the_coordinator_aggregated(fed: Federation) -> None:
+    """A bank lost after its commit here (its update never reached SecAgg+'s sum) does not
+    count in the platform's average either; a named bank without a commit is refused."""
+    fed.start_round(RUN, 1, 0)
+    fed.contribute(RUN, 1, b"s1", _like(1.0), 10, bank="bank-1")
+    fed.contribute(RUN, 1, b"s2", _like(4.0), 30, bank="bank-2")
+    fed.contribute(RUN, 1, b"s3", _like(100.0), 1000, bank="bank-3")  # lost afterwards
+    message = _raises("FAILED_PRECONDITION", fed.finish_round, RUN, 1,
+                      ("bank-1", "bank-4"))
+    assert "bank-4" in message and "committed no session" in message
+    assert "too many" not in _raises("INVALID_ARGUMENT", fed.finish_round, RUN, 1,
+                                     tuple(f"b{i}" for i in range(1025)))
+    done = fed.finish_round(RUN, 1, ("bank-1", "bank-2"))
+    assert (done.sessions, done.rows) == (2, 40)
+    assert torch.equal(fed.store.load(RUN, 1)["w"], torch.full((3, 2), 3.25))
+
+
 def test_restarting_a_round_discards_what_was_collected(fed: Federation) -> None:
     fed.start_round(RUN, 1, 0)
     fed.contribute(RUN, 1, b"s1", _like(1.0), 10)

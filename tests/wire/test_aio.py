@@ -56,7 +56,12 @@ def test_the_aio_tap_matches_the_servers_tap(kits: Kits, tmp_path: Path,  # noqa
     bank = read_ledger(tmp_path / "bank-1" / LEDGER_FILE)
     # the platform records the health probe (its tap ignores nothing here); the bank not
     assert [e.kind for e in platform if e.kind == "health"] == ["health", "health"]
-    assert len(bank) == 5 * 2 + 1  # 5 echoes both ways, the refused request only
+    # 5 echoes both ways, the refused request, and its call's failure
+    assert len(bank) == 5 * 2 + 2
+    (refused,) = [e for e in bank if e.direction == "failed"]
+    assert refused.status != "OK" and refused.payload_sha256 in {
+        e.payload_sha256 for e in bank if e.direction == "sent"}
+    bank = [e for e in bank if e.direction != "failed"]
     assert {e.peer for e in bank} == {"platform"}
 
     def view(entries: list[Entry], sent: str) -> list[tuple[str, str, str, int, str]]:

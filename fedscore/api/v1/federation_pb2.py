@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64score/v1/federation.proto\x12\x0b\x66\x65\x64score.v1\"w\n\x11StartRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x1a\n\x12\x65mbedding_dp_noise\x18\x04 \x01(\x01\x12\x19\n\x11\x65mbedding_dp_clip\x18\x05 \x01(\x01\"*\n\x12StartRoundResponse\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\t\"3\n\x12\x46inishRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"U\n\x13\x46inishRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x86\x01\n\x13GetRunStateResponse\x12\x12\n\nlast_round\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t\x12\x1a\n\x12\x65mbedding_releases\x18\x03 \x01(\r\x12\x1f\n\x17\x65mbedding_released_rows\x18\x04 \x01(\x04\x32\x86\x02\n\x11\x46\x65\x64\x65rationService\x12M\n\nStartRound\x12\x1e.fedscore.v1.StartRoundRequest\x1a\x1f.fedscore.v1.StartRoundResponse\x12P\n\x0b\x46inishRound\x12\x1f.fedscore.v1.FinishRoundRequest\x1a .fedscore.v1.FinishRoundResponse\x12P\n\x0bGetRunState\x12\x1f.fedscore.v1.GetRunStateRequest\x1a .fedscore.v1.GetRunStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64score/v1/federation.proto\x12\x0b\x66\x65\x64score.v1\"w\n\x11StartRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x1a\n\x12\x65mbedding_dp_noise\x18\x04 \x01(\x01\x12\x19\n\x11\x65mbedding_dp_clip\x18\x05 \x01(\x01\"*\n\x12StartRoundResponse\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\t\"B\n\x12\x46inishRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\r\n\x05\x62\x61nks\x18\x03 \x03(\t\"U\n\x13\x46inishRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x86\x01\n\x13GetRunStateResponse\x12\x12\n\nlast_round\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t\x12\x1a\n\x12\x65mbedding_releases\x18\x03 \x01(\r\x12\x1f\n\x17\x65mbedding_released_rows\x18\x04 \x01(\x04\x32\x86\x02\n\x11\x46\x65\x64\x65rationService\x12M\n\nStartRound\x12\x1e.fedscore.v1.StartRoundRequest\x1a\x1f.fedscore.v1.StartRoundResponse\x12P\n\x0b\x46inishRound\x12\x1f.fedscore.v1.FinishRoundRequest\x1a .fedscore.v1.FinishRoundResponse\x12P\n\x0bGetRunState\x12\x1f.fedscore.v1.GetRunStateRequest\x1a .fedscore.v1.GetRunStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTROUNDRESPONSE']._serialized_start=166
   _globals['_STARTROUNDRESPONSE']._serialized_end=208
   _globals['_FINISHROUNDREQUEST']._serialized_start=210
-  _globals['_FINISHROUNDREQUEST']._serialized_end=261
-  _globals['_FINISHROUNDRESPONSE']._serialized_start=263
-  _globals['_FINISHROUNDRESPONSE']._serialized_end=348
-  _globals['_GETRUNSTATEREQUEST']._serialized_start=350
-  _globals['_GETRUNSTATEREQUEST']._serialized_end=386
-  _globals['_GETRUNSTATERESPONSE']._serialized_start=389
-  _globals['_GETRUNSTATERESPONSE']._serialized_end=523
-  _globals['_FEDERATIONSERVICE']._serialized_start=526
-  _globals['_FEDERATIONSERVICE']._serialized_end=788
+  _globals['_FINISHROUNDREQUEST']._serialized_end=276
+  _globals['_FINISHROUNDRESPONSE']._serialized_start=278
+  _globals['_FINISHROUNDRESPONSE']._serialized_end=363
+  _globals['_GETRUNSTATEREQUEST']._serialized_start=365
+  _globals['_GETRUNSTATEREQUEST']._serialized_end=401
+  _globals['_GETRUNSTATERESPONSE']._serialized_start=404
+  _globals['_GETRUNSTATERESPONSE']._serialized_end=538
+  _globals['_FEDERATIONSERVICE']._serialized_start=541
+  _globals['_FEDERATIONSERVICE']._serialized_end=803
 # @@protoc_insertion_point(module_scope)

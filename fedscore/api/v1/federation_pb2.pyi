@@ -4,8 +4,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -82,17 +84,27 @@ class FinishRoundRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
+    BANKS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     round: _builtins.int
+    @_builtins.property
+    def banks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The banks whose bank-side updates the coordinator aggregated this round: only their
+        sessions' commits are averaged (a bank lost after committing on the platform but
+        before its update reached the aggregate must not count on one side only). Empty:
+        every committed session. At most 1024 names (the manifest's banks).
+        """
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         round: _builtins.int = ...,
+        banks: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["banks", b"banks", "round", b"round", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

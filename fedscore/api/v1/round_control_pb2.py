@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64score/v1/round_control.proto\x12\x0b\x66\x65\x64score.v1\"\xc5\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x15\n\rlearning_rate\x18\x04 \x01(\x02\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x02\x12\x11\n\tema_decay\x18\x06 \x01(\x02\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x18\n\x10\x66\x65\x64\x65ration_round\x18\x08 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\t\"L\n\x13OpenSessionResponse\x12\x15\n\rembedding_dim\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t\"4\n\x0f\x45ndEpochRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\r\"\x12\n\x10\x45ndEpochResponse\"F\n\x12\x43ommitRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\r\"5\n\x13\x43ommitRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\"\x16\n\x14\x43loseSessionResponse2\xd7\x02\n\x13RoundControlService\x12P\n\x0bOpenSession\x12\x1f.fedscore.v1.OpenSessionRequest\x1a .fedscore.v1.OpenSessionResponse\x12G\n\x08\x45ndEpoch\x12\x1c.fedscore.v1.EndEpochRequest\x1a\x1d.fedscore.v1.EndEpochResponse\x12P\n\x0b\x43ommitRound\x12\x1f.fedscore.v1.CommitRoundRequest\x1a .fedscore.v1.CommitRoundResponse\x12S\n\x0c\x43loseSession\x12 .fedscore.v1.CloseSessionRequest\x1a!.fedscore.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64score/v1/round_control.proto\x12\x0b\x66\x65\x64score.v1\"\xef\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x15\n\rlearning_rate\x18\x04 \x01(\x02\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x02\x12\x11\n\tema_decay\x18\x06 \x01(\x02\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x18\n\x10\x66\x65\x64\x65ration_round\x18\x08 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\t\x12\x12\n\nresume_key\x18\n \x01(\t\x12\x14\n\x0cresume_epoch\x18\x0b \x01(\r\"L\n\x13OpenSessionResponse\x12\x15\n\rembedding_dim\x18\x01 \x01(\r\x12\x1e\n\x16platform_model_version\x18\x02 \x01(\t\"4\n\x0f\x45ndEpochRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\r\"\x12\n\x10\x45ndEpochResponse\"F\n\x12\x43ommitRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\r\"5\n\x13\x43ommitRoundResponse\x12\x1e\n\x16platform_model_version\x18\x01 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\"\x16\n\x14\x43loseSessionResponse2\xd7\x02\n\x13RoundControlService\x12P\n\x0bOpenSession\x12\x1f.fedscore.v1.OpenSessionRequest\x1a .fedscore.v1.OpenSessionResponse\x12G\n\x08\x45ndEpoch\x12\x1c.fedscore.v1.EndEpochRequest\x1a\x1d.fedscore.v1.EndEpochResponse\x12P\n\x0b\x43ommitRound\x12\x1f.fedscore.v1.CommitRoundRequest\x1a .fedscore.v1.CommitRoundResponse\x12S\n\x0c\x43loseSession\x12 .fedscore.v1.CloseSessionRequest\x1a!.fedscore.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedscore.v1.round_control_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPENSESSIONREQUEST']._serialized_start=49
-  _globals['_OPENSESSIONREQUEST']._serialized_end=246
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=248
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=324
-  _globals['_ENDEPOCHREQUEST']._serialized_start=326
-  _globals['_ENDEPOCHREQUEST']._serialized_end=378
-  _globals['_ENDEPOCHRESPONSE']._serialized_start=380
-  _globals['_ENDEPOCHRESPONSE']._serialized_end=398
-  _globals['_COMMITROUNDREQUEST']._serialized_start=400
-  _globals['_COMMITROUNDREQUEST']._serialized_end=470
-  _globals['_COMMITROUNDRESPONSE']._serialized_start=472
-  _globals['_COMMITROUNDRESPONSE']._serialized_end=525
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=527
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=568
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=570
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=592
-  _globals['_ROUNDCONTROLSERVICE']._serialized_start=595
-  _globals['_ROUNDCONTROLSERVICE']._serialized_end=938
+  _globals['_OPENSESSIONREQUEST']._serialized_end=288
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=290
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=366
+  _globals['_ENDEPOCHREQUEST']._serialized_start=368
+  _globals['_ENDEPOCHREQUEST']._serialized_end=420
+  _globals['_ENDEPOCHRESPONSE']._serialized_start=422
+  _globals['_ENDEPOCHRESPONSE']._serialized_end=440
+  _globals['_COMMITROUNDREQUEST']._serialized_start=442
+  _globals['_COMMITROUNDREQUEST']._serialized_end=512
+  _globals['_COMMITROUNDRESPONSE']._serialized_start=514
+  _globals['_COMMITROUNDRESPONSE']._serialized_end=567
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=569
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=610
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=612
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=634
+  _globals['_ROUNDCONTROLSERVICE']._serialized_start=637
+  _globals['_ROUNDCONTROLSERVICE']._serialized_end=980
 # @@protoc_insertion_point(module_scope)

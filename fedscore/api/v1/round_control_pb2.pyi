@@ -30,6 +30,8 @@ class OpenSessionRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     FEDERATION_ROUND_FIELD_NUMBER: _builtins.int
     BASE_VERSION_FIELD_NUMBER: _builtins.int
+    RESUME_KEY_FIELD_NUMBER: _builtins.int
+    RESUME_EPOCH_FIELD_NUMBER: _builtins.int
     session_id: _builtins.bytes
     """from PSI"""
     round: _builtins.int
@@ -46,6 +48,14 @@ class OpenSessionRequest(_message.Message):
     """
     federation_round: _builtins.int
     base_version: _builtins.str
+    resume_key: _builtins.str
+    """Resumable training (bank train): non-empty, the platform keeps this training's whole
+    state durably at every EndEpoch, under this key and the calling bank (1 to 128
+    characters; a bank's keys are its own). resume_epoch > 0: start from the state kept
+    after that many whole epochs instead of fresh weights (FAILED_PRECONDITION if the
+    platform has none), so a training goes on after either side restarted.
+    """
+    resume_epoch: _builtins.int
     def __init__(
         self,
         *,
@@ -58,10 +68,12 @@ class OpenSessionRequest(_message.Message):
         run_id: _builtins.str = ...,
         federation_round: _builtins.int = ...,
         base_version: _builtins.str = ...,
+        resume_key: _builtins.str = ...,
+        resume_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "ema_decay", b"ema_decay", "federation_round", b"federation_round", "learning_rate", b"learning_rate", "round", b"round", "run_id", b"run_id", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "ema_decay", b"ema_decay", "federation_round", b"federation_round", "learning_rate", b"learning_rate", "resume_epoch", b"resume_epoch", "resume_key", b"resume_key", "round", b"round", "run_id", b"run_id", "seed", b"seed", "session_id", b"session_id", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
