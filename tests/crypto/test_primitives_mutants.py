@@ -14,6 +14,8 @@ from fedscore.crypto.primitives import (
     SealError,
     SealingPrivateKey,
     SessionKey,
+    SignatureError,
+    SigningPrivateKey,
     WindowOpener,
     derive_session_key,
     new_session_id,
@@ -186,3 +188,12 @@ def test_a_box_ahead_of_its_turn_is_refused_as_reordered() -> None:
     assert opener.open(second) == b"x"
     with pytest.raises(SealError, match="seq 0 replayed"):
         opener.open(first)
+
+
+@pytest.mark.parametrize("size", [0, 63, 65, 128])
+def test_a_signature_of_any_length_but_64_is_refused_as_such(size: int) -> None:
+    # Ed25519 would refuse it too; the length check must refuse it first, on both sides.
+    key = SigningPrivateKey.generate()
+    with pytest.raises(SignatureError, match=f"must be 64 bytes, got {size}"):
+        key.verify_key().verify(b"s" * size, b"data")
+    key.verify_key().verify(key.sign(b"data"), b"data")
