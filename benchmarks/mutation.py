@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -338,6 +339,8 @@ def _child(work: Path, tests: list[str], timeout: float, log: Path) -> None:
     code = 3
     try:
         os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(work)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -429,6 +432,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             comparison_lines = {c.line for c in m.comparisons}
             with use_db(str(db_path), WorkDB.Mode.create) as db:
                 init([work / m.path], db, {})
+                skipped: dict[str, list[str]] = defaultdict(list)
                 for item in list(db.pending_work_items):
                     spec = item.mutations[0]
                     line = spec.start_pos[0]
@@ -440,14 +444,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         why = "not a comparison line (--only-comparisons)"
                     if why:
                         excluded += why == "inert"
-                        db.set_result(item.job_id, WorkResult(
-                            worker_outcome=WorkerOutcome.SKIPPED, output=why))
+                        skipped[why].append(item.job_id)
                         continue
                     assert name is not None
                     mutant = Mutant(m.path, line, name, spec.operator_name, spec.occurrence,
                                     line in comparison_lines)
                     mutants.append(mutant)
                     jobs.append((mutant, item, db_path))
+                for why, ids in skipped.items():  # one transaction: one fsync, not thousands
+                    db.set_multiple_results(ids, WorkResult(
+                        worker_outcome=WorkerOutcome.SKIPPED, output=why))
         if args.limit and len(jobs) > args.limit:
             jobs = random.Random(0).sample(jobs, args.limit)
         # Only now parse each mutant (parso is slow on big modules); a mutant that is not
@@ -485,6 +491,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         running: dict[int, tuple[int, Mutant, Any, Path, float, float, list[str]]] = {}
         queue = list(jobs)
         done = 0
+        stop: list[int] = []  # SIGTERM/SIGINT: let the running mutants finish, start no more
+
+        def _stop(signum: int, _frame: Any) -> None:
+            stop.append(signum)
+            queue.clear()
+            print("stopping: figures over the mutants run so far", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
         while queue or running:
             while queue and idle:
                 mutant, item, db_path = queue.pop(0)
@@ -558,7 +573,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with open(args.report, "w") as f:
             for mutant in mutants:
                 f.write(json.dumps(mutant.__dict__) + "\n")
-    figures = _figures(mutants, equivalents, excluded, started, mapped, args)
+    finished = [m for m in mutants if m.outcome != "pending"]
+    figures = _figures(finished, equivalents, excluded, started, mapped, args)
+    figures["complete"] = len(finished) == len(mutants)
+    figures["not_run"] = len(mutants) - len(finished)
     figures["excluded_operators"] = settings.get("exclude_operators", "")
     figures["excluded_invalid"] = invalid
     figures["jobs"] = args.jobs
