@@ -157,8 +157,8 @@ def wait_online(env: dict[str, str], count: int) -> None:
     """Wait until ``count`` SuperNodes are online (a run starts with those there)."""
     deadline = time.monotonic() + WAIT_S
     while True:
-        nodes = json.loads(flwr(env, "supernode", "list", FEDERATION, "--format", "json"
-                                ).stdout)["nodes"]
+        nodes = _json(flwr(env, "supernode", "list", FEDERATION, "--format", "json",
+                           check=False).stdout).get("nodes", [])  # a missed call: try again
         online = sorted(str(n.get("name", n["node-id"])) for n in nodes
                         if n["status"] == "online")
         if len(online) >= count:
