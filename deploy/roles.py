@@ -157,8 +157,8 @@ def wait_online(env: dict[str, str], count: int) -> None:
     """Wait until ``count`` SuperNodes are online (a run starts with those there)."""
     deadline = time.monotonic() + WAIT_S
     while True:
-        nodes = json.loads(flwr(env, "supernode", "list", FEDERATION, "--format", "json"
-                                ).stdout)["nodes"]
+        nodes = _json(flwr(env, "supernode", "list", FEDERATION, "--format", "json",
+                           check=False).stdout).get("nodes", [])  # a missed call: try again
         online = sorted(str(n.get("name", n["node-id"])) for n in nodes
                         if n["status"] == "online")
         if len(online) >= count:
@@ -217,7 +217,7 @@ def submit() -> None:
                  "--run-config", str(config), "--format", "json").stdout
     run_id = int(json.loads(reply)["run-id"])
     say(f"run {run_id} submitted ({settings['run-id']}, {settings.get('num-rounds')} rounds)")
-    progress, seen, status = run_dir / "progress.jsonl", 0, "pending"
+    progress, seen, status, misses = run_dir / "progress.jsonl", 0, "pending", 0
     deadline = time.monotonic() + float(os.environ.get("RUN_TIMEOUT_S", "3600"))
     while time.monotonic() < deadline:
         lines = progress.read_text().splitlines() if progress.exists() else []
@@ -226,8 +226,18 @@ def submit() -> None:
         seen = len(lines)
         if any('"released"' in line for line in lines):
             break
-        status = str(json.loads(flwr(env, "ls", FEDERATION, "--run-id", str(run_id),
-                                     "--format", "json").stdout)["runs"][0]["status"])
+        # A loaded SuperLink may miss a status call: only many misses in a row fail.
+        answer = _json(flwr(env, "ls", FEDERATION, "--run-id", str(run_id), "--format", "json",
+                            check=False).stdout)
+        if not answer.get("runs"):
+            misses += 1
+            if misses > 20:
+                fail(f"the SuperLink did not answer for run {run_id} {misses} times in a row: "
+                     f"{answer.get('error-message', '')}")
+            time.sleep(3)
+            continue
+        misses = 0
+        status = str(answer["runs"][0]["status"])
         if status.startswith("finished") and not (
                 progress.exists() and '"released"' in progress.read_text()):
             log = flwr(env, "log", str(run_id), FEDERATION, "--show", check=False).stdout

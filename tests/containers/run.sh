@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BIN=${BIN:-$ROOT/.venv/bin}
+export PYTHONPATH=$ROOT   # this checkout's code for the host-side helpers, whatever the venv's
 export CONTAINERS_CONF=$ROOT/deploy/containers.conf
 export FEDSCORE_IMAGE=${FEDSCORE_IMAGE:-localhost/fedscore:latest}
 OUT=$ROOT/out/containers
@@ -59,7 +60,7 @@ healthy() {  # healthy SERVICE TIMEOUT: run the image's HEALTHCHECK until it pas
     until podman healthcheck run "$c" > /dev/null 2>&1; do
         [[ "$(podman inspect -f '{{.State.Running}}' "$c")" == true ]] || { podman logs "$c" 2>&1 | tail -20; fail "$1 is not running"; }
         (( $(date +%s) < deadline )) || fail "$1 is not healthy after $2 s"
-        sleep 2
+        sleep 5
     done
     echo "$1 healthy ($(( $(date +%s) - t0 )) s of waiting)"
 }
@@ -76,7 +77,7 @@ msg=$(podman run --rm -v "$ROOT/deploy/config/platform.toml:/config/node.toml:ro
 set -e
 echo "$msg"
 [[ $rc -eq 78 && "$msg" == *"missing file /kit/ca.crt"* ]] || fail "platform without kit: exit $rc"
-kit=$(mktemp -d); "$BIN/fedscore" provision --out "$kit" --party bank-1 > /dev/null
+kit=$(mktemp -d); "$BIN/python" -m fedscore.cli.main provision --out "$kit" --party bank-1 > /dev/null
 chmod -R a+rX "$kit"
 set +e
 msg=$(podman run --rm -v "$kit/bank-1:/kit:ro" \
