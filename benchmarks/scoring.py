@@ -56,6 +56,7 @@ import grpc.aio
 import grpc_floor
 import numpy as np
 import torch
+from loadsetup import pid_of
 
 from bank_node.node import BankNode
 from bank_node.policy import Policy
@@ -137,21 +138,6 @@ def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pid_of(*words: str) -> int:
-    """The one process whose command line holds all of ``words``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and all(w.encode() in argv for w in words):
-            found.append(int(proc.name))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one process with {words} in its command line: {found}")
-    return found[0]
 
 
 def closed_loop(address: str, kit: StartupKit, server_party: str, concurrency: int,
@@ -277,7 +263,7 @@ def main() -> None:
             with score_server(kit_dir, data, release, platform, root / "score.log") as (
                     addr, server_pid):
                 pids = {"bank": server_pid,
-                        "platform": _pid_of("platform", "serve", str(root / "kits" / "platform"))}
+                        "platform": pid_of("platform", "serve", str(root / "kits" / "platform"))}
                 joint = score_sender(inside, joined=True)
                 closed_loop(addr, kit, BANK, 8, 1.0, joint)  # warm-up
 

@@ -14,54 +14,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedscore.federation.grid import DelegatingGrid
 
 log = logging.getLogger(__name__)
 
 
-class ReplyWatch(Grid):
+class ReplyWatch(DelegatingGrid):
     """Delegates to ``grid``; bounds every wait by ``timeout`` seconds and notes lost nodes."""
 
     def __init__(self, grid: Grid, timeout: float,
                  names: Callable[[], Mapping[int, str]] | None = None) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._timeout = timeout
         self._names = names or dict
         self._lost: dict[int, str] = {}  # node id -> why (since the last reset)
-
-    # -- plain delegation ----------------------------------------------------------------
-    def set_run(self, run: Run) -> None:
-        """As the wrapped Grid's."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped Grid's run."""
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        """As the wrapped Grid's."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """As the wrapped Grid's."""
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        """As the wrapped Grid's."""
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """As the wrapped Grid's."""
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """As the wrapped Grid's."""
-        return self._grid.pull_messages(message_ids)
 
     # -- watched -------------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *,

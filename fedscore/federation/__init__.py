@@ -15,4 +15,4 @@ operator) goes here rather than into one party's package. This package imports n
 import from the submodule.
 """
 
-__all__ = ["arrays", "nodeconfig", "provision", "release", "runconfig", "statistics"]
+__all__ = ["arrays", "grid", "nodeconfig", "provision", "release", "runconfig", "statistics"]

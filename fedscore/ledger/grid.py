@@ -13,12 +13,11 @@ from collections.abc import Iterable
 
 import grpc
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fedscore.crypto.primitives import SignatureError
 from fedscore.errors import FedscoreError
+from fedscore.federation.grid import DelegatingGrid
 from fedscore.federation.provision import StartupKit
 from fedscore.ledger.flower import (
     HELLO_RECORD,
@@ -46,38 +45,15 @@ class IdentityError(FedscoreError, RuntimeError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class LedgeredGrid(Grid):
+class LedgeredGrid(DelegatingGrid):
     """Delegates to ``grid``; records every message to or from a bank in ``ledger``."""
 
     def __init__(self, grid: Grid, ledger: Ledger, kit: StartupKit) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._ledger = ledger
         self._kit = kit
         self._names: dict[int, str] = {}
         self._requests: dict[int, Message] = {}  # the last instruction to each node
-
-    # -- plain delegation ----------------------------------------------------------------
-    def set_run(self, run: Run) -> None:
-        """As the wrapped Grid's."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped Grid's run."""
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        """As the wrapped Grid's (nothing is recorded until the message is sent)."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """As the wrapped Grid's."""
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        """As the wrapped Grid's."""
-        return self._grid.get_nodes()
 
     # -- recorded ------------------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

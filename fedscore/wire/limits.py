@@ -50,6 +50,7 @@ import grpc
 import grpc.aio
 
 from fedscore.errors import FedscoreError
+from fedscore.wire.status import method_name
 from fedscore.wire.transport import GRPC_OPTIONS
 
 __all__ = [
@@ -304,11 +305,6 @@ def _peer(context: Any) -> str:
     return str(names[0].decode("utf-8", "replace"))
 
 
-def _method_name(details: grpc.HandlerCallDetails) -> str:
-    method = details.method
-    return method.decode() if isinstance(method, bytes) else str(method)
-
-
 # --------------------------------------------------------------------------------------------
 # grpc.server (threads)
 # --------------------------------------------------------------------------------------------
@@ -408,7 +404,7 @@ class LimitsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        cls = self.limits.class_of(_method_name(handler_call_details))
+        cls = self.limits.class_of(method_name(handler_call_details))
         wrapped: grpc.RpcMethodHandler = handler._replace(
             unary_unary=self._unary(handler.unary_unary, cls, False),
             stream_unary=self._unary(handler.stream_unary, cls, True),
@@ -526,7 +522,7 @@ class AioLimitsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        cls = self.limits.class_of(_method_name(handler_call_details))
+        cls = self.limits.class_of(method_name(handler_call_details))
         replaced: grpc.RpcMethodHandler = handler._replace(
             unary_unary=self._wrap(handler.unary_unary, cls, False),
             unary_stream=self._wrap(handler.unary_stream, cls, False),

@@ -98,7 +98,8 @@ def _wrap_stream(behavior: Behavior | None, method: str) -> Behavior | None:
     return wrapped
 
 
-def _method_name(details: grpc.HandlerCallDetails) -> str:
+def method_name(details: grpc.HandlerCallDetails) -> str:
+    """The called method's full name (gRPC hands it over as bytes or str)."""
     method = details.method
     return method.decode() if isinstance(method, bytes) else str(method)
 
@@ -115,7 +116,7 @@ class StatusInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = _method_name(handler_call_details)
+        method = method_name(handler_call_details)
         replaced: grpc.RpcMethodHandler = handler._replace(
             unary_unary=_wrap_unary(handler.unary_unary, method),
             unary_stream=_wrap_stream(handler.unary_stream, method),
@@ -184,7 +185,7 @@ class AioStatusInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = _method_name(handler_call_details)
+        method = method_name(handler_call_details)
         replaced: grpc.RpcMethodHandler = handler._replace(
             unary_unary=_wrap_aio(handler.unary_unary, method),
             unary_stream=_wrap_aio(handler.unary_stream, method),
